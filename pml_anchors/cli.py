@@ -1,0 +1,113 @@
+"""The ``pml-anchors`` command line.
+
+Each sub-command lives in a module with ``add_parser(subparsers)`` (defining its options) and a
+``run(args) -> int`` function. Building the parser imports neither torch nor any plugin, so
+``pml-anchors --help`` stays fast; plugins load only when a command touches the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+#: sub-command name -> module providing add_parser(subparsers) and run(args)
+COMMANDS = {
+    "plugins": "pml_anchors.cli",
+    "methods": "pml_anchors.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pml-anchors",
+        description="Anchor- and proxy-based metric learning methods for pytorch-metric-learning, as plugins.",
+    )
+    parser.add_argument("--version", action="version", version=f"pml-anchors {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = sys.modules[__name__] if module_name == __name__ else importlib.import_module(module_name)
+        adder = getattr(module, f"add_{name.replace('-', '_')}_parser", None) or module.add_parser
+        adder(subparsers)
+    return parser
+
+
+# -- plugins ------------------------------------------------------------------------------------
+def add_plugins_parser(subparsers) -> None:
+    p = subparsers.add_parser("plugins", help="list installed plugins, their status and methods")
+    p.add_argument("--all", action="store_true", help="include the core and the built-in method plugins")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_plugins)
+
+
+def run_plugins(args) -> int:
+    import warnings
+
+    from .plugins import get_plugins
+
+    with warnings.catch_warnings():  # failures are part of the report below
+        warnings.simplefilter("ignore")
+        reports = get_plugins(all=args.all)
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return 0
+    if not reports:
+        print("no plugins installed (use --all to include built-ins)")
+        return 0
+    for r in reports:
+        version = f" {r['version']}" if r["version"] else ""
+        print(f"{r['name']}{version}  [{r['status']}]")
+        if r["methods"]:
+            print(f"    methods: {', '.join(r['methods'])}")
+        if r["initializers"]:
+            print(f"    initializers: {', '.join(r['initializers'])}")
+        if r["hooks"]:
+            print(f"    hooks: {', '.join(r['hooks'])}")
+        if r["error"]:
+            print(f"    error: {r['error']}")
+    return 0
+
+
+# -- methods ------------------------------------------------------------------------------------
+def add_methods_parser(subparsers) -> None:
+    p = subparsers.add_parser("methods", help="list registered methods")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_methods)
+
+
+def run_methods(args) -> int:
+    from .registry import list_methods
+
+    specs = list_methods()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in specs], indent=2))
+        return 0
+    for s in specs:
+        aliases = f" (aliases: {', '.join(s.aliases)})" if s.aliases else ""
+        print(f"{s.name}{aliases}  [{s.plugin} {s.plugin_version or ''}]".rstrip())
+        if s.description:
+            print(f"    {s.description}")
+        if s.paper:
+            print(f"    paper: {s.paper}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, LookupError, FileNotFoundError) as exc:
+        print(f"pml-anchors {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The plugin contract: pluggy markers and hook specifications.
+
+Plugins import the implementation marker from the package root::
+
+    from pml_anchors import hookimpl, MethodSpec
+
+    @hookimpl
+    def register_methods(register):
+        register(MethodSpec(name="my_loss", loss="my_pkg.loss:MyLoss"))
+
+Hooks are called once, when the registry is first built (the first call to
+``list_methods``/``get_method``/``get_loss``/...), never inside a training loop.
+Each plugin's implementations are called on their own so that every registration
+records the distribution that made it.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "pml_anchors"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_methods(register):
+    """Register metric-learning methods, each bundled as one :class:`~pml_anchors.MethodSpec`.
+
+    :param register: ``register(spec: MethodSpec) -> None``. Call it once per method. The
+        registry validates the spec (loss is a PML ``BaseMetricLossFunction`` subclass or a lazy
+        ``"module:Class"`` string, names are identifiers, hooks and initializers are callables or
+        lazy strings) and raises :class:`~pml_anchors.InvalidMethodSpec` naming your plugin if not.
+
+    Called once per plugin when the registry is first built, after every plugin's
+    ``register_initializers``.
+
+    Example::
+
+        @hookimpl
+        def register_methods(register):
+            register(MethodSpec(name="center", loss="pml_anchors_center.loss:CenterLoss",
+                                initializer="one_hot", paper="Wen et al., ECCV 2016"))
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_initializers(register):
+    """Register anchor/proxy geometries that any method may use by name (``anchors="name"``).
+
+    :param register: ``register(name: str, initializer, *, aliases=()) -> None`` where
+        ``initializer`` is a callable ``f(num_classes, embedding_size, *, seed=None, **kw) -> Tensor``
+        (rows = anchors) or a lazy ``"module:function"`` string.
+
+    Called once per plugin when the registry is first built, before any ``register_methods``.
+
+    Example::
+
+        @hookimpl
+        def register_initializers(register):
+            register("hadamard", hadamard_anchors)
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,238 @@
+"""The shared base class of anchor- and proxy-based losses, on PML's ``BaseMetricLossFunction``.
+
+A subclass implements :meth:`AnchorLoss.anchor_losses` (the loss dict of PML's reducer protocol,
+computed from already validated inputs and a cast copy of the anchors) and
+:meth:`AnchorLoss.get_logits`. Everything else is here:
+
+* anchors from an initializer name (``"simplex"``), a callable or a tensor; stored as a persistent
+  buffer when fixed or an ``nn.Parameter`` when learnable, both exposed as ``.anchors``;
+* input validation with messages that say what was expected (labels 1-D integer in range,
+  matching batch size and embedding width, finite embeddings);
+* compute in the embeddings' dtype/device on a cast *copy* of the anchors: unlike PML's
+  ``cast_types`` the stored parameter is never rewritten, so fp64 or bf16-autocast forwards do not
+  silently change it;
+* ``ref_emb`` rejected like PML's proxy losses; ``indices_tuple`` turned into per-sample weights
+  with PML's ``convert_to_weights`` (subclasses decide how to apply them);
+* a clear error when a checkpoint's anchors do not fit this loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pytorch_metric_learning.losses import BaseMetricLossFunction, WeightRegularizerMixin
+from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+AnchorsArg = str | torch.Tensor | Callable[..., torch.Tensor] | None
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
+    """Base class for losses that compare embeddings with one anchor (or proxy) per class.
+
+    :param num_classes: number of classes K (labels must lie in ``[0, K)``).
+    :param embedding_size: embedding width d; ``None`` asks :meth:`derive_embedding_size`.
+    :param anchors: initializer name, callable ``f(K, d, *, seed, **anchor_kwargs)`` or tensor.
+        ``None`` uses the class's ``default_anchors``.
+    :param learnable: ``True`` makes the anchors an ``nn.Parameter``; default from the class.
+    :param seed: seed for random initializers. The default ``0`` makes every process (e.g. every
+        DDP rank) build identical anchors; ``None`` draws from torch's global RNG.
+    :param anchor_kwargs: extra keyword arguments for the initializer.
+    :param check_finite: raise on NaN/Inf embeddings (one device sync per forward).
+    :param kwargs: PML's ``reducer``, ``distance``, ``weight_regularizer``, ``weight_reg_weight``,
+        ``embedding_regularizer``, ``weight_init_func`` (applied to learnable anchors), ...
+    """
+
+    #: Whether anchors are an ``nn.Parameter`` unless ``learnable=`` says otherwise.
+    learnable_anchors: bool = False
+    #: Initializer used when ``anchors=None``.
+    default_anchors: AnchorsArg = "one_hot"
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int | None = None,
+        *,
+        anchors: AnchorsArg = None,
+        learnable: bool | None = None,
+        seed: int | None = 0,
+        anchor_kwargs: dict[str, Any] | None = None,
+        check_finite: bool = True,
+        **kwargs: Any,
+    ):
+        custom_init = "weight_init_func" in kwargs
+        super().__init__(**kwargs)
+        self.num_classes = _positive_int(num_classes, "num_classes")
+        if embedding_size is None:
+            embedding_size = self.derive_embedding_size(self.num_classes)
+        self.embedding_size = _positive_int(embedding_size, "embedding_size")
+        self.learnable = self.learnable_anchors if learnable is None else bool(learnable)
+        self.check_finite = check_finite
+        self.seed = seed
+        tensor = self.build_anchors(self.default_anchors if anchors is None else anchors, seed, anchor_kwargs or {})
+        if self.learnable:
+            self.anchors = torch.nn.Parameter(tensor)
+            if custom_init:
+                self.weight_init_func(self.anchors)
+        else:
+            self.register_buffer("anchors", tensor, persistent=True)
+        self.add_to_recordable_attributes(list_of_names=["num_classes", "embedding_size"], is_stat=False)
+
+    # -- anchors --------------------------------------------------------------------------------
+    def derive_embedding_size(self, num_classes: int) -> int:
+        """Embedding width to use when none is given; methods with a forced width override this."""
+        raise ValueError(f"{type(self).__name__} needs embedding_size (got None)")
+
+    def build_anchors(self, anchors: AnchorsArg, seed: int | None, anchor_kwargs: dict[str, Any]) -> torch.Tensor:
+        if isinstance(anchors, str):
+            from .registry import get_initializer
+
+            anchors = get_initializer(anchors)
+        if callable(anchors) and not torch.is_tensor(anchors):
+            tensor = anchors(self.num_classes, self.embedding_size, seed=seed, **anchor_kwargs)
+        elif torch.is_tensor(anchors):
+            tensor = anchors.detach().clone()
+        else:
+            raise TypeError(
+                "anchors must be an initializer name, a callable f(num_classes, embedding_size, *, seed) "
+                f"or a tensor, got {type(anchors).__name__}"
+            )
+        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+            raise TypeError(f"anchors must be a floating-point tensor, got {getattr(tensor, 'dtype', type(tensor))}")
+        if not torch.isfinite(tensor).all():
+            raise ValueError("anchors contain NaN or Inf")
+        self.check_anchor_shape(tensor)
+        return tensor.contiguous()
+
+    def expected_anchor_shape(self) -> tuple[int, ...]:
+        """Shape the anchors must have; (K, d) unless a subclass says otherwise."""
+        return (self.num_classes, self.embedding_size)
+
+    def check_anchor_shape(self, tensor: torch.Tensor) -> None:
+        expected = self.expected_anchor_shape()
+        if tuple(tensor.shape) != tuple(expected):
+            raise ValueError(
+                f"{type(self).__name__}(num_classes={self.num_classes}, embedding_size={self.embedding_size}) "
+                f"needs anchors of shape {tuple(expected)}, got {tuple(tensor.shape)}"
+            )
+
+    def cast_anchors(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The anchors on the embeddings' device and dtype, as a differentiable copy."""
+        return self.anchors.to(device=embeddings.device, dtype=embeddings.dtype)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        key = prefix + "anchors"
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(self.anchors.shape):
+            raise ValueError(
+                f"checkpoint anchors {key!r} have shape {tuple(state_dict[key].shape)}, but this "
+                f"{type(self).__name__}(num_classes={self.num_classes}, embedding_size={self.embedding_size}) "
+                f"has anchors of shape {tuple(self.anchors.shape)}; build the loss with the checkpoint's "
+                "num_classes, embedding_size and geometry"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # -- validation -----------------------------------------------------------------------------
+    def validate_embeddings(self, embeddings: Any) -> None:
+        if not torch.is_tensor(embeddings):
+            raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        if not embeddings.is_floating_point():
+            raise TypeError(
+                f"embeddings must be a floating-point tensor (float16, bfloat16, float32 or float64), got {embeddings.dtype}"
+            )
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings must have shape (batch_size, {self.embedding_size}) for this loss "
+                f"(embedding_size={self.embedding_size}), got {tuple(embeddings.shape)}"
+            )
+
+    def validate_inputs(self, embeddings: Any, labels: Any) -> None:
+        self.validate_embeddings(embeddings)
+        c_f.labels_required(labels)
+        if not torch.is_tensor(labels):
+            raise TypeError(f"labels must be a 1-D integer torch.Tensor, got {type(labels).__name__}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor (e.g. torch.long), got {labels.dtype}")
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be a 1-D tensor of shape (batch_size,), got shape {tuple(labels.shape)}")
+        if labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"got {embeddings.shape[0]} embeddings but {labels.shape[0]} labels; they must match")
+        if embeddings.shape[0] == 0:
+            return
+        # One device sync for every data-dependent check.
+        checks = [labels.min().to(torch.float64), labels.max().to(torch.float64)]
+        if self.check_finite:
+            checks.append((~torch.isfinite(embeddings)).any().to(torch.float64).to(labels.device))
+        values = torch.stack([c.to(labels.device) for c in checks]).tolist()
+        low, high = int(values[0]), int(values[1])
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}) (num_classes={self.num_classes}), "
+                f"got values from {low} to {high}"
+            )
+        if self.check_finite and values[2]:
+            bad = (~torch.isfinite(embeddings)).any(dim=1).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"embeddings contain NaN or Inf (first bad rows: {bad})")
+
+    # -- PML protocol ---------------------------------------------------------------------------
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+        self.validate_inputs(embeddings, labels)
+        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        c_f.labels_required(labels)
+        c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        if embeddings.shape[0] == 0:
+            return self.zero_losses()
+        labels = labels.long()
+        weights = lmu.convert_to_weights(indices_tuple, labels, dtype=embeddings.dtype)
+        anchors = self.cast_anchors(embeddings)
+        loss_dict = self.anchor_losses(embeddings, labels, anchors, weights)
+        self.add_weight_regularization_to_loss_dict(loss_dict, anchors.reshape(-1, anchors.shape[-1]))
+        return loss_dict
+
+    def anchor_losses(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor
+    ) -> dict[str, dict[str, Any]]:
+        """The loss dict (PML reducer protocol). ``weights`` are per-sample miner weights (ones without a miner)."""
+        raise NotImplementedError
+
+    def element_loss(self, losses: torch.Tensor, **extra: Any) -> dict[str, Any]:
+        """Helper: a per-sample sub-loss for PML's reducers."""
+        return {"losses": losses, "indices": c_f.torch_arange_from_size(losses), "reduction_type": "element", **extra}
+
+    @staticmethod
+    def reduced_loss(value: torch.Tensor) -> dict[str, Any]:
+        """Helper: an already reduced (scalar) sub-loss for PML's reducers."""
+        return {"losses": value, "indices": None, "reduction_type": "already_reduced"}
+
+    # -- inference ------------------------------------------------------------------------------
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Margin-free class scores (B × rows); larger is closer."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Nearest-anchor labels (argmax of :meth:`get_logits`)."""
+        self.validate_embeddings(embeddings)
+        return self.get_logits(embeddings).argmax(dim=1)
+
+    def extra_repr(self) -> str:
+        kind = "learnable" if self.learnable else "fixed"
+        return (
+            f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
+            f"anchors={kind} {tuple(self.anchors.shape)}"
+        )

@@ -1,0 +1,30 @@
+"""Optimizer parameter groups with a method's learning-rate multipliers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def param_groups(module: Any, lr: float, lr_multipliers: Mapping[str, float] | Any = None) -> list[dict[str, Any]]:
+    """Param groups for ``module`` (e.g. a loss under PML's ``metric_loss_optimizer``).
+
+    ``lr_multipliers`` maps parameter names (as in ``named_parameters()``) to multipliers, or is a
+    :class:`~pml_anchors.MethodSpec` whose ``lr_multipliers`` are used. Parameters without a
+    multiplier get ``lr``; frozen parameters are left out. A multiplier naming no parameter is a
+    ``ValueError`` (it would otherwise be silently ignored).
+
+    >>> torch.optim.Adam(param_groups(loss, 1e-4, {"proxies": 100}))  # doctest: +SKIP
+    """
+    multipliers = dict(getattr(lr_multipliers, "lr_multipliers", lr_multipliers) or {})
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    unknown = sorted(set(multipliers) - {n for n, _ in named})
+    if unknown:
+        raise ValueError(
+            f"lr multipliers name parameters {unknown} that {type(module).__name__} does not have "
+            f"(it has {[n for n, _ in named]})"
+        )
+    groups: dict[float, list] = {}
+    for name, param in named:
+        groups.setdefault(float(multipliers.get(name, 1.0)), []).append(param)
+    return [{"params": params, "lr": lr * mult} for mult, params in groups.items()]

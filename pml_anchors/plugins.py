@@ -1,0 +1,345 @@
+"""Plugin loading: entry points, failure isolation, environment variables, the load report.
+
+Loading is lazy: ``import pml_anchors`` imports no plugin; the first registry access calls
+:meth:`PluginManager.load`. Each entry point of the ``pml_anchors`` group is loaded on its own, so
+a plugin that raises on import (or implements a hook this version does not know) is skipped with a
+:class:`~pml_anchors.errors.PluginLoadWarning`, listed with its status and error by
+``pml-anchors plugins``, and named again when someone asks for a method it might provide.
+
+Environment variables (read each time plugins are loaded, see :func:`reset`):
+
+``PML_ANCHORS_LOAD_PLUGINS``
+    Comma-separated allowlist of distribution names; set but empty loads no plugin at all
+    (built-in methods included; the core geometries stay).
+``PML_ANCHORS_DISABLE_PLUGINS``
+    Comma-separated blocklist of distribution names.
+``PML_ANCHORS_STRICT_PLUGINS``
+    ``1`` turns load failures, invalid specs and duplicate names into exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import DuplicateMethodError, InvalidMethodSpec, PluginLoadError, PluginLoadWarning
+from .registry import InitializerEntry, MethodSpec, Registry, validate_spec
+
+ENTRY_POINT_GROUP = "pml_anchors"
+CORE_PLUGIN = "pml-anchors"
+ENV_LOAD = "PML_ANCHORS_LOAD_PLUGINS"
+ENV_DISABLE = "PML_ANCHORS_DISABLE_PLUGINS"
+ENV_STRICT = "PML_ANCHORS_STRICT_PLUGINS"
+#: Distributions shipped from this repository's ``plugins/`` folder. Used only to hide them from
+#: ``pml-anchors plugins`` without ``--all``; they load through entry points like any plugin.
+BUILTIN_DISTRIBUTIONS = frozenset(
+    {"pml-anchors-ncm", "pml-anchors-cam", "pml-anchors-reponet", "pml-anchors-fsc", "pml-anchors-proxy-anchor"}
+)
+HOOK_ORDER = ("register_initializers", "register_methods")
+
+
+def normalize_dist_name(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def _env_list(var: str) -> list[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return [normalize_dist_name(v) for v in value.split(",") if v.strip()]
+
+
+def strict_mode() -> bool:
+    return os.environ.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class PluginRecord:
+    """What ``pml-anchors plugins`` reports for one plugin."""
+
+    name: str
+    version: str | None = None
+    module: str | None = None
+    source: str = "entry_point"  # entry_point | core | in_process
+    status: str = "ok"  # ok | failed | incompatible | disabled | skipped
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    initializers: list[str] = field(default_factory=list)
+    builtin: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}" if self.version else self.name
+
+
+class PluginManager:
+    """pluggy's manager plus our lazy, failure-isolating loader and the built registry."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self._objects: dict[str, Any] = {}
+        self._in_process: list[tuple[str, Any]] = []
+        self._loaded = False
+        self._registry: Registry | None = None
+
+    # -- loading --------------------------------------------------------------------------------
+    def load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        from . import anchors
+
+        self._register(
+            CORE_PLUGIN,
+            anchors,
+            PluginRecord(CORE_PLUGIN, _version("pml-anchors"), anchors.__name__, source="core", builtin=True),
+        )
+        allow, block = _env_list(ENV_LOAD), _env_list(ENV_DISABLE) or []
+        for dist_name, version, ep in _iter_entry_points():
+            record = PluginRecord(
+                ep.name, version, ep.value, builtin=normalize_dist_name(dist_name) in BUILTIN_DISTRIBUTIONS
+            )
+            key = normalize_dist_name(dist_name)
+            if allow is not None and key not in allow and normalize_dist_name(ep.name) not in allow:
+                record.status, record.error = "skipped", f"not listed in {ENV_LOAD}"
+            elif key in block or normalize_dist_name(ep.name) in block:
+                record.status, record.error = "disabled", f"disabled by {ENV_DISABLE}"
+            if record.status != "ok":
+                self.records.setdefault(record.name, record)
+                continue
+            if ep.name in self.records:
+                self._fail(record, f"entry point name {ep.name!r} is already used by {self.records[ep.name].label}")
+                self.records[f"{ep.name} ({dist_name})"] = record
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import error must not crash the host
+                self._fail(record, _describe(exc), exc)
+                self.records[record.name] = record
+                continue
+            self._register(ep.name, plugin, record)
+        for name, plugin in self._in_process:
+            self._register(name, plugin, PluginRecord(name, module=_module_name(plugin), source="in_process"))
+
+    def _register(self, name: str, plugin: Any, record: PluginRecord) -> None:
+        self.records[name] = record
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - PluginValidationError, ValueError (already registered)
+            self._fail(record, _describe(exc), exc)
+            return
+        record.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        unknown = [
+            hc.name
+            for hc in self.pm.get_hookcallers(plugin) or []
+            if not hc.has_spec()
+            for impl in hc.get_hookimpls()
+            if impl.plugin is plugin and not impl.optionalhook
+        ]
+        if unknown:
+            self.pm.unregister(plugin)
+            self._fail(
+                record,
+                f"implements unknown hook(s) {', '.join(sorted(set(unknown)))}: it was written for another "
+                "pml-anchors version (plugins should mark newer hooks @hookimpl(optionalhook=True))",
+                status="incompatible",
+            )
+            return
+        self._objects[name] = plugin
+
+    def _fail(self, record: PluginRecord, message: str, exc: BaseException | None = None, status: str = "failed"):
+        record.status, record.error = status, message
+        if strict_mode():
+            raise PluginLoadError(f"plugin {record.label} could not be loaded: {message}") from exc
+        warnings.warn(f"pml_anchors: skipping plugin {record.label}: {message}", PluginLoadWarning, stacklevel=4)
+
+    # -- registry -------------------------------------------------------------------------------
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self.load()
+            self._registry = self._build_registry()
+        return self._registry
+
+    def _build_registry(self) -> Registry:
+        registry = Registry(notes=self._failure_notes)
+        for name, plugin in self._objects.items():
+            record = self.records[name]
+            record.methods, record.initializers = [], []
+            staged_specs: list[MethodSpec] = []
+            staged_inits: list[InitializerEntry] = []
+
+            def register_initializer(init_name, initializer, *, aliases=(), _plugin=name, _staged=staged_inits):
+                if not isinstance(init_name, str) or not init_name.isidentifier():
+                    raise InvalidMethodSpec(
+                        f"plugin {_plugin!r}: initializer name must be an identifier, got {init_name!r}"
+                    )
+                if any(e.name == init_name for e in _staged):
+                    raise InvalidMethodSpec(f"plugin {_plugin!r} registered initializer {init_name!r} twice")
+                if not (callable(initializer) or isinstance(initializer, str)):
+                    raise InvalidMethodSpec(
+                        f"plugin {_plugin!r}: initializer {init_name!r} must be callable or 'module:attr'"
+                    )
+                _staged.append(InitializerEntry(init_name, initializer, _plugin, tuple(aliases)))
+
+            def register_method(spec, _plugin=name, _staged=staged_specs, _version=record.version):
+                spec = validate_spec(spec, _plugin)
+                if any(s.name == spec.name for s in _staged):
+                    raise InvalidMethodSpec(f"plugin {_plugin!r} registered method {spec.name!r} twice")
+                _staged.append(_stamp(spec, _plugin, _version))
+
+            try:
+                self._call(plugin, "register_initializers", register=register_initializer)
+                self._call(plugin, "register_methods", register=register_method)
+            except Exception as exc:  # noqa: BLE001 - a bad plugin must not take the others down
+                self._fail(record, _describe(exc), exc)
+                continue
+            for entry in staged_inits:
+                registry.add_initializer(entry)
+                record.initializers.append(entry.name)
+            for spec in staged_specs:
+                registry.add_method(spec)
+                record.methods.append(spec.name)
+        duplicates = registry.duplicates()
+        if duplicates and strict_mode():
+            detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in duplicates.items())
+            raise DuplicateMethodError(f"duplicate names registered by several plugins: {detail}")
+        return registry
+
+    def _call(self, plugin: Any, hook_name: str, **kwargs: Any) -> None:
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+
+    def _failure_notes(self) -> list[str]:
+        notes = []
+        for record in self.records.values():
+            if record.status in {"failed", "incompatible"}:
+                notes.append(f"Plugin {record.label} failed to load and may provide it: {record.error}.")
+            elif record.status in {"disabled", "skipped"}:
+                notes.append(f"Plugin {record.label} is not loaded ({record.error}).")
+        return notes
+
+    # -- in-process plugins ---------------------------------------------------------------------
+    def register_plugin(self, plugin: Any, name: str | None = None) -> str:
+        name = name or _module_name(plugin) or type(plugin).__name__
+        if name in self.records or any(n == name for n, _ in self._in_process):
+            raise ValueError(f"a plugin named {name!r} is already registered")
+        self._in_process.append((name, plugin))
+        if self._loaded:
+            self._register(name, plugin, PluginRecord(name, module=_module_name(plugin), source="in_process"))
+        self._registry = None
+        return name
+
+    def unregister_plugin(self, name: str) -> None:
+        self._in_process = [(n, p) for n, p in self._in_process if n != name]
+        plugin = self._objects.pop(name, None)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.records.pop(name, None)
+        self._registry = None
+
+    def plugin_reports(self) -> list[PluginRecord]:
+        self.registry()
+        return [self.records[k] for k in sorted(self.records, key=lambda k: (self.records[k].source != "core", k))]
+
+
+def _stamp(spec: MethodSpec, plugin: str, version: str | None) -> MethodSpec:
+    from dataclasses import replace
+
+    return replace(spec, plugin=plugin, plugin_version=version)
+
+
+def _iter_entry_points():
+    seen = set()
+    found = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else ep.name
+        version = dist.version if dist is not None else None
+        key = (normalize_dist_name(dist_name), ep.name, ep.value)
+        if key in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(key)
+        found.append((dist_name, version, ep))
+    return sorted(found, key=lambda item: (normalize_dist_name(item[0]), item[2].name))
+
+
+def _version(dist_name: str) -> str | None:
+    try:
+        return metadata.version(dist_name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _module_name(plugin: Any) -> str | None:
+    return getattr(plugin, "__name__", None) or getattr(type(plugin), "__module__", None)
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+_MANAGER: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    global _MANAGER
+    if _MANAGER is None:
+        _MANAGER = PluginManager()
+    return _MANAGER
+
+
+def load_plugins() -> PluginManager:
+    """Load every plugin now (normally done lazily on first registry access)."""
+    manager = get_plugin_manager()
+    manager.registry()
+    return manager
+
+
+def reset() -> None:
+    """Forget every loaded plugin and in-process registration; the next access reloads (tests)."""
+    global _MANAGER
+    _MANAGER = None
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> str:
+    """Register an in-process plugin (a module, class or object with ``@hookimpl`` functions).
+
+    Handy in notebooks and tests; returns the name it was registered under.
+    """
+    return get_plugin_manager().register_plugin(plugin, name)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove an in-process plugin registered with :func:`register_plugin`."""
+    get_plugin_manager().unregister_plugin(name)
+
+
+def get_plugins(all: bool = True) -> list[dict[str, Any]]:  # noqa: A002 - mirrors `pml-anchors plugins --all`
+    """The load report: one dict per plugin with name, version, hooks, methods, status and error.
+
+    ``all=False`` hides the core and the built-in distributions of this repository.
+    """
+    reports = get_plugin_manager().plugin_reports()
+    return [r.as_dict() for r in reports if all or not r.builtin]
+
+
+def plugin_label(name: str | None) -> str:
+    record = get_plugin_manager().records.get(name or "")
+    return record.label if record else str(name)

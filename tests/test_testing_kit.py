@@ -1,0 +1,103 @@
+"""The author test kit: the pml_registry fixture and check_method()."""
+
+import pytest
+import torch
+from toy_loss import LearnableToyLoss, ToyCosineLoss
+
+import pml_anchors
+from pml_anchors import MethodSpec, TrainerHooks, hookimpl
+from pml_anchors.testing import check_method
+
+
+def test_check_method_accepts_a_spec_with_fixed_anchors():
+    report = check_method(MethodSpec(name="toy", loss=ToyCosineLoss, initializer="one_hot"))
+    assert report["hooks"] == "TrainerHooks" and report["trainer_loss"] > 0
+
+
+def test_check_method_accepts_learnable_anchors_by_name(pml_registry):
+    class Plugin:
+        @hookimpl
+        def register_methods(self, register):
+            register(MethodSpec(name="toy_l", loss=LearnableToyLoss))
+
+    pml_registry.add_plugin(Plugin(), name="toy")
+    assert check_method("toy_l")["method"] == "toy:toy_l"
+
+
+def test_check_method_runs_the_method_hooks_in_a_real_trainer():
+    calls = []
+
+    class Hooks(TrainerHooks):
+        def attach(self, trainer):
+            calls.append(("attach", type(trainer).__name__))
+
+        def end_of_iteration_hook(self, trainer):
+            calls.append(("iteration", trainer.iteration))
+
+        def end_of_epoch_hook(self, trainer):
+            calls.append(("epoch", trainer.epoch))
+            return super().end_of_epoch_hook(trainer)
+
+    check_method(MethodSpec(name="toy", loss=ToyCosineLoss, trainer_hooks=Hooks), train_iterations=2)
+    assert calls == [("attach", "MetricLossOnly"), ("iteration", 0), ("iteration", 1), ("epoch", 1)]
+
+
+class NoGradAnchors(LearnableToyLoss):
+    def anchor_losses(self, embeddings, labels, anchors, weights):
+        return super().anchor_losses(embeddings, labels, anchors.detach(), weights)
+
+
+class NotDeterministic(ToyCosineLoss):
+    def __init__(self, num_classes, embedding_size=None, **kwargs):
+        kwargs["anchors"] = torch.randn(num_classes, embedding_size)
+        super().__init__(num_classes, embedding_size, **kwargs)
+
+
+class NanLoss(ToyCosineLoss):
+    def anchor_losses(self, embeddings, labels, anchors, weights):
+        out = super().anchor_losses(embeddings, labels, anchors, weights)
+        out["loss"]["losses"] = out["loss"]["losses"] * float("nan")
+        return out
+
+
+@pytest.mark.parametrize(
+    "loss, message",
+    [
+        (NoGradAnchors, "received no gradient"),
+        (NotDeterministic, "not deterministic"),
+        (NanLoss, "not finite"),
+        (torch.nn.Linear, "BaseMetricLossFunction"),
+    ],
+)
+def test_check_method_catches_broken_methods(loss, message):
+    with pytest.raises((AssertionError, pml_anchors.InvalidMethodSpec), match=message):
+        check_method(MethodSpec(name="bad", loss=loss))
+
+
+def test_pml_registry_fixture_blocks_discovery(pml_registry):
+    assert pml_anchors.list_methods() == []
+    report = pml_anchors.get_plugins()
+    assert all(r["status"] in {"ok", "skipped"} for r in report)
+    assert [r["name"] for r in report if r["status"] == "ok"] == ["pml-anchors"]
+
+
+def test_chain_hooks_stops_when_any_hook_returns_false():
+    from pml_anchors import chain_hooks
+
+    seen = []
+    hook = chain_hooks(lambda t: seen.append(1), None, lambda t: False, lambda t: seen.append(3))
+    assert hook(object()) is False and seen == [1, 3]
+    assert chain_hooks(lambda t: None)(object()) is True
+
+
+def test_param_groups_apply_lr_multipliers():
+    from pml_anchors import param_groups
+
+    loss = LearnableToyLoss(3, 4)
+    groups = param_groups(loss, 1e-3, {"anchors": 100})
+    assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(0.1)
+    spec = MethodSpec(name="x", loss=LearnableToyLoss, lr_multipliers={"anchors": 10.0})
+    assert param_groups(loss, 1e-3, spec)[0]["lr"] == pytest.approx(1e-2)
+    with pytest.raises(ValueError, match="proxies"):
+        param_groups(loss, 1e-3, {"proxies": 100})
+    assert param_groups(ToyCosineLoss(3, 4), 1e-3) == []
