@@ -53,6 +53,8 @@ def test_anchors_from_name_callable_tensor():
     loss = ToyCosineLoss(3, 4, anchors=init, seed=7, anchor_kwargs={"scale": 2.0})
     assert called == {"k": 3, "d": 4, "seed": 7, "scale": 2.0}
     assert torch.equal(loss.anchors, torch.full((3, 4), 2.0))
+    lazy = ToyCosineLoss(3, 3, anchors="pml_anchors.anchors:one_hot")
+    assert torch.equal(lazy.anchors, torch.eye(3))
     with pytest.raises(ValueError, match=r"needs anchors of shape \(3, 4\), got \(2, 4\)"):
         ToyCosineLoss(3, 4, anchors=torch.randn(2, 4))
     with pytest.raises(TypeError, match="anchors must be"):

@@ -1,0 +1,42 @@
+"""pml-anchors plugin: Class Anchor Margin (CAM) loss (Ghita & Ionescu, "Class Anchor Margin Loss for
+Content-Based Image Retrieval").
+
+Registers the method ``cam`` (learnable class anchors; attractor + repeller + minimum-norm terms on raw
+Euclidean embeddings) and the initializer ``standard_normal``. Nothing here imports torch: the loss and
+hooks are lazy ``"module:attr"`` strings and the initializer imports torch only when called.
+"""
+
+from pml_anchors import MethodSpec, hookimpl
+
+from .initializers import standard_normal
+
+__version__ = "0.1.0"
+
+PAPER = (
+    "Ghita & Ionescu, Class Anchor Margin Loss for Content-Based Image Retrieval "
+    "(arXiv 2306.00630; PAKDD 2024 short version)"
+)
+
+
+@hookimpl
+def register_initializers(register):
+    register("standard_normal", standard_normal)
+
+
+@hookimpl
+def register_methods(register):
+    register(
+        MethodSpec(
+            name="cam",
+            loss="pml_anchors_cam.cam_loss:ClassAnchorMarginLoss",
+            initializer=standard_normal,
+            trainer_hooks="pml_anchors_cam.hooks:CAMHooks",
+            normalize_embeddings=False,  # trained and retrieved with raw L2 distances
+            paper=PAPER,
+            description=(
+                "CAM: learnable class anchors; attract embeddings to their anchor, repel anchors closer than 2m, "
+                "keep anchor norms >= p (m=2, p=1)"
+            ),
+            aliases=("class_anchor_margin",),
+        )
+    )

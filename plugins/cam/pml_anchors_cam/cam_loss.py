@@ -1,0 +1,175 @@
+"""Class Anchor Margin (CAM) loss (Ghita & Ionescu, "Class Anchor Margin Loss for Content-Based Image Retrieval").
+
+Learnable class anchors C = {c_1..c_K} live in the (raw, unnormalised) embedding space; eq. 1-4::
+
+    L_A(x_i, C) = 1/2 ||e_i - c_{y_i}||^2                                   (1, attractor)
+    L_R(C)      = 1/2 sum_{y != y'} max(0, 2m - ||c_y - c_{y'}||)^2         (2, repeller)
+    L_N(C)      = 1/2 sum_y max(0, p - ||c_y||)^2                           (3, minimum norm)
+    L_CAM       = L_A + L_R + L_N                                           (4), m = 2, p = 1
+
+Over a batch we use mean_i L_A(x_i) + L_R + L_N: the per-example objective (4) averaged over the batch,
+the anchor-only terms added once. The sum over y != y' counts every unordered pair twice and the 1/2
+cancels that, so L_R is the sum over unordered pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from pytorch_metric_learning.distances import LpDistance
+
+from pml_anchors.losses import AnchorLoss
+
+from .initializers import standard_normal
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with a zero (not NaN) gradient where x <= 0 (coincident anchors, an anchor at the origin)."""
+    return x.clamp_min(torch.finfo(x.dtype).tiny).sqrt()
+
+
+def _no_autocast(device_type: str) -> AbstractContextManager:
+    """Run the small anchor computations in their own dtype: autocast would do the K x K Gram in bf16."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+class ClassAnchorMarginLoss(AnchorLoss):
+    """CAM loss: attractor to the own class anchor, anchor repeller with margin 2m, anchor minimum norm p.
+
+    :param num_classes: number of classes K (one learnable anchor each).
+    :param embedding_size: embedding width n (the paper leaves it open).
+    :param margin: m (paper: 2); anchors closer than 2m repel each other. ``0`` switches the repeller off.
+    :param min_norm: p (paper: 1); anchors with norm below p are pushed away from the origin. ``0`` switches
+        the norm term off.
+    :param batch_classes_only: ``False`` (default): L_R and L_N run over all K anchors, as eq. 2-3 define
+        them on the whole anchor set C. ``True``: only over the classes present in the batch.
+    :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options: ``anchors`` (default
+        ``standard_normal``, i.e. ``torch.randn`` under ``seed``; the paper does not state its init; any
+        registered name, callable or (K, n) tensor), ``seed``, ``learnable``, and PML's ``reducer``,
+        ``weight_regularizer``, ``embedding_regularizer``, ...
+
+    Sub-losses (PML reducer protocol): ``attractor_loss`` (per sample, "element": the default
+    ``MeanReducer`` averages it; miner weights multiply it), ``repeller_loss`` and ``norm_loss``
+    ("already_reduced" scalars). ``anchors`` is an ``nn.Parameter`` (K, n): step it with PML's
+    ``metric_loss_optimizer`` (paper: Adam, lr 1e-3, the same optimizer as the network).
+    """
+
+    learnable_anchors = True
+    default_anchors = staticmethod(standard_normal)
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int | None = None,
+        margin: float = 2.0,
+        min_norm: float = 1.0,
+        *,
+        batch_classes_only: bool = False,
+        **kwargs: Any,
+    ):
+        self.margin = _non_negative(margin, "margin", "paper: 2")
+        self.min_norm = _non_negative(min_norm, "min_norm", "paper: 1")
+        if not isinstance(batch_classes_only, bool):
+            raise TypeError(f"batch_classes_only must be a bool, got {type(batch_classes_only).__name__}")
+        self.batch_classes_only = batch_classes_only
+        super().__init__(num_classes, embedding_size, **kwargs)
+        dist = self.distance
+        if not (isinstance(dist, LpDistance) and not dist.normalize_embeddings and dist.p == 2 and dist.power == 1):
+            raise TypeError(
+                "ClassAnchorMarginLoss works on raw Euclidean distances; distance must be "
+                f"LpDistance(normalize_embeddings=False, p=2, power=1), got {dist!r}"
+            )
+        self.add_to_recordable_attributes(list_of_names=["margin", "min_norm"], is_stat=False)
+
+    def get_default_distance(self) -> LpDistance:
+        return LpDistance(normalize_embeddings=False, p=2, power=1)
+
+    def _sub_loss_names(self) -> list[str]:
+        return ["attractor_loss", "repeller_loss", "norm_loss"]
+
+    def cast_anchors(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """A differentiable copy on the embeddings' device, in their dtype but at least float32."""
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        return self.anchors.to(device=embeddings.device, dtype=dtype)
+
+    # -- loss -----------------------------------------------------------------------------------
+    def anchor_terms(
+        self, anchors: torch.Tensor, present: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_R, L_N) of eq. 2-3 for the (K, n) ``anchors``; ``present`` (K,) bool restricts both to those classes.
+
+        One K x K Gram matrix on the centred anchors (distances are translation invariant; centring limits
+        cancellation in ||a||^2 + ||b||^2 - 2 a.b). Coincident anchors get a finite (zero) gradient.
+        """
+        centred = anchors - anchors.mean(dim=0, keepdim=True)
+        sq = centred.pow(2).sum(dim=1)
+        dist = _safe_sqrt(sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (centred @ centred.T))
+        pairs = ~torch.eye(anchors.shape[0], dtype=torch.bool, device=anchors.device)  # y != y'
+        if present is not None:
+            pairs = pairs & present.unsqueeze(1) & present.unsqueeze(0)
+        hinge = (2.0 * self.margin - dist).clamp_min(0).pow(2).masked_fill(~pairs, 0.0)
+        shortfall = (self.min_norm - _safe_sqrt(anchors.pow(2).sum(dim=1))).clamp_min(0).pow(2)
+        if present is not None:
+            shortfall = shortfall.masked_fill(~present, 0.0)
+        # Eq. 2 and 3 as written: 1/2 sum over ordered pairs y != y' (= the sum over unordered pairs), 1/2 sum_y.
+        return 0.5 * hinge.sum(), 0.5 * shortfall.sum()
+
+    def anchor_losses(self, embeddings, labels, anchors, weights):
+        with _no_autocast(embeddings.device.type):
+            work = anchors.dtype
+            diff = embeddings.to(work) - anchors[labels]  # B x n: no B x K temporary
+            attractor = 0.5 * diff.pow(2).sum(dim=1) * weights.to(work)
+            present = None
+            if self.batch_classes_only:
+                present = torch.zeros(self.num_classes, dtype=torch.bool, device=labels.device)
+                present[labels] = True
+            repeller, norm = self.anchor_terms(anchors, present)
+        return {
+            "attractor_loss": self.element_loss(attractor),
+            "repeller_loss": self.reduced_loss(repeller),
+            "norm_loss": self.reduced_loss(norm),
+        }
+
+    # -- inference and diagnostics ----------------------------------------------------------------
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Negative Euclidean distance to every anchor (B x K); the argmax is the nearest anchor."""
+        with _no_autocast(embeddings.device.type):
+            anchors = self.cast_anchors(embeddings)
+            return -torch.cdist(embeddings.to(anchors.dtype), anchors)
+
+    @torch.no_grad()
+    def geometry(self) -> dict[str, float]:
+        """Smallest inter-anchor distance against 2m, smallest anchor norm against p, pairs inside 2m."""
+        anchors = self.anchors.detach().to(torch.float64)
+        norms = anchors.norm(dim=1)
+        out = {
+            "min_anchor_norm": float(norms.min()),
+            "target_min_norm": self.min_norm,
+            "target_min_distance": 2.0 * self.margin,
+        }
+        if anchors.shape[0] > 1:
+            i, j = torch.triu_indices(anchors.shape[0], anchors.shape[0], offset=1)
+            pairs = (anchors[i] - anchors[j]).norm(dim=1)
+            out["min_anchor_distance"] = float(pairs.min())
+            out["pairs_within_margin"] = int((pairs < 2.0 * self.margin).sum())
+        return out
+
+    def target_min_angle(self) -> None:
+        """CAM constrains Euclidean distances (>= 2m), not angles: no target angle."""
+        return None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, margin={self.margin:g}, min_norm={self.min_norm:g}, "
+            f"batch_classes_only={self.batch_classes_only}"
+        )
+
+
+def _non_negative(value: Any, name: str, note: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 ({note}), got {value!r}")
+    return float(value)

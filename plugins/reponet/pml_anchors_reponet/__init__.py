@@ -1,0 +1,35 @@
+"""pml-anchors plugin: Margin Regular Polytope Networks (Pernici et al., CVPR-W 2019).
+
+Registers the method ``reponet``: a fixed, unit-norm classifier on the vertices of the d-Simplex,
+d-Orthoplex or d-Cube, L2-normalised features scaled by kappa = 30 and an additive angular (ArcFace)
+margin m = phi, the angle between neighbouring vertices (paper eq. 9-12). The loss and hooks are lazy
+``"module:attr"`` strings, so listing methods imports neither torch nor PML.
+"""
+
+from pml_anchors import MethodSpec, hookimpl
+
+__version__ = "0.1.0"
+
+PAPER = (
+    "Pernici, Bruni, Baecchi & Del Bimbo, Maximally Compact and Separated Features with Regular Polytope "
+    "Networks, CVPR Workshops 2019 (Margin-RePoNet)"
+)
+
+
+@hookimpl
+def register_methods(register):
+    register(
+        MethodSpec(
+            name="reponet",
+            loss="pml_anchors_reponet.reponet_loss:RePoNetLoss",
+            initializer=None,  # the loss builds the polytope chosen by its ``polytope`` option
+            trainer_hooks="pml_anchors_reponet.hooks:RePoNetHooks",
+            normalize_embeddings=True,
+            paper=PAPER,
+            description=(
+                "Margin-RePoNet: fixed simplex/orthoplex/cube classifier, normalised features x30, "
+                "ArcFace margin m = phi (the polytope's vertex angle)"
+            ),
+            aliases=("margin_reponet",),
+        )
+    )

@@ -1,0 +1,237 @@
+"""Margin Regular Polytope Network loss (Pernici, Bruni, Baecchi & Del Bimbo, CVPR-W 2019).
+
+Paper: "Maximally Compact and Separated Features with Regular Polytope Networks". The classifier is fixed
+to the unit vertices w_j of a regular polytope (eq. 3-5: d-Simplex, d-Orthoplex, d-Cube), features are
+L2-normalised and scaled by kappa (eq. 8, kappa = 30) and the target logit gets the additive angular margin
+of ArcFace (eq. 9)::
+
+    L = -1/N sum_i log( e^{kappa cos(theta_yi + m)} / (e^{kappa cos(theta_yi + m)} + sum_{j != yi} e^{kappa cos theta_j}) )
+
+with m = phi, the angle between a vertex and its nearest neighbours (eq. 10-12): simplex arccos(-1/d),
+orthoplex pi/2, cube arccos((d-2)/d).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.distances import CosineSimilarity
+
+from pml_anchors import anchors as geometry
+from pml_anchors.losses import AnchorLoss
+
+POLYTOPES = ("simplex", "orthoplex", "cube")
+FALLBACKS = ("arcface", "easy", "none")
+
+
+class RePoNetLoss(AnchorLoss):
+    """Margin-RePoNet: cross-entropy over a fixed regular-polytope classifier with an ArcFace margin.
+
+    :param num_classes: number of classes K; labels use the first K polytope vertices.
+    :param embedding_size: feature width d. ``None`` derives what the polytope needs (paper eq. 7, with the
+        orthoplex and cube entries as in the official code): simplex K-1, orthoplex ceil(K/2),
+        cube ceil(log2 K). Any other value is a ``ValueError`` naming the needed size.
+    :param polytope: ``"simplex"`` (default), ``"orthoplex"`` or ``"cube"``. Vertex order follows the
+        official ``prototypes.py`` (see :mod:`pml_anchors.anchors`). ``anchors="cube"`` (a polytope name)
+        selects the polytope too.
+    :param margin: additive angular margin in **radians**. ``"auto"`` (default) is m = phi of the geometry
+        (eq. 10-12; for custom anchors the smallest angle between two of their rows); ``0`` gives the plain
+        RePoNet/NormFace loss (eq. 8).
+    :param scale: kappa, the feature scale (paper: 30).
+    :param fallback: what the target logit is once theta_y > pi - m, where cos(theta + m) stops decreasing:
+        ``"arcface"`` (default, as PML's ``ArcFaceLoss`` and insightface): cos theta - m sin m;
+        ``"easy"`` (insightface ``easy_margin``): the margin only where cos theta > 0;
+        ``"none"``: cos(theta + m) everywhere, eq. 9 literally (not monotone for large theta).
+    :param drop_unused: ``False`` (default, as the official code) keeps every polytope vertex in the softmax
+        (2^d rows for the cube, 2 ceil(K/2) for the orthoplex): the vertices past K act as pre-allocated
+        "virtual" classes, and predicting one counts as an error. ``True`` keeps only the first K rows.
+    :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors`` to override the polytope
+        with any geometry: a registered name, a callable or a (rows >= K, d) tensor; ``learnable=True``
+        gives the paper's learnable-classifier baseline) and PML's (``reducer``, ``weight_regularizer``, ...).
+
+    ``anchors`` is a persistent buffer of shape (rows, d), rows >= K. Miner ``indices_tuple`` weights
+    multiply the per-sample cross-entropy, as in PML's classification losses.
+    """
+
+    learnable_anchors = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int | None = None,
+        margin: float | str = "auto",
+        scale: float = 30.0,
+        *,
+        polytope: str | None = None,
+        fallback: str = "arcface",
+        drop_unused: bool = False,
+        **kwargs: Any,
+    ):
+        anchors = kwargs.get("anchors")
+        named = anchors if isinstance(anchors, str) and anchors in POLYTOPES else None
+        if polytope is None:
+            polytope = named or "simplex"
+        if polytope not in POLYTOPES:
+            raise ValueError(f"polytope must be one of {', '.join(map(repr, POLYTOPES))}; got {polytope!r}")
+        if named is not None and named != polytope:
+            raise ValueError(f"anchors={named!r} contradicts polytope={polytope!r}; give one of them")
+        if named is not None:
+            kwargs.pop("anchors")
+            anchors = None
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {', '.join(map(repr, FALLBACKS))}; got {fallback!r}")
+        if not isinstance(drop_unused, bool):
+            raise TypeError(f"drop_unused must be a bool, got {type(drop_unused).__name__}")
+        self.scale = _check_scale(scale)
+        margin_value = _check_margin(margin)
+        # Set before AnchorLoss.__init__, which derives the width and builds the anchors through our overrides.
+        self.polytope = polytope
+        self.fallback = fallback
+        self.drop_unused = drop_unused
+        self.uses_polytope = anchors is None
+        if self.uses_polytope:
+            need = geometry.required_embedding_size(polytope, num_classes)
+            if embedding_size is not None and embedding_size != need:
+                raise ValueError(
+                    f"RePoNetLoss with polytope={polytope!r} and num_classes={num_classes} needs "
+                    f"embedding_size = {_WIDTH_RULE[polytope]} = {need}, got {embedding_size}; "
+                    "pass embedding_size=None to derive it"
+                )
+        elif embedding_size is None and torch.is_tensor(anchors):
+            embedding_size = anchors.shape[-1]
+        super().__init__(num_classes, embedding_size, **kwargs)
+        if not isinstance(self.distance, CosineSimilarity):  # cosine-based, like PML's ArcFaceLoss
+            raise TypeError(f"RePoNetLoss works on cosines; distance must be a CosineSimilarity, got {self.distance!r}")
+        self.num_rows = self.anchors.shape[0]
+        if self.uses_polytope:
+            self.phi = geometry.polytope_margin(polytope, self.embedding_size)
+        else:
+            self.phi = geometry.min_pairwise_angle(self.anchors) if self.num_rows > 1 else math.pi
+        self.margin = self.phi if margin_value is None else margin_value
+        self.add_to_recordable_attributes(list_of_names=["margin", "scale", "num_rows"], is_stat=False)
+
+    # -- geometry -------------------------------------------------------------------------------
+    @property
+    def default_anchors(self):
+        """The vertices of ``self.polytope`` (all of them; ``drop_unused`` trims them afterwards)."""
+        return self._polytope_vertices
+
+    def derive_embedding_size(self, num_classes: int) -> int:
+        """Paper eq. 7 (orthoplex and cube entries as in the official code): K-1, ceil(K/2), ceil(log2 K)."""
+        if not self.uses_polytope:
+            raise ValueError("RePoNetLoss with custom anchors (a name or callable) needs embedding_size")
+        return geometry.required_embedding_size(self.polytope, num_classes)
+
+    def _polytope_vertices(self, num_classes, embedding_size, *, seed=None, **anchor_kwargs):
+        builder = getattr(geometry, self.polytope)
+        return builder(num_classes, embedding_size, seed=seed, **anchor_kwargs)
+
+    def polytope_rows(self) -> int:
+        """Rows of the polytope classifier: K (simplex or ``drop_unused``), 2 ceil(K/2) or 2^d."""
+        if self.drop_unused or self.polytope == "simplex":
+            return self.num_classes
+        return 2 * self.embedding_size if self.polytope == "orthoplex" else 2**self.embedding_size
+
+    def expected_anchor_shape(self) -> tuple[int, ...]:
+        return (self.polytope_rows(), self.embedding_size)
+
+    def check_anchor_shape(self, tensor: torch.Tensor) -> None:
+        """Any (rows >= K, d) tensor; rows past K are virtual classes (``drop_unused=True`` removes them)."""
+        d, k = self.embedding_size, self.num_classes
+        if tensor.ndim != 2 or tensor.shape[1] != d or tensor.shape[0] < k:
+            raise ValueError(
+                f"RePoNetLoss(num_classes={k}, embedding_size={d}) needs anchors of shape (rows, {d}) with "
+                f"rows >= {k} (the polytope gives {self.expected_anchor_shape()}), got {tuple(tensor.shape)}"
+            )
+
+    def build_anchors(self, anchors, seed, anchor_kwargs) -> torch.Tensor:
+        tensor = super().build_anchors(anchors, seed, anchor_kwargs)
+        if self.drop_unused:
+            tensor = tensor[: self.num_classes].contiguous()
+        if not (tensor.norm(dim=1) > 0).all():
+            raise ValueError("RePoNetLoss anchors must be non-zero rows (they are L2-normalised)")
+        return tensor
+
+    def target_min_angle(self) -> float:
+        """phi in radians: the smallest angle between two classifier rows (eq. 10-12)."""
+        return self.phi
+
+    def get_default_distance(self) -> CosineSimilarity:
+        return CosineSimilarity()
+
+    # -- loss -----------------------------------------------------------------------------------
+    def _cosines(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = F.normalize(embeddings, dim=1)
+        weights = F.normalize(anchors, dim=1)
+        return features, weights
+
+    def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
+        """Unscaled target logit cos(theta + m) with the chosen fallback (input and output in [-1, 1]).
+
+        Written as cos theta cos m - sin theta sin m with sin theta = sqrt(max(1 - cos^2, tiny)), so a feature
+        exactly on its vertex (theta = 0, where d theta / d cos is infinite) gets a finite gradient.
+        """
+        m = self.margin
+        c = cos_target.clamp(-1.0, 1.0)
+        sin = (1.0 - c * c).clamp_min(torch.finfo(c.dtype).tiny).sqrt()
+        with_margin = c * math.cos(m) - sin * math.sin(m)
+        if self.fallback == "arcface":  # theta <= pi - m  <=>  cos theta >= -cos m
+            return torch.where(c >= -math.cos(m), with_margin, c - m * math.sin(m))
+        if self.fallback == "easy":
+            return torch.where(c > 0, with_margin, c)
+        return with_margin
+
+    def anchor_losses(self, embeddings, labels, anchors, weights):
+        features, rows = self._cosines(embeddings, anchors)
+        logits = features @ rows.T  # the one (B x d) @ (d x rows) product
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no-op unless bf16/fp16
+        logits.mul_(self.scale)
+        if self.margin != 0:
+            # Target cosine from a row-wise dot product (B x d, full precision even under autocast); the
+            # B x rows matrix is scaled and patched in place, so no second B x rows temporary is made.
+            work = logits.dtype
+            cos_target = (features.to(work) * rows.to(work)[labels]).sum(dim=1, keepdim=True)
+            logits.scatter_(1, labels.unsqueeze(1), self.scale * self.target_logit(cos_target))
+        losses = F.cross_entropy(logits, labels, reduction="none") * weights.to(logits.dtype)
+        return {"loss": self.element_loss(losses)}
+
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Margin-free scaled cosines kappa cos theta_j to every row (B x rows, virtual vertices included)."""
+        features, rows = self._cosines(embeddings, self.cast_anchors(embeddings))
+        return self.scale * (features @ rows.T)
+
+    def extra_repr(self) -> str:
+        geometry_name = self.polytope if self.uses_polytope else "custom"
+        return (
+            f"{super().extra_repr()}, polytope={geometry_name}, margin={self.margin:.6g} rad "
+            f"({math.degrees(self.margin):.4g} deg), scale={self.scale:g}, fallback={self.fallback}, "
+            f"drop_unused={self.drop_unused}"
+        )
+
+
+_WIDTH_RULE = {"simplex": "num_classes - 1", "orthoplex": "ceil(num_classes / 2)", "cube": "ceil(log2(num_classes))"}
+
+
+def _check_scale(scale: Any) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0 (paper: 30), got {scale!r}")
+    return float(scale)
+
+
+def _check_margin(margin: Any) -> float | None:
+    """``None`` for ``"auto"``; else the margin in radians, which must lie in [0, pi]."""
+    if isinstance(margin, str):
+        if margin != "auto":
+            raise ValueError(f"margin must be 'auto' or a number of radians in [0, pi], got {margin!r}")
+        return None
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin):
+        raise ValueError(f"margin must be 'auto' or a number of radians in [0, pi], got {margin!r}")
+    if not 0 <= margin <= math.pi:
+        raise ValueError(
+            f"margin must lie in [0, pi] radians, got {margin!r} (PML's ArcFaceLoss takes degrees; this loss radians)"
+        )
+    return float(margin)
