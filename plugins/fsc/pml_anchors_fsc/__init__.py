@@ -1,0 +1,27 @@
+"""pml-anchors-fsc: the Fixed Sub-Center (F-SC) loss as a pml-anchors plugin.
+
+Z. Zhang, X. Gong, "The Fixed Sub-Center: A Better Way to Capture Data Complexity", arXiv:2203.12928 (2022).
+Registers the method ``fsc``. Importing this package imports no torch: everything is named by lazy
+``"module:attr"`` strings.
+"""
+
+from pml_anchors import MethodSpec, hookimpl
+
+__version__ = "0.1.0"
+
+PAPER = "Z. Zhang, X. Gong. The Fixed Sub-Center: A Better Way to Capture Data Complexity. arXiv:2203.12928, 2022."
+
+
+@hookimpl
+def register_methods(register):
+    register(
+        MethodSpec(
+            name="fsc",
+            loss="pml_anchors_fsc.fsc_loss:FixedSubCenterLoss",
+            initializer="gaussian_subcenters",
+            trainer_hooks="pml_anchors_fsc.hooks:FSCTrainerHooks",
+            normalize_embeddings=True,
+            paper=PAPER,
+            description="F-SC: softmax summed over fixed Gaussian sub-centres + sub-class compactness (beta=1e-4)",
+        )
+    )

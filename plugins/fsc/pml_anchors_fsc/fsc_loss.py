@@ -1,0 +1,187 @@
+"""Fixed Sub-Center (F-SC) loss (Zhang & Gong, "The Fixed Sub-Center: A Better Way to Capture Data Complexity",
+arXiv 2203.12928).
+
+Each class i has s fixed sub-centres w_{i,j} = mu_i + sigma * N(0, I), mu_i ~ U(-1/sqrt(d), 1/sqrt(d))
+(eq. 4-5), frozen (eq. 6). With raw dot-product logits z_{x,j,m} = w_{j,m}^T x (no normalisation, no scale,
+no bias) and p~_{x,j,m} = softmax over all K*s sub-classes,
+
+    L = -(1/n) sum_i log sum_k p~_{x_i, y_i, k}  +  beta * (1/2) sum_i ||x_i - w_{y_i, k*}||^2     (eq. 3, 7, 8)
+
+where the compactness term L_sc-c is a SUM over the batch (eq. 7) and k* is the sample's own-class
+sub-centre (``assign``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from typing import Any
+
+import torch
+
+from pml_anchors.losses import AnchorLoss
+
+__all__ = ["ASSIGN_MODES", "FixedSubCenterLoss"]
+
+#: How L_sc-c picks the sub-centre of each sample (METHODS.md §5.2 item 1).
+ASSIGN_MODES = ("logit", "distance", "all")
+DEFAULT_SUB_CENTERS = 4
+
+
+def _initializer_options(anchors: Any) -> set[str]:
+    """The keyword options a name/callable initializer accepts, of ``sub_centers`` and ``variance``."""
+    if isinstance(anchors, str):
+        from pml_anchors.registry import get_initializer
+
+        anchors = get_initializer(anchors)
+    if torch.is_tensor(anchors) or not callable(anchors):
+        return set()
+    try:
+        params = inspect.signature(anchors).parameters
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return {"sub_centers", "variance"}
+    return {"sub_centers", "variance"} & set(params)
+
+
+class FixedSubCenterLoss(AnchorLoss):
+    """F-SC loss over fixed sub-centres stored as a (K, s, d) buffer ``anchors``.
+
+    :param num_classes: number of classes K.
+    :param embedding_size: embedding width d.
+    :param sub_centers: s, sub-centres per class (paper 4). ``None``: 4, or the middle size of a
+        (K, s, d) ``anchors`` tensor.
+    :param variance: sigma^2 of eq. 5, a *variance* (paper 1e-3, i.e. std ~0.0316). With small d the
+        sub-centres of a class nearly coincide (expected cosine (1/3)/(1/3 + d sigma^2)); consider
+        sigma^2 ~ 8e-3 at d = 64. Used only when the anchors are generated.
+    :param beta: weight of the compactness term L_sc-c (paper 1e-4); 0 disables it.
+    :param assign: which own-class sub-centre L_sc-c pulls x_i to: ``"logit"`` (default) the most probable
+        one, k* = argmax_k w_{y_i,k}^T x_i; ``"distance"`` the nearest, argmin_k ||x_i - w_{y_i,k}||;
+        ``"all"`` the sum over all s sub-centres.
+    :param anchors: default ``"gaussian_subcenters"`` (eq. 4-5, seeded by ``seed``); any initializer that
+        returns (K, s, d), or a (K, s, d) tensor. Initializers that accept ``sub_centers``/``variance`` get
+        them from this loss's options.
+    :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``seed``, ``learnable``,
+        ``anchor_kwargs``, PML's ``reducer``, ...).
+
+    Sub-losses (PML reducer protocol): ``"loss"`` the per-sample cross-entropy (mean-reduced by the default
+    reducer) and ``"compactness"`` the already reduced beta * L_sc-c (a sum over the batch, as eq. 7).
+    Miner weights (``indices_tuple``) multiply both per-sample terms.
+    """
+
+    learnable_anchors = False
+    default_anchors = "gaussian_subcenters"
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int | None = None,
+        sub_centers: int | None = None,
+        variance: float = 1e-3,
+        beta: float = 1e-4,
+        assign: str = "logit",
+        **kwargs: Any,
+    ):
+        anchors = kwargs.get("anchors")
+        if sub_centers is None:
+            is_3d = torch.is_tensor(anchors) and anchors.ndim == 3
+            sub_centers = int(anchors.shape[1]) if is_3d else DEFAULT_SUB_CENTERS
+        if isinstance(sub_centers, bool) or not isinstance(sub_centers, numbers.Integral) or sub_centers < 1:
+            raise ValueError(f"sub_centers must be a positive int, got {sub_centers!r}")
+        if (
+            isinstance(variance, bool)
+            or not isinstance(variance, numbers.Real)
+            or not (math.isfinite(variance) and variance >= 0)
+        ):
+            raise ValueError(
+                f"variance (sigma^2 of eq. 5, a variance, not a std) must be a finite number >= 0, got {variance!r}"
+            )
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        if assign not in ASSIGN_MODES:
+            raise ValueError(f"assign must be one of {', '.join(map(repr, ASSIGN_MODES))}; got {assign!r}")
+        self.sub_centers = int(sub_centers)
+        self.variance = float(variance)
+        self.beta = float(beta)
+        self.assign = assign
+
+        anchor_kwargs = dict(kwargs.pop("anchor_kwargs", None) or {})
+        clash = sorted({"sub_centers", "variance"} & set(anchor_kwargs))
+        if clash:
+            raise ValueError(f"pass {', '.join(clash)} as FixedSubCenterLoss options, not in anchor_kwargs")
+        accepted = _initializer_options(self.default_anchors if anchors is None else anchors)
+        options = {"sub_centers": self.sub_centers, "variance": self.variance}
+        anchor_kwargs.update({k: v for k, v in options.items() if k in accepted})
+        super().__init__(num_classes, embedding_size, anchor_kwargs=anchor_kwargs, **kwargs)
+        self.add_to_recordable_attributes(list_of_names=["sub_centers"], is_stat=False)
+
+    def expected_anchor_shape(self) -> tuple[int, ...]:
+        return (self.num_classes, self.sub_centers, self.embedding_size)
+
+    def _sub_loss_names(self):
+        return ["loss", "compactness"]
+
+    # -- loss -----------------------------------------------------------------------------------
+    def _sub_logits(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """z = x W^T over all K*s sub-centres, viewed (B, K, s), in at least float32."""
+        z = embeddings @ anchors.reshape(-1, anchors.shape[-1]).T  # the one GEMM
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        return z.view(embeddings.shape[0], self.num_classes, self.sub_centers)
+
+    def anchor_losses(self, embeddings, labels, anchors, weights):
+        """Eq. 3/8 cross-entropy per sample plus beta * eq. 7 (summed over the batch)."""
+        z = self._sub_logits(embeddings, anchors)
+        b, s = z.shape[0], self.sub_centers
+        index = labels.view(b, 1, 1).expand(b, 1, s)
+        # log p~ over all K*s sub-classes (one fused pass, as cross_entropy), then -log sum_k p~_{x,y,k}
+        log_p = torch.log_softmax(z.view(b, -1), dim=1).view_as(z)
+        ce = -torch.logsumexp(log_p.gather(1, index).squeeze(1), dim=1)
+        loss_dict = {"loss": self.element_loss(ce * weights)}
+        if self.beta == 0:
+            compact = ce.new_zeros(())
+        else:
+            w = anchors.to(ce.dtype)
+            x = embeddings.to(ce.dtype)
+            if self.assign == "all":
+                # sum_k ||x - w_k||^2 = s ||x - mean_k w_k||^2 + sum_k ||w_k - mean||^2 (exact, no (B, s, d) tensor)
+                mean = w.mean(dim=1)  # (K, d)
+                spread = (w - mean.unsqueeze(1)).square().sum(dim=(1, 2))  # (K,)
+                sq = s * (x - mean[labels]).square().sum(dim=1) + spread[labels]
+            else:
+                with torch.no_grad():
+                    own = z.gather(1, index).squeeze(1)  # (B, s) own-class sub-logits w_{y,k}^T x
+                    if self.assign == "logit":
+                        k_star = own.argmax(dim=1)
+                    else:  # ||x - w||^2 = ||x||^2 - 2 w.x + ||w||^2, and ||x||^2 is the same for every k
+                        k_star = (w.square().sum(dim=2)[labels] - 2 * own).argmin(dim=1)
+                sq = (x - w[labels, k_star]).square().sum(dim=1)
+            compact = self.beta * 0.5 * (sq * weights).sum()
+        loss_dict["compactness"] = self.reduced_loss(compact)
+        return loss_dict
+
+    # -- inference ------------------------------------------------------------------------------
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Per-class scores log sum_k exp(w_{c,k}^T x), (B, K).
+
+        softmax of these is the summed sub-class probability sum_k p~_{x,c,k}, so their argmax is the
+        paper's prediction rule ("the sum of all sub-class probabilities of a class").
+        """
+        z = self._sub_logits(embeddings, self.cast_anchors(embeddings))
+        return torch.logsumexp(z, dim=2)
+
+    def sub_center_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The raw sub-class logits z = w_{c,k}^T x, shape (B, K, s)."""
+        self.validate_embeddings(embeddings)
+        return self._sub_logits(embeddings, self.cast_anchors(embeddings))
+
+    def target_min_angle(self) -> float | None:
+        """F-SC has no target angle between anchors (its sub-centres are random)."""
+        return None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, sub_centers={self.sub_centers}, variance={self.variance:g}, "
+            f"beta={self.beta:g}, assign={self.assign!r}"
+        )

@@ -1,0 +1,46 @@
+"""pml-anchors-ncm: the anchor-based Nearest Class Mean losses E-NCM and C-NCM as a pml-anchors plugin.
+
+Hao, Cheng, Wang, Wang, Cao, Hu, Tao, "Anchor-based Nearest Class Mean Loss for Convolutional Neural
+Networks", arXiv:1804.08087 (2018). Registers the methods ``e_ncm`` and ``c_ncm`` and the initializer
+``ncm_tiered``. Importing this package imports no torch: everything is named by lazy ``"module:attr"``.
+"""
+
+from pml_anchors import MethodSpec, hookimpl
+
+__version__ = "0.1.0"
+
+PAPER = (
+    "F. Hao, J. Cheng, L. Wang, X. Wang, J. Cao, X. Hu, D. Tao. Anchor-based Nearest Class Mean Loss for "
+    "Convolutional Neural Networks. arXiv:1804.08087, 2018."
+)
+
+
+@hookimpl
+def register_initializers(register):
+    register("ncm_tiered", "pml_anchors_ncm.tiered:ncm_tiered")
+
+
+@hookimpl
+def register_methods(register):
+    register(
+        MethodSpec(
+            name="e_ncm",
+            loss="pml_anchors_ncm.ncm_loss:ENCMLoss",
+            initializer="ncm_tiered",
+            trainer_hooks="pml_anchors_ncm.hooks:NCMTrainerHooks",
+            normalize_embeddings=False,
+            paper=PAPER,
+            description="E-NCM: softmax over minus the Euclidean distance to fixed unit anchors (eq. 7)",
+        )
+    )
+    register(
+        MethodSpec(
+            name="c_ncm",
+            loss="pml_anchors_ncm.ncm_loss:CNCMLoss",
+            initializer="ncm_tiered",
+            trainer_hooks="pml_anchors_ncm.hooks:NCMTrainerHooks",
+            normalize_embeddings=True,
+            paper=PAPER,
+            description="C-NCM: softmax cross-entropy on the cosine to fixed unit anchors, scale 1 (eq. 8)",
+        )
+    )

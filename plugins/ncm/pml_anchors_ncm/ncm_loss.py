@@ -1,0 +1,173 @@
+"""Anchor-based Nearest Class Mean losses E-NCM and C-NCM (Hao et al., arXiv 1804.08087).
+
+p(c|x) = exp(-M(f(x), a_c)) / sum_c' exp(-M(f(x), a_c'))  (eq. 4),  L = -(1/N) sum_i log p(y_i|x_i)  (eq. 5)
+
+with fixed anchors a_c and
+
+* E-NCM: M(f, a) = ||f - a||, the plain (not squared) Euclidean distance (eq. 7); ``squared=True`` uses
+  ||f - a||^2, the Gaussian-mixture reading of §3.3;
+* C-NCM: M(f, a) = 1 - cos(f, a) (eq. 8). Softmax is shift invariant, so this is cross-entropy on cos (scale 1).
+
+No scale, no margin, no bias. Prediction is the nearest anchor (eq. 3).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pml_anchors.anchors import min_pairwise_angle
+from pml_anchors.losses import AnchorLoss
+
+from .tiered import ncm_tiered
+
+__all__ = ["CNCMLoss", "ENCMLoss", "NCMLoss"]
+
+METRICS = ("euclidean", "cosine")
+
+
+class _NegSqrtFloor(torch.autograd.Function):
+    """-sqrt(max(d2, floor)) computed in place on ``d2``; saves only its output.
+
+    The gradient is 0 where d2 <= floor (a feature on, or within rounding noise of, an anchor), so the
+    undefined derivative of sqrt at 0 never produces NaN or a spike.
+    """
+
+    @staticmethod
+    def forward(ctx, d2: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(d2)
+        out = d2.clamp_(min=floor).sqrt_().neg_()
+        ctx.save_for_backward(out, floor)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, floor = ctx.saved_tensors
+        # d(-sqrt(t))/dt = 1 / (2 * out), out <= -sqrt(floor) < 0; zero on the clamped region.
+        return torch.div(grad, out).mul_(0.5).masked_fill_(out >= -floor.sqrt(), 0), None
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half/bfloat16, the dtype itself for float32/float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class NCMLoss(AnchorLoss):
+    """Anchor-based NCM loss with a choice of metric; see :class:`ENCMLoss` and :class:`CNCMLoss`.
+
+    :param num_classes: number of classes K.
+    :param embedding_size: embedding width d.
+    :param metric: ``"euclidean"`` (E-NCM, eq. 7) or ``"cosine"`` (C-NCM, eq. 8).
+    :param squared: E-NCM only: use the squared distance (the GMM reading of §3.3) instead of the plain
+        distance of eq. 7.
+    :param eps: smallest resolved norm/distance. C-NCM divides by ``max(||x||, eps)`` (as
+        ``F.normalize``) so a zero feature gives cos 0 and finite gradients. E-NCM takes
+        ``sqrt(max(d^2, eps^2 + 4u (||x||^2 + max_c ||a_c||^2)))`` with ``u`` the unit roundoff of the
+        matmul's dtype (d^2 is computed as ||x||^2 - 2 x.a + ||a||^2, one GEMM): below that floor d^2 is
+        rounding noise, so the distance is flat there and its gradient 0. A feature exactly on its anchor
+        gets a finite gradient (0 from its own term) instead of NaN, and near an anchor |dM/dx| stays close
+        to its exact value 1 instead of spiking. The flat radius is ~3e-3 ||x|| in float32, ~4e-8 in
+        float64 and ~0.2 ||x|| in bfloat16.
+    :param anchors: default the tiered rule :func:`~pml_anchors_ncm.tiered.ncm_tiered` (seeded random
+        class assignment); any registered geometry name, callable or (K, d) tensor works.
+    :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors``, ``seed``, ``learnable``,
+        ``anchor_kwargs``, PML's ``reducer``, regularizers, ...).
+    """
+
+    learnable_anchors = False
+    default_anchors = staticmethod(ncm_tiered)
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int | None = None,
+        metric: str = "euclidean",
+        squared: bool = False,
+        eps: float = 1e-12,
+        **kwargs: Any,
+    ):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
+        if not isinstance(squared, bool):
+            raise TypeError(f"squared must be a bool, got {type(squared).__name__} {squared!r}")
+        if squared and metric != "euclidean":
+            raise ValueError("squared=True applies to the Euclidean metric (E-NCM) only, not to metric='cosine'")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+        super().__init__(num_classes, embedding_size, **kwargs)
+        self.metric = metric
+        self.squared = squared
+        self.eps = float(eps)
+
+    # -- scores ---------------------------------------------------------------------------------
+    def _logits(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """-M(f(x), a_c) for every sample and class (B x K), in at least float32."""
+        acc = _accumulate_dtype(embeddings.dtype)
+        if self.metric == "cosine":
+            x = F.normalize(embeddings.to(acc), dim=1, eps=self.eps).to(embeddings.dtype)
+            a = F.normalize(anchors.to(acc), dim=1, eps=self.eps).to(anchors.dtype)
+            return (x @ a.T).to(acc)
+        x_sq = embeddings.to(acc).square().sum(dim=1, keepdim=True)  # B x 1
+        a_sq = anchors.to(acc).square().sum(dim=1)  # K
+        xa = embeddings @ anchors.T  # the one GEMM (autocast may run it in bf16)
+        unit_roundoff = torch.finfo(xa.dtype).eps
+        if xa.dtype != acc:
+            xa = xa.to(acc)
+        if self.squared:
+            return xa.mul_(2).sub_(x_sq).sub_(a_sq)  # -||x - a||^2
+        d2 = xa.mul_(-2).add_(x_sq).add_(a_sq)
+        with torch.no_grad():
+            floor = (x_sq.detach() + a_sq.detach().max()).mul_(4 * unit_roundoff).add_(self.eps**2)
+        return _NegSqrtFloor.apply(d2, floor)
+
+    def anchor_losses(self, embeddings, labels, anchors, weights):
+        """Eq. 5 per sample: cross-entropy of softmax(-M) (eq. 4), times miner weights; mean by PML's reducer."""
+        logits = self._logits(embeddings, anchors)
+        losses = F.cross_entropy(logits, labels, reduction="none") * weights
+        return {"loss": self.element_loss(losses)}
+
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """-M(f(x), a_c): minus the (squared) distance for E-NCM, the cosine for C-NCM (B x K)."""
+        return self._logits(embeddings, self.cast_anchors(embeddings))
+
+    def target_min_angle(self) -> float | None:
+        """The anchors' actual smallest pairwise angle (radians); None for a single class."""
+        if self.anchors.shape[0] < 2:
+            return None
+        return min_pairwise_angle(self.anchors)
+
+    def extra_repr(self) -> str:
+        extra = f", squared={self.squared}" if self.metric == "euclidean" else ""
+        return f"{super().extra_repr()}, metric={self.metric!r}{extra}, eps={self.eps:g}"
+
+
+class ENCMLoss(NCMLoss):
+    """E-NCM (Hao et al., arXiv 1804.08087, eq. 4, 5, 7): softmax over minus the Euclidean distance.
+
+    ``squared=True`` uses the squared distance (GMM reading, §3.3). See :class:`NCMLoss` for ``eps``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int | None = None,
+        squared: bool = False,
+        eps: float = 1e-12,
+        **kwargs: Any,
+    ):
+        if "metric" in kwargs:
+            raise TypeError("ENCMLoss uses the Euclidean metric; use NCMLoss(metric=...) to choose")
+        super().__init__(num_classes, embedding_size, metric="euclidean", squared=squared, eps=eps, **kwargs)
+
+
+class CNCMLoss(NCMLoss):
+    """C-NCM (Hao et al., arXiv 1804.08087, eq. 4, 5, 8): softmax cross-entropy on cos(f(x), a_c), scale 1."""
+
+    def __init__(self, num_classes: int, embedding_size: int | None = None, eps: float = 1e-12, **kwargs: Any):
+        if "metric" in kwargs or "squared" in kwargs:
+            raise TypeError("CNCMLoss uses the cosine metric and takes no 'metric' or 'squared' option")
+        super().__init__(num_classes, embedding_size, metric="cosine", eps=eps, **kwargs)
