@@ -1,0 +1,46 @@
+"""pml-anchors plugin: Proxy Anchor loss (Kim et al., "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020).
+
+Registers the method ``proxy_anchor``. The loss and hooks are named as lazy ``"module:attr"`` strings so that
+listing methods imports neither torch nor PML; ``from pml_anchors_proxy_anchor import ProxyAnchorLoss`` imports
+them on first access (the one-line switch from ``pytorch_metric_learning.losses.ProxyAnchorLoss``).
+"""
+
+from importlib import import_module
+from typing import Any
+
+from pml_anchors import MethodSpec, hookimpl
+
+__version__ = "0.1.0"
+
+PAPER = "Kim, Kim, Cho & Kwak, Proxy Anchor Loss for Deep Metric Learning, CVPR 2020 (arXiv 2003.13911)"
+
+
+@hookimpl
+def register_methods(register):
+    register(
+        MethodSpec(
+            name="proxy_anchor",
+            loss="pml_anchors_proxy_anchor.proxy_anchor_loss:ProxyAnchorLoss",
+            initializer="kaiming_normal",
+            trainer_hooks="pml_anchors_proxy_anchor.hooks:ProxyAnchorHooks",
+            lr_multipliers={"anchors": 100.0},
+            normalize_embeddings=True,
+            paper=PAPER,
+            description="Proxy Anchor: each learnable proxy is an anchor against the whole batch (alpha=32, delta=0.1)",
+        )
+    )
+
+
+_LAZY = {
+    "ProxyAnchorLoss": "pml_anchors_proxy_anchor.proxy_anchor_loss",
+    "proxy_anchor_from_cosine": "pml_anchors_proxy_anchor.proxy_anchor_loss",
+    "ProxyAnchorHooks": "pml_anchors_proxy_anchor.hooks",
+}
+
+__all__ = ["PAPER", "ProxyAnchorHooks", "ProxyAnchorLoss", "proxy_anchor_from_cosine", "register_methods"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pml_anchors_proxy_anchor' has no attribute {name!r}")

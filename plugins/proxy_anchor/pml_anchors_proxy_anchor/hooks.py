@@ -1,0 +1,140 @@
+"""The official Proxy Anchor training recipe as PML trainer hooks (Kim et al., CVPR 2020; official ``train.py``).
+
+* proxies at 100x the base lr: not a hook, the method's ``lr_multipliers={"anchors": 100.0}``; build the loss
+  optimizer with ``pml_anchors.param_groups(loss, lr, pml_anchors.get_method("proxy_anchor"))``;
+* warm-up (``--warm 1``): the trunk is frozen for the first ``warmup_epochs`` epochs while the embedder and the
+  proxies train;
+* frozen BatchNorm (``--bn-freeze 1``): trunk BatchNorm layers in eval mode (running statistics frozen) for the
+  whole run, and their affine parameters frozen until the warm-up ends (the official code re-enables them with
+  the rest of the backbone; without warm-up they stay frozen);
+* gradient clipping by value (``clip_grad_value_(..., 10)``) of the trunk, embedder and loss parameters;
+* anchor geometry logging (inherited from :class:`~pml_anchors.TrainerHooks`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any
+
+import torch
+
+from pml_anchors.trainer_hooks import TrainerHooks
+
+
+def _is_batchnorm(module: torch.nn.Module) -> bool:
+    # Same test as PML's ``freeze_trunk_batchnorm`` (``c_f.set_layers_to_eval("BatchNorm")``).
+    return "BatchNorm" in type(module).__name__
+
+
+class _ValueClipper:
+    """A PML gradient clipper: ``clip_grad_value_(module.parameters(), value)`` when called."""
+
+    def __init__(self, module: torch.nn.Module, value: float):
+        self.module = module
+        self.value = value
+
+    def __call__(self) -> None:
+        grads = [p for p in self.module.parameters() if p.grad is not None]  # frozen (warm-up) ones have none
+        if grads:
+            torch.nn.utils.clip_grad_value_(grads, self.value)
+
+    def __repr__(self) -> str:
+        return f"_ValueClipper({type(self.module).__name__}, value={self.value})"
+
+
+class ProxyAnchorHooks(TrainerHooks):
+    """Trainer hooks with the official Proxy Anchor recipe; call :meth:`attach` once before ``trainer.train()``.
+
+    :param warmup_epochs: the trunk (``trainer.models["trunk"]``) is frozen during epochs 1..``warmup_epochs``
+        while the embedder and the proxies train, and unfrozen at the end of epoch ``warmup_epochs``. 0 disables. Official default ``--warm 1`` (5 in the README for
+        ResNet-50).
+    :param freeze_bn: freeze the trunk's BatchNorm layers: sets PML's ``trainer.freeze_trunk_batchnorm`` (eval mode
+        every epoch, so running statistics never update) and freezes their affine parameters until the warm-up
+        ends (for the whole run when ``warmup_epochs=0``), as the official code does. Official default on
+        (CUB/Cars; off for SOP/In-shop).
+    :param clip_grad_value: clip every gradient of the trunk, embedder and metric loss to
+        [-value, value] after backward (PML ``gradient_clippers``); ``None`` disables. Official default 10.
+    :param log_geometry_every: see :class:`~pml_anchors.TrainerHooks`.
+    """
+
+    def __init__(
+        self,
+        warmup_epochs: int = 1,
+        freeze_bn: bool = True,
+        clip_grad_value: float | None = 10.0,
+        log_geometry_every: int = 1,
+        **kwargs: Any,
+    ):
+        super().__init__(log_geometry_every=log_geometry_every, **kwargs)
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, numbers.Integral) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
+        if clip_grad_value is not None and (
+            isinstance(clip_grad_value, bool)
+            or not isinstance(clip_grad_value, numbers.Real)
+            or not math.isfinite(clip_grad_value)
+            or clip_grad_value <= 0
+        ):
+            raise ValueError(f"clip_grad_value must be a finite number > 0 or None, got {clip_grad_value!r}")
+        self.warmup_epochs = int(warmup_epochs)
+        self.freeze_bn = bool(freeze_bn)
+        self.clip_grad_value = None if clip_grad_value is None else float(clip_grad_value)
+        self._frozen: list[torch.nn.Parameter] = []  # parameters this object froze and will unfreeze
+        self._warmup_until = 0
+
+    def attach(self, trainer: Any, start_epoch: int = 1) -> None:
+        """Install the recipe on a PML trainer. Pass ``start_epoch`` when resuming with ``train(start_epoch=...)``
+        so that a finished warm-up is not repeated."""
+        trunk = trainer.models["trunk"]
+        in_warmup = start_epoch <= self.warmup_epochs
+        self._warmup_until = self.warmup_epochs if in_warmup else 0
+        to_freeze: list[torch.nn.Parameter] = []
+        if self.freeze_bn:
+            trainer.freeze_trunk_batchnorm = True
+        if self.freeze_bn and (in_warmup or self.warmup_epochs == 0):  # official: affine frozen until warm-up ends
+            for module in trunk.modules():
+                if _is_batchnorm(module):
+                    to_freeze.extend(module.parameters(recurse=False))
+        if self._warmup_until:
+            to_freeze.extend(trunk.parameters())
+        seen = {id(p) for p in self._frozen}
+        for param in to_freeze:
+            if param.requires_grad and id(param) not in seen:  # never unfreeze what the user froze
+                param.requires_grad_(False)
+                self._frozen.append(param)
+                seen.add(id(param))
+        if self.clip_grad_value is not None:
+            if trainer.gradient_clippers is None:
+                trainer.gradient_clippers = {}
+            targets = {"trunk": trunk, "embedder": trainer.models.get("embedder"), **trainer.loss_funcs}
+            for key, module in targets.items():
+                if module is None or not any(True for _ in module.parameters()):
+                    continue
+                name = f"{key}_grad_clipper"
+                existing = trainer.gradient_clippers.get(name)
+                if existing is not None and not isinstance(existing, _ValueClipper):
+                    warnings.warn(
+                        f"ProxyAnchorHooks: keeping your {name!r}; clip_grad_value={self.clip_grad_value} not installed for {key!r}",
+                        stacklevel=2,
+                    )
+                    continue
+                trainer.gradient_clippers[name] = _ValueClipper(module, self.clip_grad_value)
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the trunk is currently frozen for warm-up."""
+        return bool(self._warmup_until) and bool(self._frozen)
+
+    def end_of_epoch_hook(self, trainer: Any) -> bool:
+        keep_going = super().end_of_epoch_hook(trainer)
+        if self._warmup_until and trainer.epoch >= self._warmup_until:
+            self.unfreeze()
+        return keep_going
+
+    def unfreeze(self) -> None:
+        """End the warm-up: make every parameter frozen by :meth:`attach` trainable again (BN affine included)."""
+        for param in self._frozen:
+            param.requires_grad_(True)
+        self._frozen = []
+        self._warmup_until = 0

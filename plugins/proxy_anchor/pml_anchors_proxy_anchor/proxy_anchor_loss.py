@@ -1,0 +1,259 @@
+"""Proxy Anchor loss (Kim et al., "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020), eq. (4).
+
+.. math::
+
+    \\ell(X) = \\frac{1}{|P^+|} \\sum_{p \\in P^+} \\log\\Big(1 + \\sum_{x \\in X_p^+} e^{-\\alpha (s(x,p) - \\delta)}\\Big)
+             + \\frac{1}{|P|} \\sum_{p \\in P} \\log\\Big(1 + \\sum_{x \\in X_p^-} e^{\\alpha (s(x,p) + \\delta)}\\Big)
+
+with s the cosine similarity, P all K proxies and P+ the proxies with at least one positive in the batch.
+
+A drop-in replacement for PML's ``losses.ProxyAnchorLoss`` (same constructor, sub-losses ``pos_loss``/``neg_loss``
+with ``DivisorReducer`` divisors, ``.proxies`` read/assign, PML state dicts load), equal to it in value and gradient,
+but:
+
+* one (B x d) @ (d x K) GEMM per batch (``addmm`` with alpha, delta and the miner shift folded in) and one B x K
+  tensor in the forward (kept for backward; two alive at once in the backward): the positive term only touches
+  the B positive entries (a row-wise dot product, then a segment log-sum-exp over classes with ``scatter_reduce``
+  / ``index_add``); the negative term is one column-wise log-sum-exp with the positives masked by a scatter of
+  -inf, computed in place; the backward (eq. 6) is written out, one B x K gradient feeding the GEMM's backward.
+  No one-hot B x K masks, no concatenated zero column (PML materialises about ten B x K temporaries);
+* ``log(1 + sum exp)`` is a log-sum-exp with an implicit zero logit, so fp16/bf16 stay finite at alpha = 32;
+* the stored proxies keep their dtype under fp64 inputs or autocast (PML's ``cast_types`` rewrites them).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
+from pytorch_metric_learning.reducers import DivisorReducer
+
+from pml_anchors.losses import AnchorLoss
+
+__all__ = ["ProxyAnchorLoss", "proxy_anchor_from_cosine"]
+
+
+def _check_hyper(value: Any, name: str, *, strict: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if (value <= 0) if strict else (value < 0):
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be {bound} (Proxy Anchor eq. 4), got {value!r}")
+    return float(value)
+
+
+class _L2Normalize(torch.autograd.Function):
+    """``F.normalize(x, dim=1)`` (eps 1e-12) with a hand-written backward: ``(g - n (n . g)) / max(|x|, eps)``.
+
+    Same values to rounding; about half the time of autograd's version for the K x d proxies (a cost comparable to
+    the GEMM itself when d ~ B). Row norms are taken in at least float32.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        acc = torch.promote_types(x.dtype, torch.float32)
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=acc)
+        tiny = norm < 1e-12  # rows divided by eps: no projection term in the gradient (as F.normalize)
+        inv = norm.clamp_min_(1e-12).reciprocal_()
+        out = (x * inv).to(x.dtype)
+        ctx.save_for_backward(out, inv, tiny)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        out, inv, tiny = ctx.saved_tensors
+        dot = torch.linalg.vecdot(out, grad, dim=1).unsqueeze(1).masked_fill_(tiny, 0)
+        return ((grad - out * dot) * inv).to(out.dtype)
+
+
+def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return _L2Normalize.apply(x)
+
+
+class _ProxyAnchorTerms(torch.autograd.Function):
+    """Per-proxy positive and negative terms of eq. (4) from the logits, with the eq. (6) gradient.
+
+    Inputs: ``neg_logits`` (B x K) = alpha * (s + delta) + (w - 1), overwritten (a fresh tensor nobody else needs); ``pos_logits`` (B) = alpha * (delta - s(x, p_y))
+    + (w - 1), i.e. ``2 * (alpha * delta + w - 1) - neg_logits[i, y_i]``, given separately so that it can be
+    computed more precisely than the (possibly bf16) B x K matrix; its gradient is returned through
+    ``neg_logits[i, y_i]`` (d pos_logits / d neg_logits[i, y_i] = -1), so the whole backward is one B x K tensor
+    feeding the GEMM's backward. Outputs: ``pos`` (K) = log(1 + sum_{x in X+_p} e^{pos_logit}) (0 without
+    positives) and ``neg`` (K) = log(1 + sum_{x in X-_p} e^{neg_logit}); both are stable log-sum-exps with an
+    implicit zero logit (finite in fp16/bf16 at alpha = 32), accumulated and returned in float32 for fp16/bf16
+    logits (PML's reducers then round the total to the embeddings' dtype).
+    """
+
+    @staticmethod
+    def forward(ctx, neg_logits, pos_logits, labels):
+        num_classes = neg_logits.shape[1]
+        acc = torch.promote_types(neg_logits.dtype, torch.float32)  # K-sized results: fp32 for fp16/bf16 inputs
+        # Negative term: column-wise log(1 + sum exp) with the positives masked out, IN PLACE: ``neg_logits``
+        # becomes ``hard`` (h-(x) e^{-shift}, 0 at the positives), the only B x K tensor, kept for backward.
+        hard = neg_logits.scatter_(1, labels.unsqueeze(1), float("-inf"))
+        col_shift = hard.amax(dim=0).clamp_min_(0)
+        hard.sub_(col_shift).exp_()
+        ctx.mark_dirty(hard)
+        ctx.set_materialize_grads(False)
+        col_shift = col_shift.to(acc)
+        neg_norm = hard.sum(dim=0, dtype=acc).add_(torch.exp(-col_shift))
+        neg = col_shift + torch.log(neg_norm)
+        # Positive term: a segment log(1 + sum exp) over the B positive entries, grouped by class.
+        pos_logits = pos_logits.to(acc)
+        seg_shift = torch.zeros(num_classes, dtype=acc, device=pos_logits.device)
+        seg_shift = seg_shift.scatter_reduce(0, labels, pos_logits, reduce="amax", include_self=True)
+        pos_exp = torch.exp(pos_logits - seg_shift[labels])
+        pos_norm = torch.exp(-seg_shift).index_add_(0, labels, pos_exp)
+        pos = seg_shift + torch.log(pos_norm)
+        ctx.save_for_backward(hard, neg_norm, pos_exp / pos_norm[labels], labels)
+        return pos, neg, hard
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_pos, grad_neg, _grad_hard):
+        hard, neg_norm, pos_weight, labels = ctx.saved_tensors
+        if grad_neg is None:
+            grad_neg = torch.zeros_like(neg_norm)
+        if grad_pos is None:
+            grad_pos = torch.zeros_like(neg_norm)
+        # Eq. (6): d neg_p / d logit = h-(x) / (1 + sum h-), d pos_p / d logit = h+(x) / (1 + sum h+).
+        grad = hard * (grad_neg / neg_norm).to(hard.dtype)
+        grad.scatter_(1, labels.unsqueeze(1), (-grad_pos[labels] * pos_weight).to(grad.dtype).unsqueeze(1))
+        return grad, None, None
+
+
+def _proxy_anchor_terms(
+    neg_logits: torch.Tensor, pos_logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-proxy positive and negative terms of eq. (4) (see :class:`_ProxyAnchorTerms`; ``neg_logits`` is
+    overwritten) and |P+|."""
+    pos, neg, _ = _ProxyAnchorTerms.apply(neg_logits, pos_logits, labels)
+    num_with_pos = torch.bincount(labels, minlength=neg_logits.shape[1]).count_nonzero()
+    return pos, neg, num_with_pos
+
+
+def proxy_anchor_from_cosine(
+    cos: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 32.0,
+    margin: float = 0.1,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (4) from a B x K cosine matrix: returns ``(positive term, negative term)``; the loss is their sum.
+
+    ``weights`` are per-sample miner weights (constants) entering as ``+ (w - 1)`` in every exponent (PML's
+    convention).
+    Differentiable w.r.t. ``cos`` (the gradient is the paper's eq. 6). Used to test the loss against closed forms.
+    """
+    labels = labels.long()
+    shift = torch.zeros_like(cos[:, 0]) if weights is None else weights.detach().to(cos.dtype) - 1
+    neg_logits = alpha * (cos + margin) + shift.unsqueeze(1)
+    pos_logits = alpha * (margin - cos.detach().gather(1, labels.unsqueeze(1)).squeeze(1)) + shift
+    pos, neg, num_with_pos = _proxy_anchor_terms(neg_logits, pos_logits, labels)
+    return pos.sum() / num_with_pos, neg.sum() / cos.shape[1]
+
+
+class ProxyAnchorLoss(AnchorLoss):
+    """Proxy Anchor loss (Kim et al., CVPR 2020, eq. 4); drop-in for PML's ``ProxyAnchorLoss``.
+
+    Switch from PML with one line::
+
+        # from pytorch_metric_learning.losses import ProxyAnchorLoss
+        from pml_anchors_proxy_anchor import ProxyAnchorLoss   # or pml_anchors.get_loss("proxy_anchor", K, d)
+
+    :param num_classes: number of classes K (one proxy each).
+    :param embedding_size: embedding width d.
+    :param margin: delta in eq. (4), >= 0 (paper: 0.1).
+    :param alpha: scale alpha in eq. (4), > 0 (paper: 32).
+    :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors`` default ``"kaiming_normal"``,
+        i.e. N(0, 2/K) like the official code and PML; ``seed``; ``learnable``) and PML's (``reducer``, default
+        ``DivisorReducer``; ``distance``, default ``CosineSimilarity``; ``weight_regularizer``; ...).
+
+    Proxies are a K x d ``nn.Parameter`` available as ``.anchors`` and, PML's name, ``.proxies`` (assignable).
+    Train them with their own lr, 100x the base lr in the paper: ``pml_anchors.param_groups(loss, lr,
+    {"anchors": 100.0})``. With an ``indices_tuple`` each sample's miner weight w adds ``w - 1`` to its exponents.
+    """
+
+    learnable_anchors = True
+    default_anchors = "kaiming_normal"
+
+    def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.1, alpha: float = 32, **kwargs: Any):
+        margin = _check_hyper(margin, "margin", strict=False)
+        alpha = _check_hyper(alpha, "alpha", strict=True)
+        super().__init__(num_classes, embedding_size, **kwargs)
+        if not isinstance(self.distance, DotProductSimilarity) or self.distance.power != 1:
+            raise ValueError(
+                "ProxyAnchorLoss needs a cosine similarity (eq. 4): distance must be CosineSimilarity() or "
+                f"DotProductSimilarity(power=1), got {self.distance!r}"
+            )
+        self.margin = margin
+        self.alpha = alpha
+        self.add_to_recordable_attributes(list_of_names=["alpha", "margin"], is_stat=False)
+
+    # -- PML compatibility: ``proxies`` is another name for ``anchors`` ------------------------------------
+    @property
+    def proxies(self) -> torch.Tensor:
+        """The proxies (K x d), PML's name for :attr:`anchors`."""
+        return self.anchors
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "proxies":  # ``loss.proxies = param`` replaces the anchors, as in PML
+            if torch.is_tensor(value):
+                self.check_anchor_shape(value)
+            name = "anchors"
+        super().__setattr__(name, value)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # A state_dict of PML's ProxyAnchorLoss stores the proxies as "proxies".
+        if prefix + "proxies" in state_dict and prefix + "anchors" not in state_dict:
+            state_dict[prefix + "anchors"] = state_dict.pop(prefix + "proxies")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # -- PML protocol -----------------------------------------------------------------------------------
+    def get_default_reducer(self):
+        return DivisorReducer()
+
+    def get_default_distance(self):
+        return CosineSimilarity()
+
+    def _sub_loss_names(self):
+        return ["pos_loss", "neg_loss"]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The distance's normalisation (L2 rows for the default cosine similarity)."""
+        if not self.distance.normalize_embeddings:
+            return x
+        return _l2_normalize(x) if self.distance.p == 2 else self.distance.normalize(x)
+
+    def anchor_losses(self, embeddings, labels, anchors, weights):
+        emb, proxies = self.normalize(embeddings), self.normalize(anchors)
+        shift = weights - 1  # PML's miner convention; 0 without a miner
+        # One GEMM: alpha * (s + delta) + (w - 1), B x K; the only B x K tensor of the forward.
+        neg_logits = torch.addmm((shift + self.alpha * self.margin).unsqueeze(1), emb, proxies.T, alpha=self.alpha)
+        with torch.no_grad():  # s(x, p_y): B entries, in fp32 at least; its gradient flows back via neg_logits
+            acc = torch.promote_types(emb.dtype, torch.float32)
+            pos_cos = (emb.to(acc) * proxies[labels].to(acc)).sum(dim=1)
+            pos_logits = self.alpha * (self.margin - pos_cos) + shift.to(acc)
+        pos, neg, num_with_pos = _proxy_anchor_terms(neg_logits, pos_logits, labels)
+        return {
+            "pos_loss": self.element_loss(pos, divisor=num_with_pos),
+            "neg_loss": self.element_loss(neg, divisor=self.num_classes),
+        }
+
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities to the proxies (B x K), as PML's ``get_logits``."""
+        return self.distance(embeddings, self.cast_anchors(embeddings))
+
+    def target_min_angle(self) -> float | None:
+        """Proxies are learned; the method sets no target angle between them."""
+        return None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, margin={self.margin}, alpha={self.alpha}"
