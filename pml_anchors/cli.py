@@ -17,6 +17,10 @@ from collections.abc import Sequence
 COMMANDS = {
     "plugins": "pml_anchors.cli",
     "methods": "pml_anchors.cli",
+    "new-plugin": "pml_anchors.authoring",
+    "train": "pml_anchors.cli_train",
+    "eval": "pml_anchors.cli_train",
+    "bench": "pml_anchors.cli_train",
 }
 
 
@@ -69,6 +73,8 @@ def run_plugins(args) -> int:
             print(f"    hooks: {', '.join(r['hooks'])}")
         if r["error"]:
             print(f"    error: {r['error']}")
+        for conflict in r.get("conflicts") or []:
+            print(f"    conflict: {conflict}")
     return 0
 
 
@@ -102,9 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from .errors import PluginError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, LookupError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, LookupError, FileNotFoundError, PluginError) as exc:  # PluginLoadError when strict
         print(f"pml-anchors {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

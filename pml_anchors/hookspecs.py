@@ -33,8 +33,9 @@ def register_methods(register):
         ``"module:Class"`` string, names are identifiers, hooks and initializers are callables or
         lazy strings) and raises :class:`~pml_anchors.InvalidMethodSpec` naming your plugin if not.
 
-    Called once per plugin when the registry is first built, after every plugin's
-    ``register_initializers``.
+    Called once per plugin when the registry is first built, right after that plugin's own
+    ``register_initializers``. Initializer names in a spec are resolved only when a loss is built,
+    so a method may name an initializer that another plugin registers.
 
     Example::
 
@@ -55,7 +56,8 @@ def register_initializers(register):
         ``initializer`` is a callable ``f(num_classes, embedding_size, *, seed=None, **kw) -> Tensor``
         (rows = anchors) or a lazy ``"module:function"`` string.
 
-    Called once per plugin when the registry is first built, before any ``register_methods``.
+    Called once per plugin when the registry is first built, just before that plugin's
+    ``register_methods``.
 
     Example::
 

@@ -58,8 +58,9 @@ class TrainerHooks:
         self.log_geometry_every = log_geometry_every
         self.history: list[dict[str, Any]] = []
 
-    def attach(self, trainer: Any) -> None:
-        """Prepare a PML trainer before ``trainer.train()`` (install clippers, freeze layers, ...)."""
+    def attach(self, trainer: Any, start_epoch: int = 1) -> None:
+        """Prepare a PML trainer before ``trainer.train(start_epoch, ...)`` (install clippers, freeze
+        layers, ...). ``start_epoch > 1`` means a resumed run (e.g. skip a finished warm-up)."""
 
     def end_of_iteration_hook(self, trainer: Any) -> None:
         return None

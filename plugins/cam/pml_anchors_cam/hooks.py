@@ -28,7 +28,7 @@ class CAMHooks(TrainerHooks):
     ``target_min_norm`` (p), and ``pairs_within_margin`` (anchor pairs the repeller still pushes).
     """
 
-    def attach(self, trainer: Any) -> None:
+    def attach(self, trainer: Any, start_epoch: int = 1) -> None:
         """Warn if learnable anchors are not in ``optimizers["metric_loss_optimizer"]`` (they would never move)."""
         anchors = getattr(metric_loss_of(trainer), "anchors", None)
         if anchors is None or not getattr(anchors, "requires_grad", False):

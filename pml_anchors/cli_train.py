@@ -1,0 +1,253 @@
+"""``pml-anchors train | eval | bench``: train, re-evaluate and benchmark methods.
+
+Building these parsers imports neither torch nor any plugin (``pml-anchors --help`` stays fast);
+the work happens in :mod:`pml_anchors.training`, :mod:`pml_anchors.evaluation` and
+:mod:`pml_anchors.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+PROTOCOLS = ("same_class", "open_set")
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"margin\": 0.2}'")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    """Options shared by train and bench (default None: TrainConfig's defaults apply)."""
+    if data:
+        p.add_argument("--data-root", help="dataset folder (mnist: torchvision root; imagefolder: the images)")
+        p.add_argument("--protocol", choices=PROTOCOLS, help="same_class (default) or open_set (unseen test classes)")
+    p.add_argument("--epochs", type=int, help="number of epochs (train: 10; bench: 2)")
+    p.add_argument("--embedding-size", type=int, help="embedding width (default: derived by the loss, else 64)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3; loss parameters × the method's multipliers)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="optimizer (default adam)")
+    p.add_argument("--backbone", help="small_cnn, lenetpp, ncm_cnn, resnet18, resnet50 (default: by input size)")
+    p.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--limit", type=int, help="train on this many items (class-balanced subsample)")
+    p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
+    p.add_argument("--amp", action="store_true", default=None, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often fastest for tiny models)"
+    )
+    _add_output_flags(p)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="show PML's log messages")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+_CONFIG_ARGS = {
+    "method": "method",
+    "dataset": "dataset",
+    "data_root": "data_root",
+    "protocol": "protocol",
+    "epochs": "epochs",
+    "embedding_size": "embedding_size",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "optimizer": "optimizer",
+    "backbone": "backbone",
+    "device": "device",
+    "seed": "seed",
+    "limit": "limit",
+    "test_limit": "test_limit",
+    "amp": "amp",
+    "num_threads": "threads",
+    "output": "output",
+    "loss_kwargs": "loss_kwargs",
+    "hook_kwargs": "hook_kwargs",
+}
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """Config fields given on the command line."""
+    return {field: getattr(args, attr) for field, attr in _CONFIG_ARGS.items() if getattr(args, attr, None) is not None}
+
+
+def _setup_output(args: argparse.Namespace) -> None:
+    if args.no_progress:  # read by tqdm when it is first imported
+        os.environ["TQDM_DISABLE"] = "1"
+    from .training import set_verbosity
+
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
+    set_verbosity(args.verbose)
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+# -- train ----------------------------------------------------------------------------------------
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train and evaluate one method with PML's trainer",
+        description="Train a registered method with PML's MetricLossOnly (no miner), evaluate it with PML's "
+        "AccuracyCalculator, and write DIR/results.json and DIR/checkpoint.pt.",
+    )
+    p.add_argument("--method", help="registered method (see `pml-anchors methods`), or baseline:<name>")
+    p.add_argument("--dataset", help="digits (default), mnist or imagefolder")
+    _add_common(p)
+    p.add_argument("--loss-kwargs", type=_json_arg, help="JSON object of loss keyword arguments")
+    p.add_argument("--hook-kwargs", type=_json_arg, help="JSON object of trainer-hook keyword arguments")
+    p.add_argument("--output", help="folder for results.json and checkpoint.pt")
+    p.add_argument(
+        "--resume", help="continue from this checkpoint: its config and output folder; options given here override"
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    given = _given(args)
+    if not args.resume and "method" not in given:
+        raise ValueError("--method is required (see `pml-anchors methods`), unless --resume is given")
+    _setup_output(args)
+    from .training import TrainConfig, load_checkpoint, run
+
+    values = dict(load_checkpoint(args.resume)["config"]) if args.resume else {}  # resume: keeps its output
+    values.update(given)
+    config = TrainConfig.from_dict(values)
+    results = run(config, resume=args.resume)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        print(_summary(results))
+        if config.output:
+            print(
+                f"wrote {os.path.join(config.output, 'results.json')} and {os.path.join(config.output, 'checkpoint.pt')}"
+            )
+    return 0
+
+
+def _summary(r: dict) -> str:
+    return (
+        f"{r['method']} on {r['dataset']} [{r['protocol']}], {r['epochs']} epochs, {r['seconds']:.1f} s on {r['device']}: "
+        f"P@1 {_fmt(r['precision_at_1'])}, MAP@R {_fmt(r['mean_average_precision_at_r'])}, "
+        f"R-precision {_fmt(r['r_precision'])}, mAP {_fmt(r['mean_average_precision'])}, "
+        f"nearest-anchor acc {_fmt(r['nearest_anchor_accuracy'])}"
+    )
+
+
+# -- eval -----------------------------------------------------------------------------------------
+def add_eval_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="re-evaluate a checkpoint",
+        description="Rebuild a run from its checkpoint's saved config and evaluate it again.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `pml-anchors train`")
+    p.add_argument("--dataset", help="evaluate on another dataset (default: the checkpoint's)")
+    p.add_argument("--data-root", help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="default: the checkpoint's")
+    p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
+    p.add_argument("--device", help="auto, cpu or cuda (default: the checkpoint's)")
+    p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_output_flags(p)
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> int:
+    _setup_output(args)
+    from .training import evaluate_checkpoint, write_json
+
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        protocol=args.protocol,
+        test_limit=args.test_limit,
+        device=args.device,
+    )
+    if args.output:
+        write_json(results, args.output)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        print(
+            f"{results['method']} (epoch {results['epoch']}) on {results['dataset']} [{results['protocol']}]: "
+            + ", ".join(
+                f"{k} {_fmt(results[k])}"
+                for k in (
+                    "precision_at_1",
+                    "mean_average_precision_at_r",
+                    "r_precision",
+                    "mean_average_precision",
+                    "nearest_anchor_accuracy",
+                )
+            )
+        )
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------------------
+def add_bench_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark methods and PML baselines",
+        description="Train every selected method and PML baseline with the same backbone, budget and seed; write "
+        "DIR/results.md, DIR/results.json, DIR/accuracy_vs_time.png and DIR/embeddings.png.",
+    )
+    p.add_argument("--dataset", default="digits", help="digits (default), mnist or imagefolder")
+    p.add_argument("--methods", default="all", help="all (default), none, or a comma-separated list")
+    p.add_argument(
+        "--baselines",
+        default="all",
+        help="all (default), none, or a comma list of pml_proxy_anchor, pml_arcface, pml_normalized_softmax, "
+        "pml_soft_triple, pml_contrastive, cross_entropy",
+    )
+    _add_common(p)
+    p.add_argument("--output", default="bench", help="output folder (default ./bench)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> int:
+    _setup_output(args)
+    from .bench import bench
+
+    config = _given(args)
+    for key in ("dataset", "output", "method", "loss_kwargs", "hook_kwargs"):
+        config.pop(key, None)
+    epochs = config.pop("epochs", 2)
+
+    def report(r: dict) -> None:
+        if "error" in r:
+            print(f"{r['method']}: FAILED {r['error']}", file=sys.stderr)
+        else:
+            print(f"{r['method']}: P@1 {_fmt(r['precision_at_1'])}, {r['seconds']:.1f} s", flush=True)
+
+    summary = bench(
+        args.dataset,
+        args.methods,
+        args.baselines,
+        epochs=epochs,
+        output=args.output,
+        plots=not args.no_plots,
+        on_result=report,
+        **config,
+    )
+    print(f"wrote {os.path.join(args.output, 'results.md')}, results.json and plots")
+    return 1 if any("error" in r for r in summary["runs"]) else 0

@@ -1,0 +1,134 @@
+"""pml-anchors train | eval | bench."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from training_toys import (
+    add_toys,
+    single_thread,  # noqa: F401 - autouse fixture
+)
+
+from pml_anchors.cli import main
+
+TINY = ["--epochs", "1", "--limit", "64", "--test-limit", "120", "--batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture
+def toys(pml_registry):
+    add_toys(pml_registry)
+    return pml_registry
+
+
+def test_help_lists_train_eval_bench_without_importing_torch():
+    code = (
+        "import sys\nfrom pml_anchors.cli import main\n"
+        "for cmd in (['--help'], ['train', '--help'], ['eval', '--help'], ['bench', '--help']):\n"
+        "    try:\n        main(cmd)\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+    assert "train" in out and "bench" in out and "--resume" in out and "--baselines" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--method", "toy_fixd"], "unknown method 'toy_fixd'; did you mean 'toy_fixed'"),
+        (["train", "--method", "toy_fixed", "--dataset", "mnst"], "Unknown dataset 'mnst'. Did you mean 'mnist'"),
+        (
+            ["train", "--method", "toy_fixed", "--dataset", "mnist", "--data-root", "/nonexistent/mnist"],
+            "MNIST not found",
+        ),
+        (["train", "--epochs", "1"], "--method is required"),
+        (["bench", "--methods", "toy_fixed", "--baselines", "arcfce"], "did you mean 'pml_arcface'"),
+        (["eval", "--checkpoint", "/nonexistent/checkpoint.pt"], "checkpoint not found"),
+    ],
+)
+def test_errors_exit_2_with_one_line(toys, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith(f"pml-anchors {argv[0]}: error:") and "\n" not in err
+
+
+def test_train_writes_results_and_checkpoint_and_eval_reproduces(toys, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "toy_learnable", *TINY, "--output", str(out)]) == 0
+    assert "P@1" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    expected = {
+        "method", "dataset", "protocol", "epochs", "seconds", "device", "precision_at_1",
+        "mean_average_precision_at_r", "r_precision", "mean_average_precision", "nearest_anchor_accuracy",
+        "intra_class_spread", "min_anchor_angle_deg", "target_min_anchor_angle_deg", "plugins", "history",
+    }  # fmt: skip
+    assert expected <= set(results)
+    assert results["method"] == "toy_learnable" and results["dataset"] == "digits" and results["epochs"] == 1
+    assert any(p["name"] == "toys" for p in results["plugins"])
+
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    for key in ("precision_at_1", "mean_average_precision_at_r", "r_precision", "mean_average_precision"):
+        assert again[key] == pytest.approx(results[key], abs=1e-9), key
+    assert again["nearest_anchor_accuracy"] == pytest.approx(results["nearest_anchor_accuracy"])
+
+    assert main(["train", "--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--output", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+
+
+def test_train_open_set_has_no_nearest_anchor_accuracy(toys, tmp_path, capsys):
+    assert main(["train", "--method", "toy_fixed", *TINY, "--protocol", "open_set", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["protocol"] == "open_set" and results["nearest_anchor_accuracy"] is None
+
+
+def test_bench_two_methods_two_baselines_writes_md_json_png(toys, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--dataset", "digits", "--methods", "toy_fixed,pml_proxy"]
+    argv += ["--baselines", "cross_entropy,pml_contrastive", *TINY, "--output", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in summary["runs"]] == ["toy_fixed", "pml_proxy", "cross_entropy", "pml_contrastive"]
+    assert all(len(r["history"]) == 1 and "precision_at_1" in r["history"][0] for r in summary["runs"])
+    table = (out / "results.md").read_text()
+    assert "| method | P@1 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |" in table
+    assert "cross_entropy (PML baseline)" in table and "| toy_fixed |" in table
+    for png in ("accuracy_vs_time.png", "embeddings.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_example_pipeline_runs_with_a_registered_method(toys, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pml_pipeline.py"
+    spec = importlib.util.spec_from_file_location("pml_pipeline_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    history = module.main(["--method", "toy_fixed", "--epochs", "1", "--limit", "128"])
+    assert 0.0 <= history[1]["precision_at_1_level0"] <= 1.0
+    assert "epoch 1: precision_at_1" in capsys.readouterr().out
+
+
+def _registered_methods() -> list:
+    from pml_anchors.registry import list_methods
+
+    try:
+        return sorted({spec.name for spec in list_methods()})
+    except Exception:  # noqa: BLE001 - collection must not fail; the test is then skipped
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method", _registered_methods() or [pytest.param("-", marks=pytest.mark.skip(reason="no method plugins installed"))]
+)
+def test_every_registered_method_learns_digits_in_two_epochs(method, tmp_path, capsys):
+    out = tmp_path / method
+    argv = ["train", "--method", method, "--dataset", "digits", "--epochs", "2", "--device", "cpu"]
+    assert main([*argv, "--output", str(out), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    print(f"{method}: P@1 {results['precision_at_1']:.4f} in {results['seconds']:.1f} s")
+    assert results["precision_at_1"] >= 0.9, results
+    assert results["seconds"] < 60
