@@ -9,7 +9,7 @@ Backbones (see :data:`BACKBONES`, :func:`build_backbone`, :func:`default_backbon
 
 ``small_cnn``  :class:`SmallCNN`, a fast CPU trunk for 8×8 – 32×32 grey images (our own design).
 ``lenetpp``    :class:`LeNetPP`, LeNet++ of Wen et al. (ECCV 2016), as used by RePoNet.
-``ncm_cnn``    :class:`NCMNet`, the MNIST CNN of DeepNCM (Guerriero et al., ICLR-W 2018).
+``ncm_cnn``    :class:`NCMNet`, the MNIST CNN of the anchor-based NCM loss paper (Hao et al., arXiv 1804.08087).
 ``resnet18``   :func:`resnet`, torchvision ResNet-18 (He et al., CVPR 2016), never downloaded.
 ``resnet50``   :func:`resnet`, torchvision ResNet-50.
 """
@@ -127,8 +127,8 @@ class LeNetPP(nn.Module):
 
 
 class NCMNet(nn.Module):
-    """MNIST CNN of Guerriero, Caputo & Mensink, "DeepNCM: Deep Nearest Class Mean Classifiers"
-    (ICLR Workshop 2018), Table 1.
+    """MNIST CNN of Hao et al., anchor-based Nearest Class Mean loss (arXiv 1804.08087), Table 1
+    ("MNIST" column; the "for Figure 2" column is the same network with a 2-d FC output).
 
     3×3 convolutions (padding 1), each followed by BatchNorm and ReLU, all with 64 channels::
 
