@@ -115,6 +115,13 @@ def add_train_parser(subparsers) -> None:
     p.add_argument(
         "--resume", help="continue from this checkpoint: its config and output folder; options given here override"
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (gloo on CPU, one GPU each on CUDA); --batch-size stays the "
+        "global batch; rank 0 evaluates and writes the files (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_train)
 
@@ -129,7 +136,12 @@ def run_train(args) -> int:
     values = dict(load_checkpoint(args.resume)["config"]) if args.resume else {}  # resume: keeps its output
     values.update(given)
     config = TrainConfig.from_dict(values)
-    results = run(config, resume=args.resume)
+    if args.nproc != 1:
+        from .launch import launch  # N processes, DDP + DistributedLoss (pml_anchors/launch.py)
+
+        results = launch(config, args.nproc, resume=args.resume, verbose=args.verbose)
+    else:
+        results = run(config, resume=args.resume)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:

@@ -74,6 +74,8 @@ class PluginRecord:
     methods: list[str] = field(default_factory=list)
     initializers: list[str] = field(default_factory=list)
     builtin: bool = False
+    #: names this plugin registers that another plugin registers too (use the qualified ``plugin:name``)
+    conflicts: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,7 +179,7 @@ class PluginManager:
         registry = Registry(notes=self._failure_notes)
         for name, plugin in self._objects.items():
             record = self.records[name]
-            record.methods, record.initializers = [], []
+            record.methods, record.initializers, record.conflicts = [], [], []
             staged_specs: list[MethodSpec] = []
             staged_inits: list[InitializerEntry] = []
 
@@ -216,6 +218,15 @@ class PluginManager:
         if duplicates and strict_mode():
             detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in duplicates.items())
             raise DuplicateMethodError(f"duplicate names registered by several plugins: {detail}")
+        for what, qualified in duplicates.items():
+            plugins = {q.rsplit(":", 1)[0] for q in qualified}
+            for q in qualified:
+                plugin = q.rsplit(":", 1)[0]
+                others = sorted(self.records[p].label if p in self.records else p for p in plugins - {plugin})
+                if plugin in self.records:
+                    self.records[plugin].conflicts.append(
+                        f"{what} is also provided by {', '.join(others)}; use the qualified name {q!r}"
+                    )
         return registry
 
     def _call(self, plugin: Any, hook_name: str, **kwargs: Any) -> None:
@@ -227,7 +238,12 @@ class PluginManager:
     def _failure_notes(self) -> list[str]:
         notes = []
         for record in self.records.values():
-            if record.status in {"failed", "incompatible"}:
+            if record.status == "incompatible":
+                notes.append(
+                    f"Plugin {record.label} is incompatible with this pml-anchors version and was not loaded; "
+                    f"it may provide it: {record.error}."
+                )
+            elif record.status == "failed":
                 notes.append(f"Plugin {record.label} failed to load and may provide it: {record.error}.")
             elif record.status in {"disabled", "skipped"}:
                 notes.append(f"Plugin {record.label} is not loaded ({record.error}).")

@@ -1,5 +1,13 @@
-"""DistributedLoss: 2 processes with gloo on CPU give exactly the single-process result."""
+"""DistributedLoss: 2 processes with gloo on CPU give exactly the single-process result, for every method.
 
+One spawn runs every case (a process group costs tens of seconds to start): each registered method through
+``pml_anchors.get_loss`` in float64, a learnable toy loss, PML's own ProxyAnchorLoss, and PML's
+``DistributedLossWrapper`` for comparison. The tests below compare the saved per-rank results.
+"""
+
+import functools
+
+import method_cases
 import pytest
 import torch
 from dist_worker import run_distributed, single_process
@@ -11,6 +19,8 @@ from pml_anchors.distributed import DistributedLoss
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
+METHODS = method_cases.method_names()
+
 
 def pml_proxy_anchor():
     torch.manual_seed(123)
@@ -21,24 +31,63 @@ def toy_learnable():
     return LearnableToyLoss(4, 8, seed=3)
 
 
-@pytest.mark.parametrize("factory", [pml_proxy_anchor, toy_learnable], ids=["pml_proxy_anchor", "toy_learnable"])
-def test_distributed_loss_matches_single_process(tmp_path, factory):
+FACTORIES = {
+    "pml_proxy_anchor": pml_proxy_anchor,
+    "toy_learnable": toy_learnable,
+    **{f"method:{name}": functools.partial(method_cases.build, name) for name in METHODS},
+}
+#: key -> (loss factory, wrapper, uneven shards); PML's wrapper needs equal shards.
+JOBS = {
+    **{key: (factory, DistributedLoss, True) for key, factory in FACTORIES.items()},
+    "pml_wrapper": (pml_proxy_anchor, DistributedLossWrapper, False),
+}
+
+
+@pytest.fixture(scope="module")
+def dist_results(tmp_path_factory):
+    return run_distributed(JOBS, tmp_path_factory.mktemp("dist"))
+
+
+def check_matches_single_process(results, factory):
     expected = single_process(factory)
-    results = run_distributed(factory, DistributedLoss, tmp_path)
+    assert results[0]["shard"] == 7 and results[1]["shard"] == 5  # uneven shards
     for rank, got in enumerate(results):
-        torch.testing.assert_close(got["value"], expected["value"], rtol=0, atol=1e-6)
-        for key in expected:
-            if key != "value":
-                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"rank {rank} {key}")
+        assert "error" not in got, f"rank {rank} raised:\n{got['error']}"
+        grad_keys = {k for k in expected if k not in ("value", "anchors")}
+        assert grad_keys == {k for k in got if k not in ("value", "all_anchors", "shard")}, f"rank {rank}"
+        torch.testing.assert_close(got["value"], expected["value"], rtol=0, atol=1e-6, msg=f"rank {rank} value")
+        for key in grad_keys:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"rank {rank} {key}")
+    if expected["anchors"] is not None:  # identical on every rank (all_gather) and equal to one process's
+        for rank, got in enumerate(results):
+            for source, anchors in enumerate(got["all_anchors"]):
+                assert torch.equal(anchors, expected["anchors"]), f"rank {rank} sees other anchors on rank {source}"
+    return expected
 
 
-def test_pml_wrapper_gets_proxy_gradients_world_size_times_too_large(tmp_path):
+@pytest.mark.parametrize("name", METHODS, ids=[method_cases.method_id(n) for n in METHODS])
+def test_every_method_matches_single_process(dist_results, name):
+    expected = check_matches_single_process(dist_results[f"method:{name}"], FACTORIES[f"method:{name}"])
+    loss = method_cases.build(name)
+    if isinstance(getattr(loss, "anchors", None), torch.nn.Parameter):
+        assert "loss.anchors" in expected  # the learnable anchors' gradient was compared too
+
+
+@pytest.mark.parametrize("key", ["pml_proxy_anchor", "toy_learnable"])
+def test_distributed_loss_matches_single_process(dist_results, key):
+    expected = check_matches_single_process(dist_results[key], FACTORIES[key])
+    assert "loss.proxies" in expected or "loss.anchors" in expected
+
+
+def test_every_builtin_method_ran_distributed():
+    assert method_cases.BUILTIN_METHODS <= {method_cases.method_id(n) for n in METHODS}
+
+
+def test_pml_wrapper_gets_proxy_gradients_world_size_times_too_large(dist_results):
     """PML_NOTES §2.5: documents the difference DistributedLoss fixes."""
     expected = single_process(pml_proxy_anchor)
-    results = run_distributed(
-        pml_proxy_anchor, DistributedLossWrapper, tmp_path, uneven=False
-    )  # PML needs equal shards
-    got = results[0]
+    got = dist_results["pml_wrapper"][0]
+    assert "error" not in got, got.get("error")
     torch.testing.assert_close(got["loss.proxies"], 2 * expected["loss.proxies"], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got["value"], 2 * expected["value"])
     torch.testing.assert_close(got["model.weight"], expected["model.weight"], rtol=1e-9, atol=1e-9)

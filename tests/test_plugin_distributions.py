@@ -161,3 +161,151 @@ def test_import_is_lazy(plugin_python):
     )
     out = run(plugin_python, code)
     assert out.stdout.strip() == "[]"
+
+
+def run_json(python, code, **env):
+    """Run ``code`` (which prints one JSON document last) in the plugin environment; return it parsed."""
+    out = run(python, code, **env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_text_report_shows_each_status_error_and_conflict(plugin_python):
+    out = cli(plugin_python, "plugins")
+    assert out.returncode == 0, out.stderr
+    blocks = {}  # plugin name -> its lines
+    for line in out.stdout.splitlines():
+        if not line.startswith(" "):
+            name = line.split()[0]
+            blocks[name] = [line]
+        else:
+            blocks[name].append(line.strip())
+    assert blocks["pml-anchors-fixture-broken"][0] == "pml-anchors-fixture-broken 0.3.1  [failed]"
+    assert any(
+        line.startswith("error: ImportError: fixture plugin is broken on purpose")
+        for line in blocks["pml-anchors-fixture-broken"]
+    )
+    assert blocks["pml-anchors-fixture-future"][0] == "pml-anchors-fixture-future 2.0.0  [incompatible]"
+    assert "error: implements unknown hook(s) register_schedulers" in "\n".join(blocks["pml-anchors-fixture-future"])
+    assert blocks["pml-anchors-fixture-good"][:3] == [
+        "pml-anchors-fixture-good 1.0.0  [ok]",
+        "methods: fixture_proxy_anchor",
+        "initializers: corners",
+    ]
+    for mine, other in (("dup-a", "dup-b 0.2.0"), ("dup-b", "dup-a 0.1.0")):
+        lines = blocks[f"pml-anchors-fixture-{mine}"]
+        assert lines[0].endswith("[ok]") and "methods: shared_name" in lines
+        assert (
+            f"conflict: method 'shared_name' is also provided by pml-anchors-fixture-{other}; use the qualified "
+            f"name 'pml-anchors-fixture-{mine}:shared_name'"
+        ) in lines
+    assert "pml-anchors-ncm" not in blocks  # built-ins only with --all
+
+
+def test_json_report_of_incompatible_and_conflicting_plugins(plugin_python):
+    plugins = report(plugin_python)
+    future = plugins["pml-anchors-fixture-future"]
+    assert future["methods"] == [] and future["hooks"] == ["register_methods", "register_schedulers"]
+    assert future["version"] == "2.0.0" and "it was written for another pml-anchors version" in future["error"]
+    assert plugins["pml-anchors-fixture-dup-a"]["conflicts"] == [
+        "method 'shared_name' is also provided by pml-anchors-fixture-dup-b 0.2.0; use the qualified name "
+        "'pml-anchors-fixture-dup-a:shared_name'"
+    ]
+    assert len(plugins["pml-anchors-fixture-dup-b"]["conflicts"]) == 1
+    assert all(not r["conflicts"] for name, r in plugins.items() if "dup" not in name)
+    assert all(
+        r["status"] == "ok" for name, r in plugins.items() if name.startswith("pml-anchors-") and "fixture" not in name
+    )
+
+
+def test_get_loss_of_each_affected_method_explains_and_the_host_keeps_working(plugin_python):
+    code = (
+        "import json, warnings, torch, pml_anchors\nwarnings.simplefilter('ignore')\nout = {}\n"
+        "for name in ['future_method', 'shared_name', 'broken_method']:\n"
+        "    try:\n        pml_anchors.get_loss(name, 3, 4)\n"
+        "    except Exception as e:\n        out[name] = [type(e).__name__, str(e)]\n"
+        "loss = pml_anchors.get_loss('proxy_anchor', 3, 4)\n"  # a built-in method still works end to end
+        "value = loss(torch.randn(6, 4, requires_grad=True), torch.arange(6) % 3)\n"
+        "value.backward()\nout['proxy_anchor'] = bool(torch.isfinite(value))\n"
+        "out['methods'] = sorted(s.name for s in pml_anchors.list_methods())\n"
+        "print(json.dumps(out))\n"
+    )
+    out = run_json(plugin_python, code)
+    kind, message = out["future_method"]
+    assert kind == "UnknownMethodError" and "unknown method 'future_method'" in message
+    assert "Plugin pml-anchors-fixture-future 2.0.0 is incompatible with this pml-anchors version" in message
+    assert "register_schedulers" in message
+    kind, message = out["shared_name"]
+    assert kind == "DuplicateMethodError" and "'pml-anchors-fixture-dup-a:shared_name'" in message
+    assert (
+        out["broken_method"][0] == "UnknownMethodError"
+        and "fixture-broken 0.3.1 failed to load" in out["broken_method"][1]
+    )
+    assert out["proxy_anchor"] is True
+    assert {"cam", "c_ncm", "e_ncm", "fsc", "proxy_anchor", "reponet", "fixture_proxy_anchor", "shared_name"} <= set(
+        out["methods"]
+    )
+    assert "future_method" not in out["methods"]
+
+
+def test_env_vars_in_one_process(plugin_python):
+    """Each variable is read again at every load (``pml_anchors.plugins.reset``), so one process tries them all."""
+    scenarios = {
+        "strict_all": {"PML_ANCHORS_STRICT_PLUGINS": "1"},
+        "strict_incompatible": {
+            "PML_ANCHORS_STRICT_PLUGINS": "1",
+            "PML_ANCHORS_DISABLE_PLUGINS": "pml-anchors-fixture-broken,pml-anchors-fixture-dup-b",
+        },
+        "strict_duplicates": {
+            "PML_ANCHORS_STRICT_PLUGINS": "yes",
+            "PML_ANCHORS_DISABLE_PLUGINS": "pml-anchors-fixture-broken,pml-anchors-fixture-future",
+        },
+        "strict_clean": {
+            "PML_ANCHORS_STRICT_PLUGINS": "1",
+            "PML_ANCHORS_DISABLE_PLUGINS": "pml-anchors-fixture-broken,pml-anchors-fixture-future,PML_Anchors.Fixture_Dup_B",
+        },
+        "not_strict": {"PML_ANCHORS_STRICT_PLUGINS": "0"},
+        "allow_by_underscored_name": {"PML_ANCHORS_LOAD_PLUGINS": "pml_anchors_fixture_good, pml-anchors-ncm"},
+        "disable_good": {"PML_ANCHORS_DISABLE_PLUGINS": "pml-anchors-fixture-good"},
+    }
+    code = (
+        "import io, json, os, sys, contextlib, warnings\nimport pml_anchors\nfrom pml_anchors import plugins\n"
+        "from pml_anchors.cli import main\nwarnings.simplefilter('ignore')\n"
+        f"scenarios = {scenarios!r}\nout = {{}}\n"
+        "for key, env in scenarios.items():\n"
+        "    for var in (plugins.ENV_LOAD, plugins.ENV_DISABLE, plugins.ENV_STRICT):\n"
+        "        os.environ.pop(var, None)\n"
+        "    os.environ.update(env)\n"
+        "    plugins.reset()\n"
+        "    try:\n        names = sorted(s.name for s in pml_anchors.list_methods())\n"
+        "        result = {'methods': names}\n"
+        "        try:\n            pml_anchors.get_method('fixture_pa')\n"
+        "        except Exception as e:\n            result['fixture_pa'] = str(e)\n"
+        "    except Exception as e:\n        result = {'error': [type(e).__name__, str(e)]}\n"
+        "    plugins.reset()\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+        "        result['cli'] = [main(['methods']), err.getvalue()]\n"
+        "    out[key] = result\n"
+        "print(json.dumps(out))\n"
+    )
+    out = run_json(plugin_python, code)
+    kind, message = out["strict_all"]["error"]
+    assert kind == "PluginLoadError" and "pml-anchors-fixture-broken 0.3.1" in message
+    kind, message = out["strict_incompatible"]["error"]
+    assert kind == "PluginLoadError" and "pml-anchors-fixture-future 2.0.0" in message and "unknown hook" in message
+    kind, message = out["strict_duplicates"]["error"]
+    assert kind == "DuplicateMethodError" and "method 'shared_name'" in message
+    assert "pml-anchors-fixture-dup-a:shared_name" in message and "pml-anchors-fixture-dup-b:shared_name" in message
+    for key in ("strict_all", "strict_incompatible", "strict_duplicates"):  # the CLI: a clean error, exit code 2
+        code_, stderr = out[key]["cli"]
+        assert code_ == 2 and stderr.startswith("pml-anchors methods: error: ") and "Traceback" not in stderr
+    assert "error" not in out["strict_clean"] and "shared_name" in out["strict_clean"]["methods"]
+    assert out["strict_clean"]["cli"][0] == 0
+    assert "error" not in out["not_strict"] and out["not_strict"]["cli"][0] == 0  # "0" is not strict
+    assert out["allow_by_underscored_name"]["methods"] == ["c_ncm", "e_ncm", "fixture_proxy_anchor"]
+    assert "fixture_proxy_anchor" not in out["disable_good"]["methods"]
+    assert (
+        "Plugin pml-anchors-fixture-good 1.0.0 is not loaded (disabled by PML_ANCHORS_DISABLE_PLUGINS)"
+        in out["disable_good"]["fixture_pa"]
+    )

@@ -1,0 +1,201 @@
+"""``pml-anchors train --nproc N``: data-parallel training on one machine, torchrun-style.
+
+:func:`launch` spawns ``N`` processes (``torch.multiprocessing``, start method *spawn*) that join one process
+group (gloo on CPU; NCCL on CUDA, one GPU per process) and each build the same run with
+:func:`pml_anchors.training.build`: the same seed gives every process the same data split, initial models and
+anchors. Then, in every process:
+
+* ``trunk`` and ``embedder`` are wrapped in ``DistributedDataParallel`` inside PML's trainer (the optimizers
+  hold the same parameter objects). A module with no trainable parameter is left unwrapped, and the wrappers
+  are rebuilt when a hook freezes or unfreezes parameters (e.g. the Proxy Anchor warm-up freezes the trunk for
+  the first epoch), so the set DDP synchronises is always the set being trained;
+* the loss is wrapped in :class:`~pml_anchors.distributed.DistributedLoss`: each process computes it on the
+  global batch, and the model and anchor gradients equal those of one process on the concatenated batch;
+* a ``DistributedSampler`` (seeded with ``config.seed``, ``set_epoch`` every epoch, so resuming draws the same
+  shards) gives each process its ``1/N`` of every epoch. ``--batch-size`` stays the *global* batch: each
+  process takes ``batch_size // N`` samples, so a run with ``--nproc`` trains on batches of the same size
+  as one without;
+* rank 0 alone evaluates and writes ``results.json`` and ``checkpoint.pt`` (plain ``state_dict``\\ s of the
+  unwrapped modules: ``pml-anchors eval`` and ``--resume`` work with or without ``--nproc``).
+
+BatchNorm statistics are per process (as with plain DDP). Methods whose baseline uses a miner are refused:
+``DistributedLoss`` gathers embeddings, not mined tuples. ``results.json`` gains ``world_size``,
+``batch_size_per_process`` and ``replica_max_abs_diff``: the largest difference between the processes'
+parameter checksums at the end (0.0 when every replica holds the same weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .distributed import DistributedLoss
+
+__all__ = ["launch"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: Any, nproc: int, *, resume: str | os.PathLike | None = None, verbose: bool = False) -> dict:
+    """Train ``config`` (a :class:`~pml_anchors.training.TrainConfig`) with ``nproc`` processes; rank 0's results.
+
+    ``nproc=1`` is :func:`pml_anchors.training.run` itself. Configuration errors (unknown method, too small a
+    batch, more processes than GPUs) are raised here, before any process is started.
+    """
+    from .evaluation import resolve_device
+    from .training import resolve_method, run
+
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    if nproc == 1:
+        return run(config, resume=resume)
+    _, miner = resolve_method(config.method)  # fails fast on an unknown method
+    if miner is not None:
+        raise ValueError(
+            f"--nproc does not support {config.method!r}: it uses a miner (DistributedLoss gathers no tuples)"
+        )
+    if config.batch_size < 2 * nproc:
+        raise ValueError(
+            f"--batch-size is the global batch, split over the {nproc} processes; it must be at least "
+            f"2 x nproc = {2 * nproc}, got {config.batch_size}"
+        )
+    if not dist.is_available():
+        raise ValueError("--nproc needs torch.distributed, which this torch build lacks")
+    device = resolve_device(config.device)
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ValueError(f"--nproc {nproc} needs {nproc} GPUs (one per process); {torch.cuda.device_count()} visible")
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="pml-anchors-launch-") as tmp:
+        result_file = os.path.join(tmp, "results.json")
+        args = (nproc, _free_port(), config.to_dict(), None if resume is None else str(resume), result_file, verbose)
+        mp.spawn(_worker, args=args, nprocs=nproc, join=True)
+        with open(result_file) as f:
+            return json.load(f)
+
+
+class _DataParallel:
+    """Per-process state: the unwrapped models, the sampler, and the hooks that keep DDP and sampler current."""
+
+    def __init__(self, rank: int, world: int, device: torch.device):
+        self.rank, self.world, self.device = rank, world, device
+        self.raw: dict[str, torch.nn.Module] = {}
+        self.trainable: dict[str, tuple[bool, ...]] = {}
+        self.sampler = None
+
+    def setup(self, session: Any) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        trainer = session.trainer
+        self.raw = {key: trainer.models[key] for key in ("trunk", "embedder")}
+        self.sampler = DistributedSampler(
+            session.splits.train, num_replicas=self.world, rank=self.rank, shuffle=True, seed=session.config.seed
+        )
+        self.sampler.set_epoch(session.start_epoch)
+        trainer.sampler = self.sampler
+        trainer.batch_size = max(1, min(session.config.batch_size, len(session.splits.train)) // self.world)
+        trainer.loss_funcs["metric_loss"] = DistributedLoss(session.loss)
+        self.wrap(trainer)
+
+    def wrap(self, trainer: Any) -> None:
+        """(Re)wrap every model whose set of trainable parameters changed since it was last wrapped."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        for key, module in self.raw.items():
+            trainable = tuple(p.requires_grad for p in module.parameters())
+            if self.trainable.get(key) == trainable:
+                continue
+            self.trainable[key] = trainable
+            if any(trainable):
+                device_ids = [self.device.index] if self.device.type == "cuda" else None
+                trainer.models[key] = DistributedDataParallel(module, device_ids=device_ids)
+            else:  # nothing to synchronise (e.g. a frozen trunk); DDP refuses such a module
+                trainer.models[key] = module
+
+    def end_of_iteration_hook(self, trainer: Any) -> None:
+        self.wrap(trainer)
+
+    def end_of_epoch_hook(self, trainer: Any) -> None:
+        self.wrap(trainer)
+        self.sampler.set_epoch(trainer.epoch + 1)
+
+
+def _checksums(session: Any) -> torch.Tensor:
+    """Per parameter: sum and sum of squares (float64), a small fingerprint of this replica's weights."""
+    params = [*session.trunk.parameters(), *session.embedder.parameters(), *session.loss.parameters()]
+    if not params:
+        return torch.zeros(2, dtype=torch.float64)
+    values = [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in params]
+    return torch.cat(values)
+
+
+def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | None, result_file: str, verbose: bool):
+    if rank != 0:
+        os.environ["TQDM_DISABLE"] = "1"  # one progress bar, rank 0's
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    from .evaluation import resolve_device
+    from .training import (
+        TrainConfig,
+        evaluate_session,
+        results_dict,
+        save_checkpoint,
+        set_verbosity,
+        train,
+        write_json,
+    )
+    from .training import build as build_session
+
+    set_verbosity(verbose)
+    device = resolve_device(config_dict.get("device"))
+    values = dict(config_dict)
+    if device.type == "cuda":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+        values["device"] = str(device)
+    elif not values.get("num_threads"):  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if rank != 0:  # only rank 0 evaluates and writes files
+        values.update(output=None, eval_every_epoch=False)
+    config = TrainConfig.from_dict(values)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    try:
+        started = time.perf_counter()
+        parallel = _DataParallel(rank, world, device)
+        session = build_session(
+            config,
+            resume=resume,
+            end_of_iteration_hook=parallel.end_of_iteration_hook,
+            end_of_epoch_hook=parallel.end_of_epoch_hook,
+        )
+        parallel.setup(session)
+        train(session)
+        sums = _checksums(session).to(device)
+        gathered = [torch.empty_like(sums) for _ in range(world)]
+        dist.all_gather(gathered, sums)
+        if rank != 0:
+            return
+        diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        last = session.history[-1] if session.history else {}
+        fresh = last.get("epoch") == session.epoch and "precision_at_1" in last
+        metrics = last if fresh else evaluate_session(session)
+        results = results_dict(session, metrics, wall_seconds=time.perf_counter() - started)
+        results.update(world_size=world, batch_size_per_process=session.trainer.batch_size, replica_max_abs_diff=diff)
+        if config.output:
+            os.makedirs(config.output, exist_ok=True)
+            save_checkpoint(session, os.path.join(config.output, "checkpoint.pt"))
+            write_json(results, os.path.join(config.output, "results.json"))
+        write_json(results, result_file)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,46 @@
+"""Every registered method, built the same way by the reliability tests (dtypes, checkpoints, bad input,
+distributed). Tests parametrize over :func:`method_names`, so a newly installed method plugin joins them."""
+
+from __future__ import annotations
+
+import pml_anchors
+
+#: Small problem used everywhere: labels in [0, 4), width 8 unless the method forces its own.
+NUM_CLASSES = 4
+WIDTH = 8
+#: The methods shipped in plugins/; the suites check that none of them is missing from the registry.
+BUILTIN_METHODS = {"e_ncm", "c_ncm", "cam", "reponet", "fsc", "proxy_anchor"}
+
+
+def method_names() -> list[str]:
+    """Qualified names (``dist:name``) of every registered method; unique even if two plugins share a name."""
+    return [spec.qualified_name for spec in pml_anchors.list_methods()]
+
+
+def method_id(qualified: str) -> str:
+    """Short test id: ``pml-anchors-ncm:e_ncm`` -> ``e_ncm``."""
+    return qualified.rsplit(":", 1)[-1]
+
+
+def build(name: str, num_classes: int = NUM_CLASSES, embedding_size: int | None = WIDTH, **kwargs):
+    """``get_loss(name, K, d)``; methods with a forced width (polytopes) get ``embedding_size=None``."""
+    try:
+        return pml_anchors.get_loss(name, num_classes, embedding_size, **kwargs)
+    except (ValueError, TypeError) as first:
+        if embedding_size is None:
+            raise
+        try:
+            return pml_anchors.get_loss(name, num_classes, None, **kwargs)
+        except (ValueError, TypeError):
+            raise first from None
+
+
+def builtin_method_names() -> list[str]:
+    """:func:`method_names` of the distributions in this repository's ``plugins/`` only."""
+    from pml_anchors.plugins import BUILTIN_DISTRIBUTIONS, normalize_dist_name
+
+    return [
+        spec.qualified_name
+        for spec in pml_anchors.list_methods()
+        if normalize_dist_name(spec.plugin or "") in BUILTIN_DISTRIBUTIONS
+    ]

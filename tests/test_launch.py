@@ -1,0 +1,49 @@
+"""``pml-anchors train --nproc N`` (pml_anchors/launch.py): N gloo processes on CPU, rank 0 writes the results."""
+
+import json
+
+import pytest
+import torch
+
+from pml_anchors.cli import main
+from pml_anchors.training import load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+
+TINY = ["--dataset", "digits", "--limit", "160", "--test-limit", "100", "--device", "cpu", "--no-progress"]
+
+
+def test_train_nproc_2(tmp_path, capsys):
+    """Proxy Anchor: its warm-up freezes the trunk for epoch 1, so DDP must take the trunk on from epoch 2."""
+    out = tmp_path / "run"
+    argv = ["train", "--method", "proxy_anchor", *TINY, "--epochs", "2", "--batch-size", "32", "--nproc", "2"]
+    assert main([*argv, "--output", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    results = json.loads((out / "results.json").read_text())
+    assert printed == results
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "results.json"]  # rank 0 only
+    assert results["method"] == "proxy_anchor" and results["epochs"] == 2 and len(results["history"]) == 2
+    assert results["world_size"] == 2 and results["batch_size"] == 32 and results["batch_size_per_process"] == 16
+    assert results["replica_max_abs_diff"] <= 1e-6  # every process ends with the same weights and anchors
+    assert 0.0 <= results["precision_at_1"] <= 1.0 and all(h["loss"] > 0 for h in results["history"])
+    checkpoint = load_checkpoint(out / "checkpoint.pt")  # torch.load(weights_only=True)
+    assert checkpoint["epoch"] == 2 and "anchors" in checkpoint["loss"]
+    assert not any(k.startswith("module.") for k in (*checkpoint["trunk"], *checkpoint["embedder"]))
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["precision_at_1"] == pytest.approx(results["precision_at_1"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "proxy_anchor", "--nproc", "0"], "nproc must be a positive int, got 0"),
+        (["--method", "proxy_anchor", "--nproc", "2", "--batch-size", "3"], "must be at least 2 x nproc = 4, got 3"),
+        (["--method", "baseline:pml_contrastive", "--nproc", "2"], "it uses a miner"),
+        (["--method", "proxy_anchr", "--nproc", "2"], "unknown method 'proxy_anchr'"),
+    ],
+)
+def test_nproc_errors_before_spawning(capsys, extra, message):
+    assert main(["train", *TINY, "--epochs", "1", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pml-anchors train: error:") and message in err
