@@ -24,7 +24,16 @@ import torch
 
 from .baselines import BASELINES, PREFIX
 from .evaluation import METRICS, anchor_rows, embed
-from .training import TrainConfig, build, evaluate_session, results_dict, train, write_json
+from .training import (
+    TrainConfig,
+    build,
+    derives_embedding_size,
+    evaluate_session,
+    resolve_method,
+    results_dict,
+    train,
+    write_json,
+)
 
 
 def select_methods(methods: str | Sequence[str]) -> list[str]:
@@ -95,7 +104,10 @@ def bench(
     )
     runs, projections = [], {}
     for name in names:
-        cfg = TrainConfig.from_dict({**base.to_dict(), "method": name, "output": None})
+        values = {**base.to_dict(), "method": name, "output": None}
+        if derives_embedding_size(resolve_method(name)[0].resolve_loss()):
+            values["embedding_size"] = None  # e.g. polytopes fix their own width (simplex: d = K - 1)
+        cfg = TrainConfig.from_dict(values)
         started = time.perf_counter()
         try:
             session = train(build(cfg, splits=splits))
@@ -144,17 +156,17 @@ def markdown_table(summary: dict[str, Any]) -> str:
         f"backbone {s['backbone'] or 'default'}, device {summary['device']}. Retrieval metrics: PML AccuracyCalculator "
         "(test set against itself); seconds: training time without evaluation.",
         "",
-        "| method | P@1 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| method | d | P@1 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["runs"]:
         name = r["method"] + (" (PML baseline)" if r.get("baseline") else "")
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'].splitlines()[0]} | | | | | |")
+            lines.append(f"| {name} | | failed: {r['error'].splitlines()[0]} | | | | | |")
             continue
         cells = [_fmt(r.get(m)) for m in METRICS]
         lines.append(
-            f"| {name} | {' | '.join(cells)} | {_fmt(r.get('nearest_anchor_accuracy'))} | {_fmt(r.get('seconds'), 1)} |"
+            f"| {name} | {r.get('embedding_size', '')} | {' | '.join(cells)} | {_fmt(r.get('nearest_anchor_accuracy'))} | {_fmt(r.get('seconds'), 1)} |"
         )
     return "\n".join(lines) + "\n"
 

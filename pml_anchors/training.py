@@ -231,7 +231,7 @@ def resolve_method(name: str) -> tuple[MethodSpec, Callable[[], Any] | None]:
     return get_method(name), None
 
 
-def _derives_embedding_size(cls: type) -> bool:
+def derives_embedding_size(cls: type) -> bool:
     from .losses import AnchorLoss
 
     return (
@@ -387,7 +387,7 @@ def build(
     seed_everything(config.seed)
     width = config.embedding_size
     if loss is None:
-        if width is None and not _derives_embedding_size(spec.resolve_loss()):
+        if width is None and not derives_embedding_size(spec.resolve_loss()):
             width = DEFAULT_EMBEDDING_SIZE
         loss_kwargs = dict(config.loss_kwargs)
         from .registry import _accepts

@@ -92,10 +92,21 @@ def test_bench_two_methods_two_baselines_writes_md_json_png(toys, tmp_path, caps
     assert [r["method"] for r in summary["runs"]] == ["toy_fixed", "pml_proxy", "cross_entropy", "pml_contrastive"]
     assert all(len(r["history"]) == 1 and "precision_at_1" in r["history"][0] for r in summary["runs"])
     table = (out / "results.md").read_text()
-    assert "| method | P@1 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |" in table
+    assert "| method | d | P@1 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |" in table
     assert "cross_entropy (PML baseline)" in table and "| toy_fixed |" in table
     for png in ("accuracy_vs_time.png", "embeddings.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_lets_polytope_methods_derive_their_width(tmp_path):
+    """An explicit --embedding-size applies to every method except those whose geometry fixes d."""
+    out = tmp_path / "bench"
+    argv = ["bench", "--dataset", "digits", "--methods", "reponet,c_ncm", "--baselines", "none", *TINY]
+    assert main([*argv, "--embedding-size", "16", "--no-plots", "--output", str(out)]) == 0
+    runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert "error" not in runs["reponet"] and runs["reponet"]["embedding_size"] == 9  # simplex for 10 classes
+    assert runs["c_ncm"]["embedding_size"] == 16
+    assert "| reponet | 9 |" in (out / "results.md").read_text()
 
 
 def test_example_pipeline_runs_with_a_registered_method(toys, capsys):
