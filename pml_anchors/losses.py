@@ -13,11 +13,16 @@ computed from already validated inputs and a cast copy of the anchors) and
   silently change it;
 * ``ref_emb`` rejected like PML's proxy losses; ``indices_tuple`` turned into per-sample weights
   with PML's ``convert_to_weights`` (subclasses decide how to apply them);
-* a clear error when a checkpoint's anchors do not fit this loss.
+* a clear error when a checkpoint's anchors do not fit this loss;
+* ``chunk_size``: stream the classes in chunks of that many anchor rows (see :mod:`pml_anchors.chunking`),
+  so that losses over a million classes fit in memory, with the same values and gradients;
+* :meth:`AnchorLoss.cached_anchors`: per-forward transforms of FIXED anchors (normalised copy, squared
+  norms, dtype casts) computed once and reused until the buffer changes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +54,10 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         DDP rank) build identical anchors; ``None`` draws from torch's global RNG.
     :param anchor_kwargs: extra keyword arguments for the initializer.
     :param check_finite: raise on NaN/Inf embeddings (one device sync per forward).
+    :param chunk_size: ``None`` (default): all classes at once. A positive int: losses built on
+        :func:`pml_anchors.chunking.class_logsumexp` process the anchor rows in chunks of this many (whole
+        classes), recomputing each chunk in backward: peak memory O(B * chunk_size) instead of
+        O(B * num_classes), identical values and gradients (up to float rounding), one more GEMM.
     :param kwargs: PML's ``reducer``, ``distance``, ``weight_regularizer``, ``weight_reg_weight``,
         ``embedding_regularizer``, ``weight_init_func`` (applied to learnable anchors), ...
     """
@@ -68,8 +77,12 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         seed: int | None = 0,
         anchor_kwargs: dict[str, Any] | None = None,
         check_finite: bool = True,
+        chunk_size: int | None = None,
         **kwargs: Any,
     ):
+        from .chunking import check_chunk_size
+
+        chunk_size = check_chunk_size(chunk_size)
         custom_init = "weight_init_func" in kwargs
         super().__init__(**kwargs)
         self.num_classes = _positive_int(num_classes, "num_classes")
@@ -78,6 +91,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.embedding_size = _positive_int(embedding_size, "embedding_size")
         self.learnable = self.learnable_anchors if learnable is None else bool(learnable)
         self.check_finite = check_finite
+        self.chunk_size = chunk_size
         self.seed = seed
         tensor = self.build_anchors(self.default_anchors if anchors is None else anchors, seed, anchor_kwargs or {})
         if self.learnable:
@@ -130,9 +144,50 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         """The anchors on the embeddings' device and dtype, as a differentiable copy."""
         return self.anchors.to(device=embeddings.device, dtype=embeddings.dtype)
 
+    def cached_anchors(self, name: str, embeddings: torch.Tensor, compute: Callable[[torch.Tensor], Any]) -> Any:
+        """``compute(self.cast_anchors(embeddings))``, cached while the anchors are fixed and unchanged.
+
+        For fixed anchors (a buffer, ``requires_grad=False``) the result is computed once per ``name`` and
+        reused for as long as the buffer's version counter, storage, device, dtype and shape and the
+        embeddings' device and dtype stay the same: ``load_state_dict``, ``.to()``, ``copy_``/in-place ops,
+        assigning a new tensor all invalidate it (and ``load_state_dict``/``.to()`` also drop the cache).
+        Writes through ``.data`` bypass torch's version counter: call :meth:`clear_anchor_cache` after them.
+        Learnable anchors are never cached (``compute`` runs every call, differentiably). ``compute`` runs
+        outside autograd and inference mode; the cached value must not be modified in place.
+        """
+        anchors = self.anchors
+        if anchors.requires_grad:
+            return compute(self.cast_anchors(embeddings))
+        key = (
+            anchors._version,
+            anchors.data_ptr(),
+            anchors.device,
+            anchors.dtype,
+            tuple(anchors.shape),
+            embeddings.device,
+            embeddings.dtype,
+        )
+        cache = self.__dict__.setdefault("_anchor_cache", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():
+            value = compute(self.cast_anchors(embeddings))
+        cache[name] = (key, value)
+        return value
+
+    def clear_anchor_cache(self) -> None:
+        """Drop everything :meth:`cached_anchors` holds (needed only after writes through ``.data``)."""
+        self.__dict__.get("_anchor_cache", {}).clear()
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_anchor_cache()
+        return super()._apply(fn, *args, **kwargs)
+
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
+        self.clear_anchor_cache()
         key = prefix + "anchors"
         if key in state_dict and tuple(state_dict[key].shape) != tuple(self.anchors.shape):
             raise ValueError(
@@ -172,20 +227,24 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             raise ValueError(f"got {embeddings.shape[0]} embeddings but {labels.shape[0]} labels; they must match")
         if embeddings.shape[0] == 0:
             return
-        # One device sync for every data-dependent check.
-        checks = [labels.min().to(torch.float64), labels.max().to(torch.float64)]
+        # One device sync for every data-dependent check, and few cheap ops: this runs every step. A finite
+        # sum proves every embedding finite (any NaN/Inf makes it NaN/Inf); a non-finite one (or an overflow)
+        # triggers the exact check below.
+        low, high = torch.aminmax(labels)
+        checks = [low.double(), high.double()]
         if self.check_finite:
-            checks.append((~torch.isfinite(embeddings)).any().to(torch.float64).to(labels.device))
-        values = torch.stack([c.to(labels.device) for c in checks]).tolist()
+            checks.append(embeddings.sum(dtype=torch.float32).double().to(labels.device))
+        values = torch.stack(checks).tolist()
         low, high = int(values[0]), int(values[1])
         if low < 0 or high >= self.num_classes:
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes}) (num_classes={self.num_classes}), "
                 f"got values from {low} to {high}"
             )
-        if self.check_finite and values[2]:
+        if self.check_finite and not math.isfinite(values[2]):
             bad = (~torch.isfinite(embeddings)).any(dim=1).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"embeddings contain NaN or Inf (first bad rows: {bad})")
+            if bad:
+                raise ValueError(f"embeddings contain NaN or Inf (first bad rows: {bad})")
 
     # -- PML protocol ---------------------------------------------------------------------------
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
@@ -199,7 +258,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             return self.zero_losses()
         labels = labels.long()
         weights = lmu.convert_to_weights(indices_tuple, labels, dtype=embeddings.dtype)
-        anchors = self.cast_anchors(embeddings)
+        anchors = self.cached_anchors("cast", embeddings, lambda a: a)  # fixed anchors: cast once, not per call
         loss_dict = self.anchor_losses(embeddings, labels, anchors, weights)
         self.add_weight_regularization_to_loss_dict(loss_dict, anchors.reshape(-1, anchors.shape[-1]))
         return loss_dict
@@ -232,7 +291,8 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.learnable else "fixed"
+        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
         return (
             f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
-            f"anchors={kind} {tuple(self.anchors.shape)}"
+            f"anchors={kind} {tuple(self.anchors.shape)}{chunk}"
         )

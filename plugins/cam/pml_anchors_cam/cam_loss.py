@@ -10,6 +10,12 @@ Learnable class anchors C = {c_1..c_K} live in the (raw, unnormalised) embedding
 Over a batch we use mean_i L_A(x_i) + L_R + L_N: the per-example objective (4) averaged over the batch,
 the anchor-only terms added once. The sum over y != y' counts every unordered pair twice and the 1/2
 cancels that, so L_R is the sum over unordered pairs.
+
+Cost: the attractor is O(B d) (no B x K matrix at all); L_N is O(K d). L_R over all K anchors is O(K^2 d) if
+computed directly: for K <= 256 it is (in row blocks, :func:`~pml_anchors_cam.repeller.repeller_blocked`);
+above, an exact Verlet neighbour list (:class:`~pml_anchors_cam.repeller.NeighborList`) keeps the pairs that
+can be closer than 2m and re-searches only anchors that moved, so a step costs O(K d + pairs * d) between
+(rare) rebuilds. With ``batch_classes_only`` the terms run over the batch's classes only (O(B^2 d)).
 """
 
 from __future__ import annotations
@@ -25,11 +31,10 @@ from pytorch_metric_learning.distances import LpDistance
 from pml_anchors.losses import AnchorLoss
 
 from .initializers import standard_normal
+from .repeller import NeighborList, repeller_blocked, repeller_on_pairs
 
-
-def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt with a zero (not NaN) gradient where x <= 0 (coincident anchors, an anchor at the origin)."""
-    return x.clamp_min(torch.finfo(x.dtype).tiny).sqrt()
+#: Above this many anchors L_R uses the neighbour list by default.
+NEIGHBOR_LIST_MIN_CLASSES = 256
 
 
 def _no_autocast(device_type: str) -> AbstractContextManager:
@@ -47,6 +52,11 @@ class ClassAnchorMarginLoss(AnchorLoss):
         the norm term off.
     :param batch_classes_only: ``False`` (default): L_R and L_N run over all K anchors, as eq. 2-3 define
         them on the whole anchor set C. ``True``: only over the classes present in the batch.
+    :param neighbor_list: how L_R over all K anchors is computed (same value and gradient either way):
+        ``None`` (default) uses the exact neighbour list when K > 256, ``True`` always, ``False`` never
+        (every pair, in row blocks of the K x K distance matrix: O(K^2 d) per step, O(K) memory per row).
+    :param neighbor_skin: extra reach of the neighbour list (default: ``margin``): it lists pairs closer than
+        2m + skin and re-searches an anchor once it moved 0.45 skin.
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options: ``anchors`` (default
         ``standard_normal``, i.e. ``torch.randn`` under ``seed``; the paper does not state its init; any
         registered name, callable or (K, n) tensor), ``seed``, ``learnable``, and PML's ``reducer``,
@@ -69,13 +79,24 @@ class ClassAnchorMarginLoss(AnchorLoss):
         min_norm: float = 1.0,
         *,
         batch_classes_only: bool = False,
+        neighbor_list: bool | None = None,
+        neighbor_skin: float | None = None,
         **kwargs: Any,
     ):
         self.margin = _non_negative(margin, "margin", "paper: 2")
         self.min_norm = _non_negative(min_norm, "min_norm", "paper: 1")
         if not isinstance(batch_classes_only, bool):
             raise TypeError(f"batch_classes_only must be a bool, got {type(batch_classes_only).__name__}")
+        if neighbor_list is not None and not isinstance(neighbor_list, bool):
+            raise TypeError(f"neighbor_list must be None or a bool, got {type(neighbor_list).__name__}")
+        if neighbor_skin is not None:
+            neighbor_skin = _non_negative(neighbor_skin, "neighbor_skin", "default: margin")
+            if neighbor_skin == 0:
+                raise ValueError("neighbor_skin must be > 0 (or None for the default, margin)")
         self.batch_classes_only = batch_classes_only
+        self.neighbor_list = neighbor_list
+        self.neighbor_skin = neighbor_skin
+        self._neighbors: NeighborList | None = None
         super().__init__(num_classes, embedding_size, **kwargs)
         dist = self.distance
         if not (isinstance(dist, LpDistance) and not dist.normalize_embeddings and dist.p == 2 and dist.power == 1):
@@ -102,32 +123,70 @@ class ClassAnchorMarginLoss(AnchorLoss):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_R, L_N) of eq. 2-3 for the (K, n) ``anchors``; ``present`` (K,) bool restricts both to those classes.
 
-        One K x K Gram matrix on the centred anchors (distances are translation invariant; centring limits
-        cancellation in ||a||^2 + ||b||^2 - 2 a.b). Coincident anchors get a finite (zero) gradient.
+        Eq. 2 and 3 as written: 1/2 sum over ordered pairs y != y' (= the sum over unordered pairs), 1/2 sum_y.
+        L_R comes from :mod:`~pml_anchors_cam.repeller` (row blocks of the distance matrix of the centred
+        anchors, or the exact neighbour list for large K); coincident anchors get a finite (zero) gradient.
         """
-        centred = anchors - anchors.mean(dim=0, keepdim=True)
-        sq = centred.pow(2).sum(dim=1)
-        dist = _safe_sqrt(sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (centred @ centred.T))
-        pairs = ~torch.eye(anchors.shape[0], dtype=torch.bool, device=anchors.device)  # y != y'
         if present is not None:
-            pairs = pairs & present.unsqueeze(1) & present.unsqueeze(0)
-        hinge = (2.0 * self.margin - dist).clamp_min(0).pow(2).masked_fill(~pairs, 0.0)
-        shortfall = (self.min_norm - _safe_sqrt(anchors.pow(2).sum(dim=1))).clamp_min(0).pow(2)
-        if present is not None:
-            shortfall = shortfall.masked_fill(~present, 0.0)
-        # Eq. 2 and 3 as written: 1/2 sum over ordered pairs y != y' (= the sum over unordered pairs), 1/2 sum_y.
-        return 0.5 * hinge.sum(), 0.5 * shortfall.sum()
+            anchors = anchors[present.nonzero().flatten()]
+            repeller = repeller_blocked(anchors, self.margin)
+        elif self._use_neighbor_list(anchors.shape[0]) and (pairs := self._close_pairs(anchors)) is not None:
+            repeller = repeller_on_pairs(anchors, pairs, self.margin)
+        else:
+            repeller = repeller_blocked(anchors, self.margin)
+        norms = torch.linalg.vector_norm(anchors, dim=1)  # no K x n temporary; zero gradient at the origin
+        shortfall = (self.min_norm - norms).clamp_min(0).square()
+        return repeller, 0.5 * shortfall.sum()
+
+    def _close_pairs(self, anchors: torch.Tensor) -> torch.Tensor | None:
+        """Pairs (2, P) holding every anchor pair closer than 2m (neighbour list), or None if too many."""
+        if self._neighbors is None:
+            skin = self.margin if self.neighbor_skin is None else self.neighbor_skin
+            self._neighbors = NeighborList(self.margin, skin, max_pairs=max(1 << 20, 4 * anchors.shape[0]))
+        return self._neighbors.pairs(anchors)
+
+    def _sparse_terms(self, x, labels, weights, anchors):
+        """(attractor, L_R, L_N) touching only the anchor rows that can contribute, or None (use the dense form).
+
+        The rows: the batch's classes, both ends of every listed close pair, anchors shorter than p. One
+        gather of those rows, so the backward allocates the (K, n) anchor gradient once; every other anchor's
+        terms are exactly 0 with a zero gradient.
+        """
+        pairs = self._close_pairs(anchors)
+        if pairs is None:
+            return None
+        with torch.no_grad():
+            short = (torch.linalg.vector_norm(anchors.detach(), dim=1) < self.min_norm).nonzero().flatten()
+        rows, where = torch.unique(torch.cat([labels, short, pairs.flatten()]), return_inverse=True)
+        sub = anchors[rows]
+        b, s = labels.shape[0], short.shape[0]
+        attractor = 0.5 * (x - sub[where[:b]]).square().sum(dim=1) * weights
+        repeller = repeller_on_pairs(sub, where[b + s :].view(2, -1), self.margin)
+        shortfall = (self.min_norm - torch.linalg.vector_norm(sub[where[b : b + s]], dim=1)).clamp_min(0).square()
+        return attractor, repeller, 0.5 * shortfall.sum()
+
+    def _use_neighbor_list(self, k: int) -> bool:
+        if self.margin == 0 or k < 2:
+            return False
+        return k > NEIGHBOR_LIST_MIN_CLASSES if self.neighbor_list is None else self.neighbor_list
 
     def anchor_losses(self, embeddings, labels, anchors, weights):
         with _no_autocast(embeddings.device.type):
             work = anchors.dtype
-            diff = embeddings.to(work) - anchors[labels]  # B x n: no B x K temporary
-            attractor = 0.5 * diff.pow(2).sum(dim=1) * weights.to(work)
-            present = None
-            if self.batch_classes_only:
-                present = torch.zeros(self.num_classes, dtype=torch.bool, device=labels.device)
-                present[labels] = True
-            repeller, norm = self.anchor_terms(anchors, present)
+            x, w = embeddings.to(work), weights.to(work)
+            terms = None
+            if not self.batch_classes_only and self._use_neighbor_list(anchors.shape[0]):
+                terms = self._sparse_terms(x, labels, w, anchors)
+            if terms is not None:
+                attractor, repeller, norm = terms
+            else:
+                diff = x - anchors[labels]  # B x n: no B x K temporary
+                attractor = 0.5 * diff.pow(2).sum(dim=1) * w
+                present = None
+                if self.batch_classes_only:
+                    present = torch.zeros(self.num_classes, dtype=torch.bool, device=labels.device)
+                    present[labels] = True
+                repeller, norm = self.anchor_terms(anchors, present)
         return {
             "attractor_loss": self.element_loss(attractor),
             "repeller_loss": self.reduced_loss(repeller),
@@ -166,6 +225,7 @@ class ClassAnchorMarginLoss(AnchorLoss):
         return (
             f"{super().extra_repr()}, margin={self.margin:g}, min_norm={self.min_norm:g}, "
             f"batch_classes_only={self.batch_classes_only}"
+            + ("" if self.neighbor_list is None else f", neighbor_list={self.neighbor_list}")
         )
 
 

@@ -9,6 +9,11 @@ no bias) and p~_{x,j,m} = softmax over all K*s sub-classes,
 
 where the compactness term L_sc-c is a SUM over the batch (eq. 7) and k* is the sample's own-class
 sub-centre (``assign``).
+
+The cross-entropy term, ``logsumexp(all K*s sub-logits) - logsumexp(own s sub-logits)`` (the same value and
+gradient as the log-softmax over all K*s sub-classes), comes from :func:`pml_anchors.chunking.class_cross_entropy`:
+one GEMM reduced in place with a hand-written backward, no (B, K, s) log-probability copy; ``chunk_size=``
+streams the sub-centres in chunks of whole classes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import torch
 
+from pml_anchors.chunking import LinearLogits, class_cross_entropy
 from pml_anchors.losses import AnchorLoss
 
 __all__ = ["ASSIGN_MODES", "FixedSubCenterLoss"]
@@ -64,7 +70,8 @@ class FixedSubCenterLoss(AnchorLoss):
         returns (K, s, d), or a (K, s, d) tensor. Initializers that accept ``sub_centers``/``variance`` get
         them from this loss's options.
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``seed``, ``learnable``,
-        ``anchor_kwargs``, PML's ``reducer``, ...).
+        ``anchor_kwargs``, ``chunk_size`` (in sub-centre rows, rounded down to whole classes), PML's
+        ``reducer``, ...).
 
     Sub-losses (PML reducer protocol): ``"loss"`` the per-sample cross-entropy (mean-reduced by the default
     reducer) and ``"compactness"`` the already reduced beta * L_sc-c (a sum over the batch, as eq. 7).
@@ -132,30 +139,37 @@ class FixedSubCenterLoss(AnchorLoss):
 
     def anchor_losses(self, embeddings, labels, anchors, weights):
         """Eq. 3/8 cross-entropy per sample plus beta * eq. 7 (summed over the batch)."""
-        z = self._sub_logits(embeddings, anchors)
-        b, s = z.shape[0], self.sub_centers
-        index = labels.view(b, 1, 1).expand(b, 1, s)
-        # log p~ over all K*s sub-classes (one fused pass, as cross_entropy), then -log sum_k p~_{x,y,k}
-        log_p = torch.log_softmax(z.view(b, -1), dim=1).view_as(z)
-        ce = -torch.logsumexp(log_p.gather(1, index).squeeze(1), dim=1)
-        loss_dict = {"loss": self.element_loss(ce * weights)}
+        s = self.sub_centers
+        # -log sum_k p~_{x,y,k} = logsumexp(all K*s sub-logits) - logsumexp(own s sub-logits), one autograd function;
+        # own: (B, s) own-class sub-logits w_{y,k}^T x (constants, for the compactness term's argmax)
+        ce, own = class_cross_entropy(
+            embeddings,
+            anchors.reshape(-1, anchors.shape[-1]),
+            LinearLogits(),
+            labels,
+            group=s,
+            chunk_size=self.chunk_size,
+        )
+        loss_dict = {"loss": self.element_loss(ce * weights.to(ce.dtype))}
         if self.beta == 0:
             compact = ce.new_zeros(())
         else:
             w = anchors.to(ce.dtype)
             x = embeddings.to(ce.dtype)
             if self.assign == "all":
-                # sum_k ||x - w_k||^2 = s ||x - mean_k w_k||^2 + sum_k ||w_k - mean||^2 (exact, no (B, s, d) tensor)
-                mean = w.mean(dim=1)  # (K, d)
-                spread = (w - mean.unsqueeze(1)).square().sum(dim=(1, 2))  # (K,)
-                sq = s * (x - mean[labels]).square().sum(dim=1) + spread[labels]
+                # sum_k ||x - w_k||^2 = s ||x - mean_k w_k||^2 + sum_k ||w_k - mean||^2 (exact), over the batch's
+                # own classes only: O(B s d), not O(K s d)
+                own_w = w[labels]  # (B, s, d)
+                mean = own_w.mean(dim=1)  # (B, d)
+                spread = (own_w - mean.unsqueeze(1)).square().sum(dim=(1, 2))  # (B,)
+                sq = s * (x - mean).square().sum(dim=1) + spread
             else:
                 with torch.no_grad():
-                    own = z.gather(1, index).squeeze(1)  # (B, s) own-class sub-logits w_{y,k}^T x
+                    own = own.detach()  # (B, s) own-class sub-logits w_{y,k}^T x
                     if self.assign == "logit":
                         k_star = own.argmax(dim=1)
                     else:  # ||x - w||^2 = ||x||^2 - 2 w.x + ||w||^2, and ||x||^2 is the same for every k
-                        k_star = (w.square().sum(dim=2)[labels] - 2 * own).argmin(dim=1)
+                        k_star = (w[labels].square().sum(dim=2) - 2 * own).argmin(dim=1)
                 sq = (x - w[labels, k_star]).square().sum(dim=1)
             compact = self.beta * 0.5 * (sq * weights).sum()
         loss_dict["compactness"] = self.reduced_loss(compact)

@@ -9,6 +9,11 @@ with fixed anchors a_c and
 * C-NCM: M(f, a) = 1 - cos(f, a) (eq. 8). Softmax is shift invariant, so this is cross-entropy on cos (scale 1).
 
 No scale, no margin, no bias. Prediction is the nearest anchor (eq. 3).
+
+The loss runs on :func:`pml_anchors.chunking.class_cross_entropy`: one GEMM, the logits transformed and reduced
+in place, the cross-entropy's backward written out (softmax minus one-hot, in the same buffer), and the fixed
+anchors' normalised copy (C-NCM) or squared norms (E-NCM) computed once and cached. ``chunk_size=`` streams the
+classes in chunks (same values and gradients) for very large K.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pml_anchors.anchors import min_pairwise_angle
+from pml_anchors.chunking import LinearLogits, NegEuclideanLogits, class_cross_entropy
 from pml_anchors.losses import AnchorLoss
 
 from .tiered import ncm_tiered
@@ -75,7 +81,7 @@ class NCMLoss(AnchorLoss):
     :param anchors: default the tiered rule :func:`~pml_anchors_ncm.tiered.ncm_tiered` (seeded random
         class assignment); any registered geometry name, callable or (K, d) tensor works.
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors``, ``seed``, ``learnable``,
-        ``anchor_kwargs``, PML's ``reducer``, regularizers, ...).
+        ``anchor_kwargs``, ``chunk_size``, PML's ``reducer``, regularizers, ...).
     """
 
     learnable_anchors = False
@@ -104,11 +110,23 @@ class NCMLoss(AnchorLoss):
         self.eps = float(eps)
 
     # -- scores ---------------------------------------------------------------------------------
+    def _unit_features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        acc = _accumulate_dtype(embeddings.dtype)
+        return F.normalize(embeddings.to(acc), dim=1, eps=self.eps).to(embeddings.dtype)
+
+    def _unit_anchors(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised anchors in the embeddings' dtype (computed once while they are fixed)."""
+
+        def unit(a: torch.Tensor) -> torch.Tensor:
+            return F.normalize(a.to(_accumulate_dtype(a.dtype)), dim=1, eps=self.eps).to(a.dtype)
+
+        return self.cached_anchors("unit", embeddings, unit)
+
     def _logits(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """-M(f(x), a_c) for every sample and class (B x K), in at least float32."""
+        """-M(f(x), a_c) for every sample and class (B x K), in at least float32 (the plain formula)."""
         acc = _accumulate_dtype(embeddings.dtype)
         if self.metric == "cosine":
-            x = F.normalize(embeddings.to(acc), dim=1, eps=self.eps).to(embeddings.dtype)
+            x = self._unit_features(embeddings)
             a = F.normalize(anchors.to(acc), dim=1, eps=self.eps).to(anchors.dtype)
             return (x @ a.T).to(acc)
         x_sq = embeddings.to(acc).square().sum(dim=1, keepdim=True)  # B x 1
@@ -125,13 +143,50 @@ class NCMLoss(AnchorLoss):
         return _NegSqrtFloor.apply(d2, floor)
 
     def anchor_losses(self, embeddings, labels, anchors, weights):
-        """Eq. 5 per sample: cross-entropy of softmax(-M) (eq. 4), times miner weights; mean by PML's reducer."""
-        logits = self._logits(embeddings, anchors)
-        losses = F.cross_entropy(logits, labels, reduction="none") * weights
-        return {"loss": self.element_loss(losses)}
+        """Eq. 5 per sample: cross-entropy of softmax(-M) (eq. 4), times miner weights; mean by PML's reducer.
+
+        Same value and gradient as ``F.cross_entropy(self._logits(...), labels)``, computed by
+        :func:`~pml_anchors.chunking.class_cross_entropy` (one GEMM, reduced in place, hand-written backward).
+        """
+        acc = _accumulate_dtype(embeddings.dtype)
+        if self.metric == "cosine":
+            x, fmap = self._unit_features(embeddings), LinearLogits()
+            if anchors.requires_grad:  # learnable anchors: normalise the (differentiable) cast copy
+                rows = F.normalize(anchors.to(acc), dim=1, eps=self.eps).to(anchors.dtype)
+            else:
+                rows = self._unit_anchors(embeddings)
+        else:
+            x, rows = embeddings, anchors
+            x_sq = embeddings.detach().to(acc).square().sum(dim=1)  # its gradient is in the map's backward
+            a_sq, a_sq_max = self._anchor_sq_norms(embeddings, anchors)
+            floor = None
+            if not self.squared:
+                gemm_dtype = embeddings.dtype
+                if torch.is_autocast_enabled(embeddings.device.type):  # the GEMM's dtype sets the rounding floor
+                    with torch.no_grad():
+                        gemm_dtype = torch.mm(embeddings[:1].detach(), anchors[:1].detach().T).dtype
+                floor = (x_sq + a_sq_max).mul_(4 * torch.finfo(gemm_dtype).eps).add_(self.eps**2)
+            fmap = NegEuclideanLogits(x_sq, a_sq, floor, self.squared)
+        ce, _ = class_cross_entropy(x, rows, fmap, labels, chunk_size=self.chunk_size)
+        return {"loss": self.element_loss(ce * weights.to(ce.dtype))}
+
+    def _anchor_sq_norms(self, embeddings, anchors) -> tuple[torch.Tensor, torch.Tensor]:
+        """||a_c||^2 (K,) in the accumulation dtype and their max (constants; cached while anchors are fixed)."""
+
+        def sq_norms(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            sq = a.detach().to(_accumulate_dtype(a.dtype)).square().sum(dim=1)
+            return sq, sq.max()
+
+        if anchors.requires_grad:
+            return sq_norms(anchors)
+        return self.cached_anchors("sq_norms", embeddings, sq_norms)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """-M(f(x), a_c): minus the (squared) distance for E-NCM, the cosine for C-NCM (B x K)."""
+        if self.metric == "cosine" and not self.anchors.requires_grad:  # reuse the cached unit anchors
+            return (self._unit_features(embeddings) @ self._unit_anchors(embeddings).T).to(
+                _accumulate_dtype(embeddings.dtype)
+            )
         return self._logits(embeddings, self.cast_anchors(embeddings))
 
     def target_min_angle(self) -> float | None:

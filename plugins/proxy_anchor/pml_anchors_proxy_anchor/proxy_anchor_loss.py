@@ -11,12 +11,15 @@ A drop-in replacement for PML's ``losses.ProxyAnchorLoss`` (same constructor, su
 with ``DivisorReducer`` divisors, ``.proxies`` read/assign, PML state dicts load), equal to it in value and gradient,
 but:
 
-* one (B x d) @ (d x K) GEMM per batch (``addmm`` with alpha, delta and the miner shift folded in) and one B x K
-  tensor in the forward (kept for backward; two alive at once in the backward): the positive term only touches
-  the B positive entries (a row-wise dot product, then a segment log-sum-exp over classes with ``scatter_reduce``
-  / ``index_add``); the negative term is one column-wise log-sum-exp with the positives masked by a scatter of
-  -inf, computed in place; the backward (eq. 6) is written out, one B x K gradient feeding the GEMM's backward.
-  No one-hot B x K masks, no concatenated zero column (PML materialises about ten B x K temporaries);
+* one (B x d) @ (d x K) GEMM per batch against the *raw* proxies, their normalisation folded into a column
+  scaling (no normalised K x d copy; its Jacobian is applied to the K x d weight gradient in place), and one
+  B x K tensor in all, which the backward turns into the gradient in place: the negative term is one
+  column-wise log-sum-exp with the positives left out (:func:`pml_anchors.chunking.class_logsumexp`); the
+  positive term only touches the B positive entries (a segment log-sum-exp over classes with
+  ``scatter_reduce`` / ``index_add``), its gradient entering the same B x K gradient. The backward (eq. 6)
+  is written out. No one-hot B x K masks, no concatenated zero column (PML materialises about ten B x K
+  temporaries); ``chunk_size=`` streams the proxies in chunks (O(B * chunk) memory, same values and
+  gradients), e.g. for a million classes;
 * ``log(1 + sum exp)`` is a log-sum-exp with an implicit zero logit, so fp16/bf16 stay finite at alpha = 32;
 * the stored proxies keep their dtype under fp64 inputs or autocast (PML's ``cast_types`` rewrites them).
 """
@@ -31,6 +34,7 @@ import torch
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from pytorch_metric_learning.reducers import DivisorReducer
 
+from pml_anchors.chunking import CosineRowsLogits, LinearLogits, acc_dtype, class_logsumexp
 from pml_anchors.losses import AnchorLoss
 
 __all__ = ["ProxyAnchorLoss", "proxy_anchor_from_cosine"]
@@ -72,6 +76,24 @@ class _L2Normalize(torch.autograd.Function):
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return _L2Normalize.apply(x)
+
+
+class _ValueWithGradient(torch.autograd.Function):
+    """Returns ``value`` (a constant); its gradient goes to ``source`` times ``slope``.
+
+    The positive logits alpha * (delta - s(x, p_y)) + w - 1 take their value from a precise row-wise dot product
+    and their gradient through the GEMM's entry z[i, y_i] = alpha * (s + delta) + w - 1 (slope -1).
+    """
+
+    @staticmethod
+    def forward(ctx, value, source, slope):
+        ctx.slope = slope
+        ctx.dtype = source.dtype
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, (grad * ctx.slope).to(ctx.dtype), None
 
 
 class _ProxyAnchorTerms(torch.autograd.Function):
@@ -156,6 +178,35 @@ def proxy_anchor_from_cosine(
     return pos.sum() / num_with_pos, neg.sum() / cos.shape[1]
 
 
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by max(norm, 1e-12), as ``F.normalize`` (no gradient needed)."""
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class _SegmentLog1pSumExp(torch.autograd.Function):
+    """Per class p: log(1 + sum_{i: y_i = p} e^{logits_i}) (0 for classes without samples), shifted by the
+    per-class max (stable); d / d logits_i = e^{logits_i} / (1 + sum_{j: y_j = y_i} e^{logits_j})."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, num_classes):
+        seg_shift = logits.new_zeros(num_classes).scatter_reduce_(0, labels, logits, reduce="amax", include_self=True)
+        pos_exp = torch.exp(logits - seg_shift[labels])
+        pos_norm = torch.exp(-seg_shift).index_add_(0, labels, pos_exp)
+        ctx.save_for_backward(pos_exp.div_(pos_norm[labels]), labels)
+        return seg_shift.add_(pos_norm.log_())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        weight, labels = ctx.saved_tensors
+        return grad[labels] * weight, None, None
+
+
+def _segment_log1p_sum_exp(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per class p: log(1 + sum_{i: y_i = p} e^{logits_i}) (0 for classes without samples), differentiable."""
+    return _SegmentLog1pSumExp.apply(logits, labels, num_classes)
+
+
 class ProxyAnchorLoss(AnchorLoss):
     """Proxy Anchor loss (Kim et al., CVPR 2020, eq. 4); drop-in for PML's ``ProxyAnchorLoss``.
 
@@ -170,7 +221,8 @@ class ProxyAnchorLoss(AnchorLoss):
     :param alpha: scale alpha in eq. (4), > 0 (paper: 32).
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors`` default ``"kaiming_normal"``,
         i.e. N(0, 2/K) like the official code and PML; ``seed``; ``learnable``) and PML's (``reducer``, default
-        ``DivisorReducer``; ``distance``, default ``CosineSimilarity``; ``weight_regularizer``; ...).
+        ``DivisorReducer``; ``distance``, default ``CosineSimilarity``; ``weight_regularizer``; ``chunk_size``
+        to stream the proxies in chunks; ...).
 
     Proxies are a K x d ``nn.Parameter`` available as ``.anchors`` and, PML's name, ``.proxies`` (assignable).
     Train them with their own lr, 100x the base lr in the paper: ``pml_anchors.param_groups(loss, lr,
@@ -233,15 +285,33 @@ class ProxyAnchorLoss(AnchorLoss):
         return _l2_normalize(x) if self.distance.p == 2 else self.distance.normalize(x)
 
     def anchor_losses(self, embeddings, labels, anchors, weights):
-        emb, proxies = self.normalize(embeddings), self.normalize(anchors)
-        shift = weights - 1  # PML's miner convention; 0 without a miner
-        # One GEMM: alpha * (s + delta) + (w - 1), B x K; the only B x K tensor of the forward.
-        neg_logits = torch.addmm((shift + self.alpha * self.margin).unsqueeze(1), emb, proxies.T, alpha=self.alpha)
-        with torch.no_grad():  # s(x, p_y): B entries, in fp32 at least; its gradient flows back via neg_logits
-            acc = torch.promote_types(emb.dtype, torch.float32)
-            pos_cos = (emb.to(acc) * proxies[labels].to(acc)).sum(dim=1)
-            pos_logits = self.alpha * (self.margin - pos_cos) + shift.to(acc)
-        pos, neg, num_with_pos = _proxy_anchor_terms(neg_logits, pos_logits, labels)
+        acc = acc_dtype(embeddings.dtype)
+        shift = (weights - 1).to(acc)  # PML's miner convention; 0 without a miner
+        bias = shift + self.alpha * self.margin
+        # z = alpha * (s(x, p) + delta) + (w - 1), B x K, from one GEMM. Cosine: against the raw proxies with
+        # their normalisation folded in (CosineRowsLogits), so no normalised K x d copy is made.
+        if self.distance.normalize_embeddings and self.distance.p == 2:
+            emb, rows, fmap = _l2_normalize(embeddings), anchors, CosineRowsLogits(self.alpha, bias)
+        else:
+            emb, rows, fmap = self.normalize(embeddings), self.normalize(anchors), LinearLogits(self.alpha, bias)
+        # Negative term, per proxy: log(1 + sum_{x in X-_p} e^{z}), the positives left out; also returns z[i, y_i].
+        neg, z_pos = class_logsumexp(emb, rows, fmap, dim=0, exclude=labels, add_zero=True, chunk_size=self.chunk_size)
+        # Positive term: alpha * (delta - s(x, p_y)) + (w - 1) = 2 * bias - z[i, y_i], its gradient through
+        # z[i, y_i]. When the GEMM ran in 16 bits (half inputs, autocast) the value comes from a row-wise dot
+        # product in at least fp32 instead.
+        if emb.dtype == acc and not torch.is_autocast_enabled(emb.device.type):
+            pos_logits = 2 * bias - z_pos.squeeze(1)
+        else:
+            with torch.no_grad():
+                pos_rows = rows[labels].to(acc)
+                if isinstance(fmap, CosineRowsLogits):
+                    pos_rows = _unit_rows(pos_rows)
+                pos_cos = (emb.detach().to(acc) * pos_rows).sum(dim=1)
+                pos_value = self.alpha * (self.margin - pos_cos) + shift
+            pos_logits = _ValueWithGradient.apply(pos_value, z_pos.squeeze(1), -1.0)
+        pos = _segment_log1p_sum_exp(pos_logits, labels, self.num_classes)
+        # |P+| as a Python int, as PML (``len(with_pos_proxies)``): the DivisorReducer then divides by a number
+        num_with_pos = int(torch.bincount(labels, minlength=self.num_classes).count_nonzero())
         return {
             "pos_loss": self.element_loss(pos, divisor=num_with_pos),
             "neg_loss": self.element_loss(neg, divisor=self.num_classes),

@@ -9,6 +9,11 @@ of ArcFace (eq. 9)::
 
 with m = phi, the angle between a vertex and its nearest neighbours (eq. 10-12): simplex arccos(-1/d),
 orthoplex pi/2, cube arccos((d-2)/d).
+
+The loss is one GEMM of the normalised features against the cached normalised (fixed) classifier, the
+cross-entropy taken as ``softplus(logsumexp_{j != y} kappa cos theta_j - kappa cos(theta_y + m))`` by
+:func:`pml_anchors.chunking.class_logsumexp` (hand-written backward, no B x rows patch or mask);
+``chunk_size=`` streams the rows in chunks for very large classifiers.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
 
 from pml_anchors import anchors as geometry
+from pml_anchors.chunking import LinearLogits, class_logsumexp, cross_entropy_from_lse
 from pml_anchors.losses import AnchorLoss
 
 POLYTOPES = ("simplex", "orthoplex", "cube")
@@ -51,7 +57,9 @@ class RePoNetLoss(AnchorLoss):
         "virtual" classes, and predicting one counts as an error. ``True`` keeps only the first K rows.
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors`` to override the polytope
         with any geometry: a registered name, a callable or a (rows >= K, d) tensor; ``learnable=True``
-        gives the paper's learnable-classifier baseline) and PML's (``reducer``, ``weight_regularizer``, ...).
+        gives the paper's learnable-classifier baseline; ``chunk_size``) and PML's (``reducer``,
+        ``weight_regularizer``, ...). With custom anchors and ``margin="auto"`` the margin is their smallest
+        pairwise angle, an O(rows^2 d) computation at construction; give a number to skip it.
 
     ``anchors`` is a persistent buffer of shape (rows, d), rows >= K. Miner ``indices_tuple`` weights
     multiply the per-sample cross-entropy, as in PML's classification losses.
@@ -107,14 +115,18 @@ class RePoNetLoss(AnchorLoss):
         if not isinstance(self.distance, CosineSimilarity):  # cosine-based, like PML's ArcFaceLoss
             raise TypeError(f"RePoNetLoss works on cosines; distance must be a CosineSimilarity, got {self.distance!r}")
         self.num_rows = self.anchors.shape[0]
-        if self.uses_polytope:
-            self.phi = geometry.polytope_margin(polytope, self.embedding_size)
-        else:
-            self.phi = geometry.min_pairwise_angle(self.anchors) if self.num_rows > 1 else math.pi
+        self._phi = geometry.polytope_margin(polytope, self.embedding_size) if self.uses_polytope else None
         self.margin = self.phi if margin_value is None else margin_value
         self.add_to_recordable_attributes(list_of_names=["margin", "scale", "num_rows"], is_stat=False)
 
     # -- geometry -------------------------------------------------------------------------------
+    @property
+    def phi(self) -> float:
+        """The smallest angle between two classifier rows (radians); for custom anchors computed on first use."""
+        if self._phi is None:
+            self._phi = geometry.min_pairwise_angle(self.anchors) if self.num_rows > 1 else math.pi
+        return self._phi
+
     @property
     def default_anchors(self):
         """The vertices of ``self.polytope`` (all of them; ``drop_unused`` trims them afterwards)."""
@@ -165,9 +177,11 @@ class RePoNetLoss(AnchorLoss):
 
     # -- loss -----------------------------------------------------------------------------------
     def _cosines(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit features and unit classifier rows (cached while the rows are fixed)."""
         features = F.normalize(embeddings, dim=1)
-        weights = F.normalize(anchors, dim=1)
-        return features, weights
+        if anchors.requires_grad:
+            return features, F.normalize(anchors, dim=1)
+        return features, self.cached_anchors("unit", embeddings, lambda a: F.normalize(a, dim=1))
 
     def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         """Unscaled target logit cos(theta + m) with the chosen fallback (input and output in [-1, 1]).
@@ -186,17 +200,22 @@ class RePoNetLoss(AnchorLoss):
         return with_margin
 
     def anchor_losses(self, embeddings, labels, anchors, weights):
+        """Per-sample cross-entropy of eq. 9: ``F.cross_entropy`` of kappa cos theta with the target logit
+        replaced by kappa cos(theta_y + m), computed as ``softplus(lse_{j != y} - target)`` (same value and
+        gradient): one (B x d) @ (d x rows) product, reduced in place, hand-written backward."""
         features, rows = self._cosines(embeddings, anchors)
-        logits = features @ rows.T  # the one (B x d) @ (d x rows) product
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no-op unless bf16/fp16
-        logits.mul_(self.scale)
+        lse, logit_y = class_logsumexp(
+            features, rows, LinearLogits(self.scale), exclude=labels, chunk_size=self.chunk_size
+        )
+        target = logit_y.squeeze(1)
         if self.margin != 0:
-            # Target cosine from a row-wise dot product (B x d, full precision even under autocast); the
-            # B x rows matrix is scaled and patched in place, so no second B x rows temporary is made.
-            work = logits.dtype
-            cos_target = (features.to(work) * rows.to(work)[labels]).sum(dim=1, keepdim=True)
-            logits.scatter_(1, labels.unsqueeze(1), self.scale * self.target_logit(cos_target))
-        losses = F.cross_entropy(logits, labels, reduction="none") * weights.to(logits.dtype)
+            work = lse.dtype
+            if features.dtype == work and not torch.is_autocast_enabled(features.device.type):
+                cos_target = target / self.scale  # the GEMM's own entry, in full precision
+            else:  # from a row-wise dot product (B x d), in full precision even under autocast
+                cos_target = (features.to(work) * rows.to(work)[labels]).sum(dim=1)
+            target = self.scale * self.target_logit(cos_target)
+        losses = cross_entropy_from_lse(lse, target) * weights.to(lse.dtype)
         return {"loss": self.element_loss(losses)}
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,210 @@
+"""Tables for docs/results.md from the runs of ``benchmarks/mnist_report.sh``.
+
+    python benchmarks/mnist_report.py runs/mnist                  # print every table (markdown)
+    python benchmarks/mnist_report.py --eval-both-ways CKPT [--output JSON]
+        # evaluate a `pml-anchors train` checkpoint with raw and with L2-normalised embeddings
+
+Reads ``OUT/<stage>/results.json`` (``pml-anchors bench`` or ``train``), ``OUT/<stage>.seconds`` (wall clock of
+the whole command) and ``OUT/<stage>.cmd`` (the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision")
+# method -> its PML counterpart in the same run (the issue's pairing)
+COUNTERPART = {
+    "proxy_anchor": "pml_proxy_anchor",
+    "reponet": "pml_arcface",
+    "c_ncm": "pml_normalized_softmax",
+    "e_ncm": "pml_normalized_softmax",
+    "fsc": "pml_soft_triple",
+    "cam": "pml_contrastive",
+}
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def load(out: Path, stage: str) -> dict | None:
+    path = out / stage / "results.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if "runs" not in data:  # `pml-anchors train`: one run
+        data = {"runs": [data], "settings": data.get("config", {})}
+    seconds = out / f"{stage}.seconds"
+    data["wall"] = int(seconds.read_text()) if seconds.is_file() else None
+    cmd = out / f"{stage}.cmd"
+    data["cmd"] = cmd.read_text().strip() if cmd.is_file() else None
+    return data
+
+
+def ok_runs(data: dict | None) -> list[dict]:
+    return [r for r in (data or {}).get("runs", []) if "error" not in r]
+
+
+def retrieval_table(data: dict, extra: list[dict] = (), checks: bool = True, anchor_acc: bool = True) -> str:
+    runs = ok_runs(data) + list(extra)
+    by_name = {r["method"]: r for r in runs}
+    head = "| method | d | P@1 | MAP@R | R-precision |"
+    sep = "|---|---|---|---|---|"
+    if anchor_acc:
+        head += " nearest-anchor acc |"
+        sep += "---|"
+    head += " train s |"
+    sep += "---|"
+    if checks:
+        head += " PML counterpart (P@1) | ≥ 99.0 | ≥ counterpart |"
+        sep += "---|---|---|"
+    lines = [head, sep]
+    for r in runs:
+        name = r["method"] + (" (PML)" if r.get("baseline") else "") + r.get("note", "")
+        cells = [name, str(r["embedding_size"]), *(pct(r[m]) for m in METRICS)]
+        if anchor_acc:
+            cells.append(pct(r.get("nearest_anchor_accuracy")))
+        cells.append(f"{r['seconds']:.0f}")
+        if checks:
+            cp = by_name.get(COUNTERPART.get(r["method"].split(" ")[0], ""), None)
+            if r.get("baseline") or cp is None:
+                cells += ["", "", ""]
+            else:
+                p1, q = r["precision_at_1"], cp["precision_at_1"]
+                cells += [
+                    f"{cp['method']} ({pct(q)})",
+                    "yes" if p1 >= 0.99 else "**no**",
+                    "yes" if p1 >= q else "**no**",
+                ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def history_table(data: dict) -> str:
+    lines = ["| method | epoch | train s | P@1 | nearest-anchor acc | loss |", "|---|---|---|---|---|---|"]
+    for r in ok_runs(data):
+        for h in r.get("history", []):
+            lines.append(
+                f"| {r['method']} | {h['epoch']} | {h['seconds']:.0f} | {pct(h.get('precision_at_1'))} | "
+                f"{pct(h.get('nearest_anchor_accuracy'))} | {h['loss']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def section(title: str, data: dict | None, body: str) -> str:
+    if data is None:
+        return f"## {title}\n\n(not run)\n"
+    return f"## {title}\n\n```bash\n{data['cmd']}\n```\n\nwall clock: {data['wall']} s\n\n{body}\n"
+
+
+def report(out: Path) -> str:
+    parts = []
+    same = load(out, "same_class")
+    d9 = load(out, "reponet_d9")
+    parts.append(section("same_class, d=128", same, retrieval_table(same) if same else ""))
+    if d9:
+        parts.append(section("reponet at its own width d=9 (+ ArcFace at d=9)", d9, retrieval_table(d9)))
+    d128 = load(out, "reponet_d128")
+    if d128:
+        parts.append(section("reponet at d=128 (d=9 simplex zero-padded)", d128, retrieval_table(d128, checks=False)))
+    for name in ("pa_off", "pa_nowarmup", "pa_nofreezebn", "cam_train"):
+        data = load(out, name)
+        if data:
+            parts.append(section(name, data, retrieval_table(data, checks=False)))
+    opn = load(out, "open_set")
+    if opn:
+        parts.append(section("open_set, d=128", opn, retrieval_table(opn, anchor_acc=False)))
+    opr = load(out, "open_set_reponet")
+    if opr:
+        parts.append(section("open_set reponet d=4", opr, retrieval_table(opr, anchor_acc=False)))
+    for name in ("ncm_paper", "reponet_paper"):
+        data = load(out, name)
+        if data:
+            parts.append(section(name, data, retrieval_table(data, checks=False) + "\n\n" + history_table(data)))
+    for name in ("seed1", "seed2", "seed1_reponet_d9", "seed2_reponet_d9"):
+        data = load(out, name)
+        if data:
+            parts.append(section(name, data, retrieval_table(data)))
+    table = seed_table(out)
+    if table:
+        parts.append("## P@1 over seeds 0, 1, 2\n\n" + table + "\n")
+    return "\n".join(parts)
+
+
+def seed_table(out: Path) -> str:
+    """P@1 per seed (seed 0 from the main runs) with mean and std, for the pairs re-run at seeds 1 and 2."""
+    import statistics
+
+    groups = (
+        ("d=128", ("same_class", "seed1", "seed2"), ("cam", "pml_contrastive", "proxy_anchor", "pml_proxy_anchor")),
+        ("d=9", ("reponet_d9", "seed1_reponet_d9", "seed2_reponet_d9"), ("reponet", "pml_arcface")),
+    )
+    lines = ["| method | d | seed 0 | seed 1 | seed 2 | mean ± std |", "|---|---|---|---|---|---|"]
+    found = False
+    for width, stages, methods in groups:
+        runs = [{r["method"]: r for r in ok_runs(load(out, st))} for st in stages]
+        for m in methods:
+            vals = [r[m]["precision_at_1"] if m in r else None for r in runs]
+            got = [v for v in vals if v is not None]
+            if len(got) < 2:
+                continue
+            found = True
+            mean, sd = statistics.mean(got), statistics.stdev(got)
+            lines.append(f"| {m} | {width[2:]} | " + " | ".join(pct(v) for v in vals) + f" | {100 * mean:.2f} ± {100 * sd:.2f} |")
+    return "\n".join(lines) if found else ""
+
+
+def eval_both_ways(checkpoint: str) -> dict:
+    """Evaluate a checkpoint's test embeddings with raw and with L2-normalised embeddings (same model)."""
+    from pml_anchors.evaluation import evaluate
+    from pml_anchors.training import TrainConfig, build, load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    values = dict(ckpt["config"], embedding_size=ckpt["embedding_size"], backbone=ckpt["backbone"], output=None)
+    session = build(TrainConfig.from_dict(values), resume=ckpt, num_classes=ckpt["num_classes"], with_trainer=False)
+    results = {}
+    for normalize in (False, True):
+        m = evaluate(
+            session.trunk,
+            session.embedder,
+            session.loss,
+            session.splits,
+            session.spec,
+            session.device,
+            normalize_embeddings=normalize,
+            geometry=False,
+        )
+        results["l2_normalised" if normalize else "raw"] = {k: m[k] for k in (*METRICS, "nearest_anchor_accuracy")}
+    results["spec_normalize_embeddings"] = bool(session.spec.normalize_embeddings)
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", nargs="?", default="runs/mnist")
+    p.add_argument("--eval-both-ways", metavar="CHECKPOINT")
+    p.add_argument("--output")
+    args = p.parse_args(argv)
+    if args.eval_both_ways:
+        import os
+
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        import torch
+
+        torch.set_num_threads(1)
+        results = eval_both_ways(args.eval_both_ways)
+        text = json.dumps(results, indent=2)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+        print(text)
+        return 0
+    print(report(Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Reproduce every number in docs/results.md (MNIST accuracy experiments).
+#
+#   bash benchmarks/mnist_report.sh [STAGE ...]      # default: all stages, in this order
+#   MNIST_IDX=/path/to/idx OUT=runs/mnist bash benchmarks/mnist_report.sh same_class
+#   python benchmarks/mnist_report.py runs/mnist       # print the markdown tables
+#
+# Stages (wall time on a shared 2-core CPU, 1 torch thread, no GPU):
+#   same_class      every method + every PML baseline, small_cnn, d=128, 3 epochs   (~30 min)
+#   reponet_d9      reponet + PML ArcFace at reponet's own width d=9 (simplex, K=10) (~5 min)
+#   reponet_d128    reponet at d=128: its d=9 simplex zero-padded (benchmarks/reponet_padded.py) (~3 min)
+#   pa_recipe       proxy_anchor with its warm-up / frozen-BN hooks switched off     (~8 min)
+#   cam_eval        cam trained again (train, seed 0) and evaluated raw vs L2-normalised (~3 min)
+#   open_set        every method + baseline, train 0-4 / test 5-9, d=128, 3 epochs   (~15 min)
+#   open_set_reponet reponet (d=4: simplex for K=5 train classes) + ArcFace at d=4   (~3 min)
+#   open_set_reponet_d128  open-set reponet with its d=4 simplex zero-padded into d=128 (~2 min)
+#   ncm_paper       E-NCM / C-NCM, d=2 (polygon anchors), ncm_cnn, paper's SGD recipe
+#   reponet_paper   Margin-RePoNet, LeNet++, simplex d=9, Adam 5e-4, batch 512
+#   seeds           cam / proxy_anchor (d=128), reponet (d=9) and their PML counterparts at seeds 1, 2 (~30 min)
+#
+# Every run uses --threads 1 (one core; the machine is shared) and seed 0 unless stated.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PML="${PML:-$ROOT/.venv/bin/pml-anchors}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+MNIST_IDX="${MNIST_IDX:-/work/shared/data/mnist}"   # the four MNIST IDX files (.gz or raw)
+DATA="${DATA:-/tmp/mnist-root}"                     # torchvision root built from them (never in the repo)
+OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
+NCM_EPOCHS="${NCM_EPOCHS:-2}"
+REPONET_EPOCHS="${REPONET_EPOCHS:-3}"
+COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
+
+mkdir -p "$OUT"
+"$PY" -c "from pml_anchors.data import prepare_mnist_root as p; p('$MNIST_IDX', '$DATA')"
+
+# timed NAME CMD...: run CMD, log to $OUT/NAME.log, record the wall-clock seconds in $OUT/NAME.seconds
+timed() {
+  local name=$1
+  shift
+  local cmd
+  cmd=$(printf '%q ' "$@")
+  echo "== $name: $cmd" | tee "$OUT/$name.log"
+  # the code version the run used: commit + hash of uncommitted changes to tracked files
+  (cd "$ROOT" && echo "$(git rev-parse HEAD) dirty-diff-sha1=$(git diff HEAD | sha1sum | cut -c1-12)" \
+    && git status --short --untracked-files=no) >"$OUT/$name.git" 2>/dev/null || true
+  local t0=$SECONDS
+  "$@" >>"$OUT/$name.log" 2>&1 || echo "(exit $?)" >>"$OUT/$name.log"
+  echo $((SECONDS - t0)) >"$OUT/$name.seconds"
+  echo "$cmd" >"$OUT/$name.cmd"
+  grep -v -e Warning -e "summary = bench" "$OUT/$name.log" | tail -n 20
+}
+
+stage_same_class() {
+  timed same_class "$PML" bench "${COMMON[@]}" --methods all --baselines all --epochs 3 --embedding-size 128 \
+    --output "$OUT/same_class"
+}
+
+stage_reponet_d9() {
+  timed reponet_d9 "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
+    --embedding-size 9 --output "$OUT/reponet_d9"
+}
+
+stage_reponet_d128() {
+  timed reponet_d128 "$PY" "$ROOT/benchmarks/reponet_padded.py" --data-root "$DATA" --threads 1 \
+    --output "$OUT/reponet_d128"
+}
+
+stage_pa_recipe() {
+  local hk
+  for variant in 'off:{"warmup_epochs": 0, "freeze_bn": false}' \
+    'nowarmup:{"warmup_epochs": 0}' 'nofreezebn:{"freeze_bn": false}'; do
+    hk=${variant#*:}
+    timed "pa_${variant%%:*}" "$PML" train "${COMMON[@]}" --method proxy_anchor --epochs 3 --embedding-size 128 \
+      --hook-kwargs "$hk" --output "$OUT/pa_${variant%%:*}"
+  done
+}
+
+stage_cam_eval() {
+  timed cam_train "$PML" train "${COMMON[@]}" --method cam --epochs 3 --embedding-size 128 --output "$OUT/cam_train"
+  timed cam_eval "$PY" "$ROOT/benchmarks/mnist_report.py" --eval-both-ways "$OUT/cam_train/checkpoint.pt" \
+    --output "$OUT/cam_train/eval_both.json"
+}
+
+stage_open_set() {
+  timed open_set "$PML" bench "${COMMON[@]}" --protocol open_set --methods all --baselines all --epochs 3 \
+    --embedding-size 128 --output "$OUT/open_set"
+}
+
+stage_open_set_reponet() {
+  timed open_set_reponet "$PML" bench "${COMMON[@]}" --protocol open_set --methods reponet --baselines pml_arcface \
+    --epochs 3 --embedding-size 4 --output "$OUT/open_set_reponet"
+}
+
+stage_open_set_reponet_d128() {
+  timed open_set_reponet_d128 "$PY" "$ROOT/benchmarks/reponet_padded.py" --data-root "$DATA" --threads 1 \
+    --protocol open_set --output "$OUT/open_set_reponet_d128"
+}
+
+stage_ncm_paper() {
+  timed ncm_paper "$PML" bench "${COMMON[@]}" --methods e_ncm,c_ncm --baselines none --backbone ncm_cnn \
+    --embedding-size 2 --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --epochs "$NCM_EPOCHS" \
+    --output "$OUT/ncm_paper"
+}
+
+stage_reponet_paper() {
+  timed reponet_paper "$PML" bench "${COMMON[@]}" --methods reponet --baselines none --backbone lenetpp \
+    --optimizer adam --lr 5e-4 --batch-size 512 --epochs "$REPONET_EPOCHS" --output "$OUT/reponet_paper"
+}
+
+stage_seeds() {
+  for seed in 1 2; do
+    timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods cam,proxy_anchor --baselines pml_contrastive,pml_proxy_anchor \
+      --epochs 3 --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/seed$seed"
+    timed "seed${seed}_reponet_d9" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
+      --embedding-size 9 --seed "$seed" --no-plots --output "$OUT/seed${seed}_reponet_d9"
+  done
+}
+
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_reponet open_set_reponet_d128 ncm_paper
+  reponet_paper seeds)
+for s in "${STAGES[@]}"; do
+  "stage_$s"
+done

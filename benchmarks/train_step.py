@@ -1,0 +1,198 @@
+"""A whole training step (trunk + embedder + loss, forward, backward, optimizer step) against the loss alone.
+
+Usage::
+
+    python benchmarks/train_step.py                    # every registered method, C = 10 (MNIST), B = 256
+    python benchmarks/train_step.py --classes 10,1000  # also with 1000 classes
+    python benchmarks/train_step.py --quick            # 3 rounds, one method set, for a smoke test
+    python benchmarks/train_step.py --json out.json    # machine-readable results ('-': stdout)
+
+For every method the model is ``pml_anchors.models.build_backbone("small_cnn", in_channels=1,
+input_size=28, embedding_size=d)`` (the small MNIST CNN + a linear embedding head), the loss is
+``pml_anchors.get_loss(method, C, d)`` (``reponet`` with ``anchors="spread", margin=0.5``, as in
+``loss_speed.py``, since its polytopes force d from C), and one Adam optimizer holds the model's and the
+loss's parameters (learnable anchors with the method's lr multiplier). The inputs are MNIST-sized random
+images (B x 1 x 28 x 28, standard normal) with uniformly random labels.
+
+* ``step`` -- ``zero_grad``, trunk + embedder forward, loss forward, backward, ``optimizer.step()``: a real
+  training step (learnable anchors move, so e.g. CAM's neighbour list does its per-step check, and fixed
+  anchors' caches are hit as in training);
+* ``loss`` -- the loss alone, forward + backward, on a (B x d) embedding tensor with ``requires_grad``
+  (the embeddings of the current model, detached);
+* ``share`` -- loss / step.
+
+Rounds interleave the methods (rotating order) so that load noise hits them alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+BATCH = 256
+METHOD_KWARGS = {"reponet": {"anchors": "spread", "margin": 0.5}}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+class Case:
+    """One method with its own model, loss, optimizer and data."""
+
+    def __init__(self, name: str, classes: int, dim: int, batch: int, device: torch.device, seed: int):
+        import pml_anchors
+        from pml_anchors.models import build_backbone
+
+        torch.manual_seed(seed)
+        self.name, self.device = name, device
+        self.trunk, self.embedder = build_backbone("small_cnn", in_channels=1, input_size=28, embedding_size=dim)
+        self.trunk.to(device)
+        self.embedder.to(device)
+        self.loss = pml_anchors.get_loss(name, classes, dim, **METHOD_KWARGS.get(name, {})).to(device)
+        spec = pml_anchors.get_method(name)
+        lr = 1e-3
+        groups = [{"params": list(self.trunk.parameters()) + list(self.embedder.parameters()), "lr": lr}]
+        for pname, p in self.loss.named_parameters():
+            if p.requires_grad:
+                groups.append({"params": [p], "lr": lr * spec.lr_multipliers.get(pname, 1.0)})
+        self.optimizer = torch.optim.Adam(groups)
+        gen = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(batch, 1, 28, 28, generator=gen).to(device)
+        self.labels = torch.randint(0, classes, (batch,), generator=gen).to(device)
+        self.emb = None
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        emb = self.embedder(self.trunk(self.images))
+        self.loss(emb, self.labels).backward()
+        self.optimizer.step()
+        self.emb = emb.detach()
+
+    def loss_only(self) -> None:
+        emb = self.emb.clone().requires_grad_(True)
+        for p in self.loss.parameters():
+            p.grad = None
+        self.loss(emb, self.labels).backward()
+
+
+def measure(names, classes, dim, batch, device, repeats, warmup, seed, log) -> list[dict[str, Any]]:
+    cases = [Case(n, classes, dim, batch, device, seed) for n in names]
+    for _ in range(warmup):
+        for c in cases:
+            c.step()
+            c.loss_only()
+    steps: dict[str, list[float]] = {c.name: [] for c in cases}
+    losses: dict[str, list[float]] = {c.name: [] for c in cases}
+    for r in range(repeats):
+        shift = r % len(cases)
+        for c in cases[shift:] + cases[:shift]:
+            steps[c.name].append(_timed(c.step, device))
+            losses[c.name].append(_timed(c.loss_only, device))
+    rows = []
+    for c in cases:
+        step_ms, loss_ms = statistics.median(steps[c.name]), statistics.median(losses[c.name])
+        rows.append(
+            {
+                "method": c.name,
+                "C": classes,
+                "d": dim,
+                "B": batch,
+                "step_ms": step_ms,
+                "loss_ms": loss_ms,
+                "share": loss_ms / step_ms,
+                "step_times_ms": steps[c.name],
+                "loss_times_ms": losses[c.name],
+            }
+        )
+    log(f"  C={classes}: " + ", ".join(f"{r['method']} {r['share']:.1%}" for r in rows))
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| C | method | train step ms | loss fwd+bwd ms | loss share |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['C']:,} | `{r['method']}` | {r['step_ms']:.1f} | {r['loss_ms']:.2f} | {r['share']:.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", help="comma list (default: every registered method)")
+    parser.add_argument("--classes", default="10", help="comma list of C (default 10, MNIST)")
+    parser.add_argument("--embedding-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, batch 64")
+    parser.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON ('-' or none: stdout)")
+    args = parser.parse_args(argv)
+
+    import pml_anchors
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    names = [s.name for s in pml_anchors.list_methods()]
+    if args.methods:
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    classes = [int(float(c)) for c in args.classes.split(",") if c.strip()]
+    repeats, warmup, batch = args.repeats, args.warmup, args.batch
+    if args.quick:
+        repeats, warmup, batch = 3, 1, min(batch, 64)
+    to_stdout = args.json == "-"
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    log(f"train_step: device={device} threads={torch.get_num_threads()} B={batch} d={args.embedding_size}")
+    rows = []
+    for c in classes:
+        rows += measure(names, c, args.embedding_size, batch, device, repeats, warmup, args.seed, log)
+    print(markdown_table(rows), file=sys.stderr if to_stdout else sys.stdout, flush=True)
+    if args.json:
+        meta = {
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "batch": batch,
+            "repeats": repeats,
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        }
+        payload = json.dumps({"meta": meta, "results": rows}, indent=1)
+        if to_stdout:
+            print(payload)
+        else:
+            with open(args.json, "w") as fh:
+                fh.write(payload + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
