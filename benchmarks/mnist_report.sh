@@ -16,6 +16,8 @@
 #   open_set_reponet_d128  open-set reponet with its d=4 simplex zero-padded into d=128 (~2 min)
 #   ncm_paper       E-NCM / C-NCM, d=2 (polygon anchors), ncm_cnn, paper's SGD recipe
 #   reponet_paper   Margin-RePoNet, LeNet++, simplex d=9, Adam 5e-4, batch 512
+#   reponet_paper_diag  why reponet_paper falls short: LeNet++ 1 epoch with batch 64 / Adam 1e-3 (937 steps, the
+#                   shared recipe), and 1 epoch of the paper recipe with margin 0 (plain RePoNet)  (~15 min)
 #   seeds           cam / proxy_anchor (d=128), reponet (d=9) and their PML counterparts at seeds 1, 2 (~30 min)
 #
 # Every run uses --threads 1 (one core; the machine is shared) and seed 0 unless stated.
@@ -108,6 +110,13 @@ stage_reponet_paper() {
     --optimizer adam --lr 5e-4 --batch-size 512 --epochs "$REPONET_EPOCHS" --output "$OUT/reponet_paper"
 }
 
+stage_reponet_paper_diag() {
+  timed reponet_lenetpp_b64 "$PML" bench "${COMMON[@]}" --methods reponet --baselines none --backbone lenetpp \
+    --epochs 1 --no-plots --output "$OUT/reponet_lenetpp_b64"
+  timed reponet_lenetpp_m0 "$PML" train "${COMMON[@]}" --method reponet --backbone lenetpp --optimizer adam --lr 5e-4 \
+    --batch-size 512 --epochs 1 --loss-kwargs '{"margin": 0}' --output "$OUT/reponet_lenetpp_m0"
+}
+
 stage_seeds() {
   for seed in 1 2; do
     timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods cam,proxy_anchor --baselines pml_contrastive,pml_proxy_anchor \
@@ -119,7 +128,7 @@ stage_seeds() {
 
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_reponet open_set_reponet_d128 ncm_paper
-  reponet_paper seeds)
+  reponet_paper reponet_paper_diag seeds)
 for s in "${STAGES[@]}"; do
   "stage_$s"
 done
