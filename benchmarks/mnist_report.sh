@@ -15,6 +15,7 @@
 #   open_set_reponet reponet (d=4: simplex for K=5 train classes) + ArcFace at d=4   (~3 min)
 #   open_set_reponet_d128  open-set reponet with its d=4 simplex zero-padded into d=128 (~2 min)
 #   ncm_paper       E-NCM / C-NCM, d=2 (polygon anchors), ncm_cnn, paper's SGD recipe
+#   ncm_2d_small    E-NCM / C-NCM / softmax (cross_entropy) at d=2 with the shared small_cnn recipe, 3 epochs (~10 min)
 #   reponet_paper   Margin-RePoNet, LeNet++, simplex d=9, Adam 5e-4, batch 512
 #   reponet_paper_diag  why reponet_paper falls short: LeNet++ 1 epoch with batch 64 / Adam 1e-3 (937 steps, the
 #                   shared recipe), and 1 epoch of the paper recipe with margin 0 (plain RePoNet)  (~15 min)
@@ -105,6 +106,11 @@ stage_ncm_paper() {
     --output "$OUT/ncm_paper"
 }
 
+stage_ncm_2d_small() {
+  timed ncm_2d_small "$PML" bench "${COMMON[@]}" --methods e_ncm,c_ncm --baselines cross_entropy --embedding-size 2 \
+    --epochs 3 --output "$OUT/ncm_2d_small"
+}
+
 stage_reponet_paper() {
   timed reponet_paper "$PML" bench "${COMMON[@]}" --methods reponet --baselines none --backbone lenetpp \
     --optimizer adam --lr 5e-4 --batch-size 512 --epochs "$REPONET_EPOCHS" --output "$OUT/reponet_paper"
@@ -127,7 +133,7 @@ stage_seeds() {
 }
 
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_reponet open_set_reponet_d128 ncm_paper
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_small
   reponet_paper reponet_paper_diag seeds)
 for s in "${STAGES[@]}"; do
   "stage_$s"

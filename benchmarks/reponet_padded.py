@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+
+if "--progress" not in sys.argv:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported, which `import torch` already does
 
 import torch
 
@@ -30,8 +34,6 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true", help="show PML's progress bars")
     args = p.parse_args(argv)
-    if not args.progress:
-        os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is first imported (by PML below)
     torch.set_num_threads(args.threads)
 
     import pml_anchors

@@ -99,6 +99,7 @@ class LeNetPP(nn.Module):
     Three stages of two 5×5 convolutions (padding 2) with 32, 64 and 128 channels, a PReLU
     (channel-wise, Caffe's default) after every convolution and 2×2 max-pooling (stride 2, floor)
     after each stage, then flatten: 28×28 → 14 → 7 → 3, so ``out_features = 128·3·3 = 1152``.
+    Convolutions use He initialisation for PReLU (He et al., ICCV 2015), as RePoNet's MNIST runs do.
     The 2-D (or any-D) feature FC of the paper is the :class:`EmbeddingHead`. ``input_size`` must be ≥ 8 (8×8 digits give 128
     features); smaller inputs raise ``ValueError``.
     """
@@ -120,6 +121,11 @@ class LeNetPP(nn.Module):
         self.features = nn.Sequential(*layers)
         side = input_size // 2 // 2 // 2
         self.out_features = 128 * side * side
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                # He et al. (ICCV 2015) init for PReLU (slope 0.25), as RePoNet trains LeNet++ ("He init")
+                nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x)

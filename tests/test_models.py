@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -151,3 +153,15 @@ def test_trunk_kwargs_are_forwarded():
     assert trunk.out_features == 16
     trunk, _ = build_backbone("ncm_cnn", in_channels=1, input_size=28, embedding_size=2, dropout=0.5)
     assert any(isinstance(m, nn.Dropout) for m in trunk.modules())
+
+
+def test_lenetpp_uses_he_init_for_prelu():
+    """RePoNet trains LeNet++ with He initialisation: std = gain / sqrt(fan_in), gain = sqrt(2 / (1 + 0.25²))."""
+    torch.manual_seed(0)
+    m = LeNetPP()
+    convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    for conv in convs[1:]:  # fan_in 32·25 .. 128·25: enough weights for a tight std estimate
+        fan_in = conv.in_channels * 25
+        expected = math.sqrt(2.0 / (1 + 0.25**2)) / math.sqrt(fan_in)
+        assert conv.weight.std().item() == pytest.approx(expected, rel=0.05)
+        assert torch.count_nonzero(conv.bias) == 0
