@@ -31,7 +31,7 @@ MNIST_IDX="${MNIST_IDX:-/work/shared/data/mnist}"   # the four MNIST IDX files (
 DATA="${DATA:-/tmp/mnist-root}"                     # torchvision root built from them (never in the repo)
 OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
 NCM_EPOCHS="${NCM_EPOCHS:-2}"
-REPONET_EPOCHS="${REPONET_EPOCHS:-3}"
+REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
 
 mkdir -p "$OUT"

@@ -37,6 +37,12 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
     p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="optimizer (default adam)")
     p.add_argument("--backbone", help="small_cnn, lenetpp, ncm_cnn, resnet18, resnet50 (default: by input size)")
+    p.add_argument(
+        "--backbone-weights",
+        metavar="FILE",
+        help="local state dict for the trunk, e.g. ImageNet ResNet weights saved once with torch.save (never "
+        "downloaded); marks the trunk as pretrained for recipes that depend on it",
+    )
     p.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--limit", type=int, help="train on this many items (class-balanced subsample)")
@@ -79,7 +85,10 @@ _CONFIG_ARGS = {
 
 def _given(args: argparse.Namespace) -> dict:
     """Config fields given on the command line."""
-    return {field: getattr(args, attr) for field, attr in _CONFIG_ARGS.items() if getattr(args, attr, None) is not None}
+    given = {field: getattr(args, attr) for field, attr in _CONFIG_ARGS.items() if getattr(args, attr, None) is not None}
+    if getattr(args, "backbone_weights", None):
+        given["backbone_kwargs"] = {"weights_path": args.backbone_weights}
+    return given
 
 
 def _setup_output(args: argparse.Namespace) -> None:

@@ -435,6 +435,8 @@ def build(
         scaler=session.scaler,
     )
     session.trainer.bookkeeper = bookkeeper
+    # for recipes that differ between pretrained and from-scratch trunks (e.g. frozen BatchNorm)
+    session.trainer.pretrained_trunk = config.backbone_kwargs.get("weights_path") is not None
     if checkpoint is not None:
         _load_states(session, checkpoint, optimizers=True)
     attach_hooks(session.hooks, session.trainer, session.start_epoch)
@@ -695,6 +697,7 @@ def results_dict(session: Session, metrics: Mapping[str, Any], wall_seconds: flo
         **{k: metrics.get(k) for k in keep},
         "history": session.history,
         "hook_history": _plain(getattr(session.hooks, "history", [])),
+        "hook_recipe": _plain(getattr(session.hooks, "recipe", {})),
         "config": _plain(config.to_dict()),
         "plugins": [
             {"name": p["name"], "version": p["version"], "status": p["status"], "methods": p["methods"]}

@@ -77,6 +77,26 @@ def test_train_writes_results_and_checkpoint_and_eval_reproduces(toys, tmp_path,
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
 
 
+def test_backbone_weights_flag_loads_the_trunk(toys, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    assert main(["train", "--method", "toy_fixed", *TINY, "--output", str(out)]) == 0
+    trained = torch.load(out / "checkpoint.pt", weights_only=True)["trunk"]
+    torch.save(trained, tmp_path / "trunk.pt")
+    again = tmp_path / "again"
+    argv = ["train", "--method", "toy_fixed", *TINY, "--epochs", "0", "--backbone-weights", str(tmp_path / "trunk.pt")]
+    assert main([*argv, "--output", str(again)]) == 0
+    loaded = torch.load(again / "checkpoint.pt", weights_only=True)["trunk"]
+    assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
+    results = json.loads((again / "results.json").read_text())
+    assert results["config"]["backbone_kwargs"]["weights_path"] == str(tmp_path / "trunk.pt")
+    capsys.readouterr()
+    missing = ["train", "--method", "toy_fixed", *TINY, "--backbone-weights", str(tmp_path / "nope.pt")]
+    assert main(missing) == 2
+    assert "weights file not found" in capsys.readouterr().err
+
+
 def test_train_open_set_has_no_nearest_anchor_accuracy(toys, tmp_path, capsys):
     assert main(["train", "--method", "toy_fixed", *TINY, "--protocol", "open_set", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)

@@ -89,6 +89,17 @@ def test_method_hooks_and_user_hooks_are_chained_and_attached(toys):
     assert [h["epoch"] for h in s.hooks.history] == [1, 2]  # geometry logging of the base hooks
 
 
+def test_trainer_says_whether_the_trunk_starts_from_weights(toys, tmp_path):
+    """``trainer.pretrained_trunk`` tells recipes (frozen BatchNorm, warm-up) whether backbone weights were loaded."""
+    scratch = build(tiny())
+    assert scratch.trainer.pretrained_trunk is False
+    weights = tmp_path / "trunk.pt"
+    torch.save(scratch.trunk.state_dict(), weights)
+    loaded = build(tiny(backbone_kwargs={"width": 8, "weights_path": str(weights)}))
+    assert loaded.trainer.pretrained_trunk is True
+    assert _states_equal(loaded.trunk.state_dict(), scratch.trunk.state_dict())
+
+
 def test_a_method_hook_returning_false_stops_training(toys):
     s = train(build(tiny("toy_learnable", epochs=3, hook_kwargs={"stop_after": 1})))
     assert s.epoch == 1 and len(s.history) == 1

@@ -7,12 +7,17 @@
 * frozen BatchNorm (``--bn-freeze 1``): trunk BatchNorm layers in eval mode (running statistics frozen) for the
   whole run, and their affine parameters frozen until the warm-up ends (the official code re-enables them with
   the rest of the backbone; without warm-up they stay frozen);
+* both of these exist for an ImageNet-pretrained trunk (every run of the paper starts from one). By default they
+  apply only to a pretrained trunk: freezing a fresh trunk's BatchNorm would pin its statistics at their initial
+  mean 0 / variance 1, and a warm-up of random features trains the embedder on noise. On MNIST with a small CNN
+  trained from scratch, the recipe with both on reached P@1 0.9925 against 0.9940 without them (3 epochs);
 * gradient clipping by value (``clip_grad_value_(..., 10)``) of the trunk, embedder and loss parameters;
 * anchor geometry logging (inherited from :class:`~pml_anchors.TrainerHooks`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import warnings
@@ -23,9 +28,27 @@ import torch
 from pml_anchors.trainer_hooks import TrainerHooks
 
 
+LOGGER = logging.getLogger(__name__)
+
+
 def _is_batchnorm(module: torch.nn.Module) -> bool:
     # Same test as PML's ``freeze_trunk_batchnorm`` (``c_f.set_layers_to_eval("BatchNorm")``).
     return "BatchNorm" in type(module).__name__
+
+
+def trunk_looks_pretrained(trunk: torch.nn.Module) -> bool | None:
+    """Whether ``trunk`` carries trained BatchNorm statistics: ``True`` if any BatchNorm layer's running
+    mean/variance differ from their initial 0/1, ``False`` if every one is still at its initial values (a fresh
+    trunk), ``None`` when the trunk has no BatchNorm layer with running statistics (nothing to tell from)."""
+    seen = False
+    for module in trunk.modules():
+        mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
+        if not _is_batchnorm(module) or mean is None or var is None:
+            continue
+        seen = True
+        if bool(torch.any(mean != 0)) or bool(torch.any(var != 1)):
+            return True
+    return False if seen else None
 
 
 class _ValueClipper:
@@ -48,12 +71,18 @@ class ProxyAnchorHooks(TrainerHooks):
     """Trainer hooks with the official Proxy Anchor recipe; call :meth:`attach` once before ``trainer.train()``.
 
     :param warmup_epochs: the trunk (``trainer.models["trunk"]``) is frozen during epochs 1..``warmup_epochs``
-        while the embedder and the proxies train, and unfrozen at the end of epoch ``warmup_epochs``. 0 disables. Official default ``--warm 1`` (5 in the README for
-        ResNet-50).
+        while the embedder and the proxies train, and unfrozen at the end of epoch ``warmup_epochs``. 0 disables.
+        ``None`` (default): the official ``--warm 1`` for a pretrained trunk, 0 for one trained from scratch (see
+        ``pretrained_trunk``). The official README uses 5 for ResNet-50.
     :param freeze_bn: freeze the trunk's BatchNorm layers: sets PML's ``trainer.freeze_trunk_batchnorm`` (eval mode
         every epoch, so running statistics never update) and freezes their affine parameters until the warm-up
-        ends (for the whole run when ``warmup_epochs=0``), as the official code does. Official default on
-        (CUB/Cars; off for SOP/In-shop).
+        ends (for the whole run when ``warmup_epochs=0``), as the official code does. ``None`` (default): on for a
+        pretrained trunk (official CUB/Cars setting; off for SOP/In-shop), off for one trained from scratch.
+    :param pretrained_trunk: whether the trunk starts from pretrained weights, which decides the ``None`` defaults
+        above. ``None``: ``trainer.pretrained_trunk`` if the trainer has it (``pml_anchors.training`` sets it from
+        the backbone weights), else :func:`trunk_looks_pretrained` at :meth:`attach` time, and a trunk with no
+        BatchNorm statistics to tell from counts as pretrained (the official recipe). Pass it explicitly when
+        resuming your own pipeline: a resumed from-scratch trunk has trained statistics.
     :param clip_grad_value: clip every gradient of the trunk, embedder and metric loss to
         [-value, value] after backward (PML ``gradient_clippers``); ``None`` disables. Official default 10.
     :param log_geometry_every: see :class:`~pml_anchors.TrainerHooks`.
@@ -61,15 +90,21 @@ class ProxyAnchorHooks(TrainerHooks):
 
     def __init__(
         self,
-        warmup_epochs: int = 1,
-        freeze_bn: bool = True,
+        warmup_epochs: int | None = None,
+        freeze_bn: bool | None = None,
         clip_grad_value: float | None = 10.0,
         log_geometry_every: int = 1,
+        pretrained_trunk: bool | None = None,
         **kwargs: Any,
     ):
         super().__init__(log_geometry_every=log_geometry_every, **kwargs)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, numbers.Integral) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
+        if warmup_epochs is not None and (
+            isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, numbers.Integral) or warmup_epochs < 0
+        ):
+            raise ValueError(f"warmup_epochs must be an int >= 0 or None, got {warmup_epochs!r}")
+        for name, value in (("freeze_bn", freeze_bn), ("pretrained_trunk", pretrained_trunk)):
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{name} must be True, False or None, got {value!r}")
         if clip_grad_value is not None and (
             isinstance(clip_grad_value, bool)
             or not isinstance(clip_grad_value, numbers.Real)
@@ -77,8 +112,11 @@ class ProxyAnchorHooks(TrainerHooks):
             or clip_grad_value <= 0
         ):
             raise ValueError(f"clip_grad_value must be a finite number > 0 or None, got {clip_grad_value!r}")
-        self.warmup_epochs = int(warmup_epochs)
-        self.freeze_bn = bool(freeze_bn)
+        self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
+        self.freeze_bn = freeze_bn
+        self.pretrained_trunk = pretrained_trunk
+        #: what :meth:`attach` applied: ``{"pretrained_trunk", "warmup_epochs", "freeze_bn"}``
+        self.recipe: dict[str, Any] = {}
         self.clip_grad_value = None if clip_grad_value is None else float(clip_grad_value)
         self._frozen: list[torch.nn.Parameter] = []  # parameters this object froze and will unfreeze
         self._warmup_until = 0
@@ -87,12 +125,13 @@ class ProxyAnchorHooks(TrainerHooks):
         """Install the recipe on a PML trainer. Pass ``start_epoch`` when resuming with ``train(start_epoch=...)``
         so that a finished warm-up is not repeated."""
         trunk = trainer.models["trunk"]
-        in_warmup = start_epoch <= self.warmup_epochs
-        self._warmup_until = self.warmup_epochs if in_warmup else 0
+        warmup_epochs, freeze_bn = self._resolve_recipe(trainer, trunk)
+        in_warmup = start_epoch <= warmup_epochs
+        self._warmup_until = warmup_epochs if in_warmup else 0
         to_freeze: list[torch.nn.Parameter] = []
-        if self.freeze_bn:
+        if freeze_bn:
             trainer.freeze_trunk_batchnorm = True
-        if self.freeze_bn and (in_warmup or self.warmup_epochs == 0):  # official: affine frozen until warm-up ends
+        if freeze_bn and (in_warmup or warmup_epochs == 0):  # official: affine frozen until warm-up ends
             for module in trunk.modules():
                 if _is_batchnorm(module):
                     to_freeze.extend(module.parameters(recurse=False))
@@ -120,6 +159,22 @@ class ProxyAnchorHooks(TrainerHooks):
                     )
                     continue
                 trainer.gradient_clippers[name] = _ValueClipper(module, self.clip_grad_value)
+
+    def _resolve_recipe(self, trainer: Any, trunk: torch.nn.Module) -> tuple[int, bool]:
+        """``(warmup_epochs, freeze_bn)`` for this trainer: explicit values win; ``None`` follows the trunk."""
+        pretrained = self.pretrained_trunk
+        if pretrained is None:
+            pretrained = getattr(trainer, "pretrained_trunk", None)
+        if pretrained is None:
+            pretrained = trunk_looks_pretrained(trunk)
+        if pretrained is None:  # no BatchNorm statistics to tell from: keep the official recipe
+            pretrained = True
+        pretrained = bool(pretrained)
+        warmup_epochs = self.warmup_epochs if self.warmup_epochs is not None else (1 if pretrained else 0)
+        freeze_bn = self.freeze_bn if self.freeze_bn is not None else pretrained
+        self.recipe = {"pretrained_trunk": pretrained, "warmup_epochs": warmup_epochs, "freeze_bn": freeze_bn}
+        LOGGER.info("ProxyAnchorHooks: %s", self.recipe)
+        return warmup_epochs, freeze_bn
 
     @property
     def warming_up(self) -> bool:

@@ -602,9 +602,71 @@ def test_geometry_is_logged_every_epoch():
     assert all(0 < h["min_anchor_angle_deg"] <= 180 and h["mean_anchor_norm"] > 0 for h in hooks.history)
 
 
+def pretrain_batchnorm(trainer):
+    """Give the trunk's BatchNorm trained statistics, as a pretrained trunk has."""
+    bn = trainer.models["trunk"][1]
+    bn.running_mean.fill_(0.3)
+    bn.running_var.fill_(2.0)
+
+
+@pytest.mark.parametrize(
+    "how, pretrained",
+    [
+        ("fresh", False),
+        ("statistics", True),  # BatchNorm statistics differ from their initial 0 / 1
+        ("trainer_says_no", False),  # trainer.pretrained_trunk (set by pml_anchors.training) beats the statistics
+        ("trainer_says_yes", True),
+        ("kwarg", True),  # pretrained_trunk=True beats a fresh trunk
+    ],
+)
+def test_default_recipe_follows_whether_the_trunk_is_pretrained(how, pretrained):
+    """Warm-up and frozen BatchNorm are the official recipe for a pretrained trunk only (by default)."""
+    hooks = ProxyAnchorHooks(pretrained_trunk=True if how == "kwarg" else None, clip_grad_value=None)
+    trainer = make_trainer(hooks)
+    bn = trainer.models["trunk"][1]
+    if how in ("statistics", "trainer_says_no"):
+        pretrain_batchnorm(trainer)
+    if how.startswith("trainer_says"):
+        trainer.pretrained_trunk = how == "trainer_says_yes"
+    hooks.attach(trainer)
+    assert hooks.recipe == {"pretrained_trunk": pretrained, "warmup_epochs": int(pretrained), "freeze_bn": pretrained}
+    assert hooks.warming_up == pretrained
+    assert getattr(trainer, "freeze_trunk_batchnorm", False) == pretrained
+    assert bn.weight.requires_grad == (not pretrained)
+    stats = bn.running_mean.clone()
+    trainer.train(num_epochs=1)
+    assert torch.equal(bn.running_mean, stats) == pretrained  # frozen statistics only for a pretrained trunk
+
+
+def test_explicit_recipe_values_win_and_a_trunk_without_batchnorm_gets_the_official_recipe():
+    hooks = ProxyAnchorHooks(warmup_epochs=2, freeze_bn=False, pretrained_trunk=False)
+    trainer = make_trainer(hooks)
+    hooks.attach(trainer)
+    assert hooks.recipe == {"pretrained_trunk": False, "warmup_epochs": 2, "freeze_bn": False}
+
+    hooks = ProxyAnchorHooks(clip_grad_value=None)
+    trainer = make_trainer(hooks)
+    trainer.models["trunk"] = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU())
+    hooks.attach(trainer)  # no statistics to tell from: official defaults
+    assert hooks.recipe == {"pretrained_trunk": True, "warmup_epochs": 1, "freeze_bn": True}
+
+
+def test_trunk_looks_pretrained():
+    from pml_anchors_proxy_anchor.hooks import trunk_looks_pretrained
+
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    assert trunk_looks_pretrained(fresh) is False
+    fresh.train()(torch.randn(8, 1, 5, 5))  # one training forward updates the running statistics
+    assert trunk_looks_pretrained(fresh) is True
+    assert trunk_looks_pretrained(torch.nn.Sequential(torch.nn.Linear(2, 2))) is None
+    assert trunk_looks_pretrained(torch.nn.BatchNorm1d(3, track_running_stats=False)) is None
+
+
 @pytest.mark.parametrize(
     "kwargs, error",
     [
+        (dict(freeze_bn=1), TypeError),
+        (dict(pretrained_trunk="yes"), TypeError),
         (dict(warmup_epochs=-1), ValueError),
         (dict(warmup_epochs=1.5), ValueError),
         (dict(clip_grad_value=0), ValueError),
@@ -659,3 +721,22 @@ def test_cuda_equals_pml_and_fp16_autocast_is_finite():
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all() and fp32.anchors.dtype == torch.float32
     assert float(value) == pytest.approx(float(fp32(x.detach(), labels)), rel=2e-2)
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_harness_applies_warmup_and_frozen_bn_only_to_a_pretrained_trunk(with_weights, tmp_path):
+    from pml_anchors.training import TrainConfig, build
+
+    config = dict(method="proxy_anchor", epochs=1, limit=64, test_limit=64, batch_size=32, device="cpu")
+    backbone_kwargs = {"width": 8}
+    if with_weights:
+        scratch = build(TrainConfig(**config, backbone_kwargs=backbone_kwargs), with_trainer=False)
+        torch.save(scratch.trunk.state_dict(), tmp_path / "trunk.pt")  # fresh statistics: only the flag tells
+        backbone_kwargs["weights_path"] = str(tmp_path / "trunk.pt")
+    session = build(TrainConfig(**config, backbone_kwargs=backbone_kwargs))
+    assert session.hooks.recipe == {
+        "pretrained_trunk": with_weights,
+        "warmup_epochs": int(with_weights),
+        "freeze_bn": with_weights,
+    }
+    assert getattr(session.trainer, "freeze_trunk_batchnorm", False) == with_weights
