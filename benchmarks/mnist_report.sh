@@ -19,7 +19,8 @@
 #   reponet_paper   Margin-RePoNet, LeNet++, simplex d=9, Adam 5e-4, batch 512
 #   reponet_paper_diag  why reponet_paper falls short: LeNet++ 1 epoch with batch 64 / Adam 1e-3 (937 steps, the
 #                   shared recipe), and 1 epoch of the paper recipe with margin 0 (plain RePoNet)  (~15 min)
-#   seeds           cam / proxy_anchor (d=128), reponet (d=9) and their PML counterparts at seeds 1, 2 (~30 min)
+#   seeds           proxy_anchor at seed 0 (current recipe), then every method + baseline (d=128) and reponet +
+#                   ArcFace (d=9) at seeds 1 and 2                                          (~75 min)
 #
 # Every run uses --threads 1 (one core; the machine is shared) and seed 0 unless stated.
 set -euo pipefail
@@ -124,9 +125,12 @@ stage_reponet_paper_diag() {
 }
 
 stage_seeds() {
+  # proxy_anchor's default recipe changed (warm-up / frozen BN only for pretrained trunks): seed 0 again
+  timed seed0_proxy_anchor "$PML" bench "${COMMON[@]}" --methods proxy_anchor --baselines none --epochs 3 \
+    --embedding-size 128 --seed 0 --no-plots --output "$OUT/seed0_proxy_anchor"
   for seed in 1 2; do
-    timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods cam,proxy_anchor --baselines pml_contrastive,pml_proxy_anchor \
-      --epochs 3 --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/seed$seed"
+    timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods all --baselines all --epochs 3 --embedding-size 128 \
+      --seed "$seed" --no-plots --output "$OUT/seed$seed"
     timed "seed${seed}_reponet_d9" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
       --embedding-size 9 --seed "$seed" --no-plots --output "$OUT/seed${seed}_reponet_d9"
   done
