@@ -130,7 +130,7 @@ def report(out: Path) -> str:
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False) + "\n\n" + history_table(data)))
-    for name in ("seed1", "seed2", "seed1_reponet_d9", "seed2_reponet_d9"):
+    for name in ("seed0_proxy_anchor", "seed1", "seed2", "seed1_reponet_d9", "seed2_reponet_d9"):
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data)))
@@ -140,27 +140,45 @@ def report(out: Path) -> str:
     return "\n".join(parts)
 
 
+def _runs_by_method(out: Path, *stages: str) -> dict[str, dict]:
+    """Successful runs of ``stages`` by method name; a later stage replaces an earlier one's run."""
+    merged: dict[str, dict] = {}
+    for stage in stages:
+        merged.update({r["method"]: r for r in ok_runs(load(out, stage))})
+    return merged
+
+
 def seed_table(out: Path) -> str:
-    """P@1 per seed (seed 0 from the main runs) with mean and std, for the pairs re-run at seeds 1 and 2."""
+    """P@1 at seeds 0, 1, 2 with mean ± std, and each method's mean against its PML counterpart's mean."""
     import statistics
 
     groups = (
-        ("d=128", ("same_class", "seed1", "seed2"), ("cam", "pml_contrastive", "proxy_anchor", "pml_proxy_anchor")),
-        ("d=9", ("reponet_d9", "seed1_reponet_d9", "seed2_reponet_d9"), ("reponet", "pml_arcface")),
+        # width, stages of seed 0 / 1 / 2 (a later stage in a tuple overrides: the re-run of proxy_anchor)
+        ("128", (("same_class", "seed0_proxy_anchor"), ("seed1",), ("seed2",))),
+        ("9", (("reponet_d9",), ("seed1_reponet_d9",), ("seed2_reponet_d9",))),
     )
-    lines = ["| method | d | seed 0 | seed 1 | seed 2 | mean ± std |", "|---|---|---|---|---|---|"]
-    found = False
-    for width, stages, methods in groups:
-        runs = [{r["method"]: r for r in ok_runs(load(out, st))} for st in stages]
-        for m in methods:
-            vals = [r[m]["precision_at_1"] if m in r else None for r in runs]
-            got = [v for v in vals if v is not None]
-            if len(got) < 2:
+    head = "| method | d | seed 0 | seed 1 | seed 2 | mean ± std | PML counterpart: mean | ≥ counterpart |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for width, seeds in groups:
+        runs = [_runs_by_method(out, *stages) for stages in seeds]
+        names = list(dict.fromkeys(name for r in runs for name in r))
+        means = {}
+        for m in names:
+            got = [r[m]["precision_at_1"] for r in runs if m in r]
+            if len(got) == len(seeds):
+                means[m] = (statistics.mean(got), statistics.stdev(got))
+        for m in names:
+            if m not in means:
                 continue
-            found = True
-            mean, sd = statistics.mean(got), statistics.stdev(got)
-            lines.append(f"| {m} | {width[2:]} | " + " | ".join(pct(v) for v in vals) + f" | {100 * mean:.2f} ± {100 * sd:.2f} |")
-    return "\n".join(lines) if found else ""
+            vals = [pct(r[m]["precision_at_1"]) for r in runs]
+            mean, sd = means[m]
+            cp = COUNTERPART.get(m)
+            cells = ["", ""]
+            if cp in means:
+                cells = [f"{cp} {100 * means[cp][0]:.2f}", "yes" if mean >= means[cp][0] else "**no**"]
+            lines.append(f"| {m} | {width} | " + " | ".join(vals) + f" | {100 * mean:.2f} ± {100 * sd:.2f} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def eval_both_ways(checkpoint: str) -> dict:

@@ -66,6 +66,8 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     learnable_anchors: bool = False
     #: Initializer used when ``anchors=None``.
     default_anchors: AnchorsArg = "one_hot"
+    #: Constructor arguments that decide the anchors' shape, named in shape-mismatch errors.
+    shape_arguments: tuple[str, ...] = ("num_classes", "embedding_size")
 
     def __init__(
         self,
@@ -190,11 +192,11 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.clear_anchor_cache()
         key = prefix + "anchors"
         if key in state_dict and tuple(state_dict[key].shape) != tuple(self.anchors.shape):
+            args = ", ".join(f"{name}={getattr(self, name)}" for name in self.shape_arguments)
             raise ValueError(
                 f"checkpoint anchors {key!r} have shape {tuple(state_dict[key].shape)}, but this "
-                f"{type(self).__name__}(num_classes={self.num_classes}, embedding_size={self.embedding_size}) "
-                f"has anchors of shape {tuple(self.anchors.shape)}; build the loss with the checkpoint's "
-                "num_classes, embedding_size and geometry"
+                f"{type(self).__name__}({args}) has anchors of shape {tuple(self.anchors.shape)}; build the loss "
+                f"with the checkpoint's {', '.join(self.shape_arguments)} and geometry"
             )
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -26,11 +26,12 @@ def save_and_load(module, path):
 
 def mismatch_message(src, dst):
     """The message AnchorLoss gives when ``src``'s checkpoint is loaded into ``dst``."""
+    args = ", ".join(f"{name}={getattr(dst, name)}" for name in dst.shape_arguments)
     return (
         rf"checkpoint anchors 'anchors' have shape {re.escape(str(tuple(src.anchors.shape)))}, but this "
-        rf"{type(dst).__name__}\(num_classes={dst.num_classes}, embedding_size={dst.embedding_size}\) has anchors "
-        rf"of shape {re.escape(str(tuple(dst.anchors.shape)))}; build the loss with the checkpoint's num_classes, "
-        "embedding_size and geometry"
+        rf"{type(dst).__name__}\({re.escape(args)}\) has anchors "
+        rf"of shape {re.escape(str(tuple(dst.anchors.shape)))}; build the loss with the checkpoint's "
+        rf"{re.escape(', '.join(dst.shape_arguments))} and geometry"
     )
 
 

@@ -80,6 +80,7 @@ class FixedSubCenterLoss(AnchorLoss):
 
     learnable_anchors = False
     default_anchors = "gaussian_subcenters"
+    shape_arguments = ("num_classes", "embedding_size", "sub_centers")
 
     def __init__(
         self,

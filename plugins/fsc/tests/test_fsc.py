@@ -245,6 +245,11 @@ def test_state_dict_round_trip_restores_the_random_subcenters():
     assert torch.equal(fsc(5, 8, seed=11).anchors, src.anchors)  # deterministic under a seed
 
 
+def test_state_dict_shape_mismatch_names_sub_centers():
+    with pytest.raises(ValueError, match=r"sub_centers=3\) has anchors of shape \(5, 3, 8\).*sub_centers"):
+        fsc(5, 8, sub_centers=3).load_state_dict(fsc(5, 8, sub_centers=4).state_dict())
+
+
 # -- hooks -----------------------------------------------------------------------------------------
 class _Trainer:
     def __init__(self, loss, epoch):

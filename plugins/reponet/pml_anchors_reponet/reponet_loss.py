@@ -223,6 +223,28 @@ class RePoNetLoss(AnchorLoss):
         features, rows = self._cosines(embeddings, self.cast_anchors(embeddings))
         return self.scale * (features @ rows.T)
 
+    # The vertex rows (2^d for a cube, 2*ceil(K/2) for an orthoplex) do not determine K, so a checkpoint records it.
+    def get_extra_state(self) -> dict[str, int]:
+        return {"num_classes": int(self.num_classes)}
+
+    def set_extra_state(self, state: Any) -> None:
+        saved = state.get("num_classes") if isinstance(state, dict) else None
+        if saved is not None and saved != self.num_classes:
+            raise ValueError(
+                f"checkpoint was saved by a {type(self).__name__} with num_classes={saved}, but this one has "
+                f"num_classes={self.num_classes}; build the loss with the checkpoint's num_classes"
+            )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        extra = prefix + "_extra_state"
+        if extra in missing_keys:  # checkpoints written before num_classes was recorded
+            missing_keys.remove(extra)
+
     def extra_repr(self) -> str:
         geometry_name = self.polytope if self.uses_polytope else "custom"
         return (

@@ -1,5 +1,6 @@
 """Tests of the ``reponet`` method (Margin-RePoNet, Pernici et al., CVPR-W 2019) through the real entry point."""
 
+import io
 import math
 import re
 import subprocess
@@ -328,6 +329,22 @@ def test_state_dict_checks_the_geometry():
     other.load_state_dict(cube.state_dict())
     with pytest.raises(ValueError, match="checkpoint anchors"):
         make(10, polytope="cube", drop_unused=True).load_state_dict(cube.state_dict())
+
+
+@pytest.mark.parametrize("polytope", ["cube", "orthoplex"])
+def test_state_dict_records_num_classes_that_the_padded_vertices_hide(polytope):
+    """A K=5 cube and a K=8 cube share the same 8 vertices: only the recorded num_classes tells them apart."""
+    small, large = make(5, polytope=polytope), make(5 + 1 if polytope == "orthoplex" else 8, polytope=polytope)
+    assert small.anchors.shape == large.anchors.shape
+    buf = io.BytesIO()
+    torch.save(small.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    make(5, polytope=polytope).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"num_classes=5, but this one has num_classes=(6|8)"):
+        large.load_state_dict(state)
+    older = {k: v for k, v in state.items() if not k.endswith("_extra_state")}  # written before it was recorded
+    large.load_state_dict(older)
 
 
 @pytest.mark.parametrize(
