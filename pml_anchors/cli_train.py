@@ -36,6 +36,9 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3; loss parameters × the method's multipliers)")
     p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
     p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="optimizer (default adam)")
+    p.add_argument(
+        "--lr-schedule", choices=("constant", "cosine"), help="constant (default) or cosine decay to 0, per iteration"
+    )
     p.add_argument("--backbone", help="small_cnn, lenetpp, ncm_cnn, resnet18, resnet50 (default: by input size)")
     p.add_argument(
         "--backbone-weights",
@@ -70,6 +73,7 @@ _CONFIG_ARGS = {
     "lr": "lr",
     "weight_decay": "weight_decay",
     "optimizer": "optimizer",
+    "lr_schedule": "lr_schedule",
     "backbone": "backbone",
     "device": "device",
     "seed": "seed",

@@ -23,8 +23,10 @@ writes ``results.json`` and ``checkpoint.pt``.
   ``c_f.NUMPY_RANDOM`` before anything is built, and every epoch starts from a seed derived from
   ``(seed, epoch)``, so a run resumed from a checkpoint draws the same batches as an
   uninterrupted one (on CPU the weights match exactly).
-* **Checkpoints**: a dict of plain ``state_dict``\\ s (trunk, embedder, loss, optimizers, grad
-  scaler) with the config and epoch; loadable with ``torch.load(weights_only=True)``.
+* **Learning-rate schedule**: ``lr_schedule="cosine"`` anneals every optimizer from its lr to 0 over the
+  run, stepped per iteration through PML's ``lr_schedulers`` (``<name>_scheduler_by_iteration``).
+* **Checkpoints**: a dict of plain ``state_dict``\\ s (trunk, embedder, loss, optimizers, lr
+  schedulers, grad scaler) with the config and epoch; loadable with ``torch.load(weights_only=True)``.
 * **Baselines**: ``method="baseline:<name>"`` (:mod:`pml_anchors.baselines`), or pass any PML loss
   (instance or factory ``f(num_classes, embedding_size)``) as ``loss=`` to :func:`run`.
 """
@@ -57,6 +59,7 @@ from .trainer_hooks import chain_hooks
 #: embedding width used when neither the config nor the loss sets one
 DEFAULT_EMBEDDING_SIZE = 64
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "pml-anchors/checkpoint"
 CHECKPOINT_VERSION = 1
 #: config fields a resumed run must share with its checkpoint
@@ -73,6 +76,8 @@ class TrainConfig:
     :param backbone: a :data:`pml_anchors.models.BACKBONES` key; ``None`` picks one for the input.
     :param optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9), for every model and the
         loss; the loss's parameter groups get ``lr`` times the method's ``lr_multipliers``.
+    :param lr_schedule: ``"constant"`` (default) or ``"cosine"``: every optimizer's lr follows
+        ``lr * (1 + cos(pi * t / T)) / 2`` over the run's ``T = epochs * iterations_per_epoch`` steps.
     :param amp: mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU; see ``amp_dtype``).
     :param limit: train on this many items (class-balanced); ``test_limit`` likewise.
     :param output: folder for ``results.json`` and ``checkpoint.pt`` (written every epoch when
@@ -109,6 +114,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     checkpoint_every_epoch: bool = True
     num_threads: int | None = None
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -123,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.embedding_size is not None and self.embedding_size < 1:
             raise ValueError(f"embedding_size must be positive, got {self.embedding_size}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 
@@ -265,6 +273,27 @@ def make_optimizers(
     if groups:
         optimizers["metric_loss_optimizer"] = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
     return optimizers
+
+
+def make_lr_schedulers(optimizers: Mapping[str, torch.optim.Optimizer], schedule: str, trainer: Any, epochs: int):
+    """PML ``lr_schedulers`` for ``schedule``, keyed ``<name>_scheduler_by_iteration`` (stepped after every
+    iteration). ``cosine``: lr factor ``(1 + cos(pi * t / T)) / 2`` after ``t`` steps, ``T = epochs *
+    trainer.iterations_per_epoch``, read when the trainer steps (PML sets it when training starts)."""
+    if schedule == "constant":
+        return {}
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+    def cosine(step: int) -> float:
+        total = epochs * (getattr(trainer, "iterations_per_epoch", None) or 0)
+        if step <= 0 or total <= 0:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+    return {
+        key.removesuffix("_optimizer") + "_scheduler_by_iteration": torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+        for key, opt in optimizers.items()
+    }
 
 
 @dataclass
@@ -435,6 +464,9 @@ def build(
         scaler=session.scaler,
     )
     session.trainer.bookkeeper = bookkeeper
+    session.trainer.lr_schedulers.update(
+        make_lr_schedulers(session.optimizers, config.lr_schedule, session.trainer, config.epochs)
+    )
     # for recipes that differ between pretrained and from-scratch trunks (e.g. frozen BatchNorm)
     session.trainer.pretrained_trunk = config.backbone_kwargs.get("weights_path") is not None
     if checkpoint is not None:
@@ -537,6 +569,9 @@ def checkpoint_dict(session: Session) -> dict[str, Any]:
         "embedder": session.embedder.state_dict(),
         "loss": session.loss.state_dict(),
         "optimizers": {k: v.state_dict() for k, v in session.optimizers.items()},
+        "lr_schedulers": {k: v.state_dict() for k, v in (session.trainer.lr_schedulers or {}).items()}
+        if session.trainer is not None
+        else {},
         "scaler": session.scaler.state_dict() if session.scaler is not None else None,
         "train_seconds": float(session.train_seconds),
         "history": _plain(session.history),
@@ -590,6 +625,10 @@ def _load_states(session: Session, checkpoint: Mapping[str, Any], optimizers: bo
             )
         for key, opt in session.optimizers.items():
             opt.load_state_dict(checkpoint["optimizers"][key])
+        schedulers = session.trainer.lr_schedulers if session.trainer is not None else {}
+        for key, state in (checkpoint.get("lr_schedulers") or {}).items():
+            if key in schedulers:
+                schedulers[key].load_state_dict(state)
         if session.scaler is not None and checkpoint.get("scaler"):
             session.scaler.load_state_dict(checkpoint["scaler"])
     session.epoch = int(checkpoint["epoch"])

@@ -132,6 +132,39 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(toys, tmp_path, m
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
 
 
+def test_cosine_lr_schedule_anneals_every_optimizer_to_zero_and_resumes_exactly(toys, tmp_path):
+    config = dict(epochs=3, lr=1e-2, lr_schedule="cosine")
+    lrs = []
+    whole = build(
+        tiny("toy_learnable", **config),
+        end_of_iteration_hook=lambda t: lrs.append([t.optimizers[k].param_groups[0]["lr"] for k in sorted(t.optimizers)]),
+    )
+    assert set(whole.trainer.lr_schedulers) == {
+        "trunk_scheduler_by_iteration",
+        "embedder_scheduler_by_iteration",
+        "metric_loss_scheduler_by_iteration",
+    }
+    train(whole)
+    total = 3 * (64 // 32)  # PML drops the last incomplete batch
+    factors = [0.5 * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    # sorted keys: embedder, metric_loss (toy_learnable anchors at 10x), trunk
+    assert sum(lrs, []) == pytest.approx([x for f in factors for x in (1e-2 * f, 1e-1 * f, 1e-2 * f)])
+    assert whole.optimizers["trunk_optimizer"].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    train(build(tiny("toy_learnable", **config, hook_kwargs={"stop_after": 1}, output=str(tmp_path))))
+    resumed = build(tiny("toy_learnable", **config), resume=tmp_path / "checkpoint.pt")
+    assert resumed.start_epoch == 2
+    assert resumed.trainer.lr_schedulers["trunk_scheduler_by_iteration"].last_epoch == 2
+    train(resumed)
+    for name in ("trunk", "embedder", "loss"):
+        assert _states_equal(getattr(whole, name).state_dict(), getattr(resumed, name).state_dict()), name
+
+
+def test_unknown_lr_schedule_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'; choose one of constant, cosine"):
+        TrainConfig(method="toy_fixed", lr_schedule="step")
+
+
 def test_resume_rejects_a_different_method(toys, tmp_path):
     train(build(tiny("toy_learnable", output=str(tmp_path))))
     with pytest.raises(ValueError, match="method='toy_learnable'"):
