@@ -166,8 +166,7 @@ def set_verbosity(verbose: bool) -> None:
 
 # -- the trainer ----------------------------------------------------------------------------------
 class AMPMetricLossOnly(trainers.MetricLossOnly):
-    """PML's ``MetricLossOnly`` with optional mixed precision (PML's trainers have none), and without
-    the warning PML's progress bar triggers every run.
+    """PML's ``MetricLossOnly`` with optional mixed precision (PML's trainers have none).
 
     With ``amp_dtype=None`` this is exactly ``MetricLossOnly``. Otherwise the models' forward
     (``compute_embeddings``: trunk and embedder) runs under ``torch.autocast`` with ``amp_dtype``
@@ -183,13 +182,6 @@ class AMPMetricLossOnly(trainers.MetricLossOnly):
         self.amp_dtype = amp_dtype
         self.scaler = scaler
         super().__init__(*args, **kwargs)
-
-    def train(self, start_epoch: int = 1, num_epochs: int = 1):
-        # PML formats the progress bar with "%.5f" % total_loss, a tensor that requires grad: one torch
-        # UserWarning per run that says nothing about the user's code.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
-            return super().train(start_epoch=start_epoch, num_epochs=num_epochs)
 
     def compute_embeddings(self, data):
         if self.amp_dtype is None:

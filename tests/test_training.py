@@ -234,12 +234,3 @@ def test_baseline_with_a_miner(toys):
     s = build(tiny("baseline:pml_contrastive"))
     assert type(s.trainer.mining_funcs["tuple_miner"]).__name__ == "MultiSimilarityMiner"
     assert "metric_loss_optimizer" not in s.optimizers
-
-
-def test_training_does_not_repeat_pml_progress_bar_warning(toys):
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(build(tiny("toy_learnable")))
-    assert not [w for w in caught if "requires_grad=True to a scalar" in str(w.message)]
