@@ -1,26 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce every number in docs/results.md (MNIST accuracy experiments).
+# Reproduce every number in docs/results.md (MNIST accuracy experiments; the stages, their settings and wall times
+# are listed there).
 #
-#   bash benchmarks/mnist_report.sh [STAGE ...]      # default: all stages, in this order
+#   bash benchmarks/mnist_report.sh [STAGE ...]      # default: all stages, in the order of STAGES below
 #   MNIST_IDX=/path/to/idx OUT=runs/mnist bash benchmarks/mnist_report.sh same_class
 #   python benchmarks/mnist_report.py runs/mnist       # print the markdown tables
-#
-# Stages (wall time on a shared 2-core CPU, 1 torch thread, no GPU):
-#   same_class      every method + every PML baseline, small_cnn, d=128, 3 epochs   (~30 min)
-#   reponet_d9      reponet + PML ArcFace at reponet's own width d=9 (simplex, K=10) (~5 min)
-#   reponet_d128    reponet at d=128: its d=9 simplex zero-padded (benchmarks/reponet_padded.py) (~3 min)
-#   pa_recipe       proxy_anchor with its warm-up / frozen-BN hooks switched off     (~8 min)
-#   cam_eval        cam trained again (train, seed 0) and evaluated raw vs L2-normalised (~3 min)
-#   open_set        every method + baseline, train 0-4 / test 5-9, d=128, 3 epochs   (~15 min)
-#   open_set_reponet reponet (d=4: simplex for K=5 train classes) + ArcFace at d=4   (~3 min)
-#   open_set_reponet_d128  open-set reponet with its d=4 simplex zero-padded into d=128 (~2 min)
-#   ncm_paper       E-NCM / C-NCM, d=2 (polygon anchors), ncm_cnn, paper's SGD recipe
-#   ncm_2d_small    E-NCM / C-NCM / softmax (cross_entropy) at d=2 with the shared small_cnn recipe, 3 epochs (~10 min)
-#   reponet_paper   Margin-RePoNet, LeNet++, simplex d=9, Adam 5e-4, batch 512
-#   reponet_paper_diag  why reponet_paper falls short: LeNet++ 1 epoch with batch 64 / Adam 1e-3 (937 steps, the
-#                   shared recipe), and 1 epoch of the paper recipe with margin 0 (plain RePoNet)  (~15 min)
-#   seeds           proxy_anchor at seed 0 (current recipe), then every method + baseline (d=128) and reponet +
-#                   ArcFace (d=9) at seeds 1 and 2                                          (~75 min)
 #
 # Every run uses --threads 1 (one core; the machine is shared) and seed 0 unless stated.
 set -euo pipefail
@@ -33,6 +17,7 @@ DATA="${DATA:-/tmp/mnist-root}"                     # torchvision root built fro
 OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
 NCM_EPOCHS="${NCM_EPOCHS:-2}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
+NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
 
 mkdir -p "$OUT"
@@ -112,6 +97,14 @@ stage_ncm_2d_small() {
     --epochs 3 --output "$OUT/ncm_2d_small"
 }
 
+stage_ncm_2d_paper() {
+  # the NCM paper's 2-d MNIST setting (Table 1, polygon anchors) with its optimizer (SGD 0.1, momentum 0.9, wd 5e-4,
+  # batch 256) on the shared small_cnn; cosine decay stands in for the paper's "lr / 10 on plateau"
+  timed ncm_2d_paper "$PML" bench "${COMMON[@]}" --methods e_ncm,c_ncm --baselines cross_entropy --embedding-size 2 \
+    --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule cosine --epochs "$NCM_2D_EPOCHS" \
+    --output "$OUT/ncm_2d_paper"
+}
+
 stage_reponet_paper() {
   timed reponet_paper "$PML" bench "${COMMON[@]}" --methods reponet --baselines none --backbone lenetpp \
     --optimizer adam --lr 5e-4 --batch-size 512 --epochs "$REPONET_EPOCHS" --output "$OUT/reponet_paper"
@@ -137,7 +130,7 @@ stage_seeds() {
 }
 
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_small
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_small ncm_2d_paper
   reponet_paper reponet_paper_diag seeds)
 for s in "${STAGES[@]}"; do
   "stage_$s"
