@@ -28,7 +28,9 @@ result differs from ``exp`` by a few float rounding units of the largest terms.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,7 +45,32 @@ __all__ = [
     "class_cross_entropy",
     "class_logsumexp",
     "cross_entropy_from_lse",
+    "once_differentiable",
 ]
+
+def once_differentiable(backward: Callable) -> Callable:
+    """Decorator for a hand-written ``backward``: torch's ``once_differentiable``, plus a clear error on double
+    backward (``create_graph=True``, e.g. a gradient penalty).
+
+    torch's decorator raises on double backward only when the incoming gradients require grad; otherwise it
+    returns the gradients as constants, silently dropping the second-order terms that depend on the saved
+    inputs (a wrong gradient penalty instead of an error). This one raises in every such case.
+    """
+    inner = torch.autograd.function.once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():  # autograd enables grad mode in backward exactly when create_graph=True
+            name = type(ctx).__name__
+            raise RuntimeError(
+                f"double backward (create_graph=True) through {name} is not supported: this pml_anchors loss "
+                "computes its gradient by hand (first order only); a gradient penalty needs a loss built on "
+                "differentiable torch operations"
+            )
+        return inner(ctx, *grads)
+
+    return wrapper
+
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -374,7 +401,7 @@ class _ClassLogSumExp(torch.autograd.Function):
         return lse - own_lse, own
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_lse, grad_own):
         x, rows, labels, lse = ctx.saved_tensors
         spec = ctx.spec
@@ -459,7 +486,7 @@ def class_logsumexp(
 
     The backward is exact (no approximation): d lse / d z = softmax along ``dim``; chunked, every chunk's
     logits are recomputed once. A second backward (``retain_graph=True``) recomputes and gives the same
-    result; double backward (``create_graph=True``) is not supported.
+    result; double backward (``create_graph=True``) raises ``RuntimeError`` (see :func:`once_differentiable`).
     """
     if dim not in (0, 1):
         raise ValueError(f"dim must be 0 or 1, got {dim}")

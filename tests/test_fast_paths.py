@@ -3,7 +3,7 @@
 * :func:`pml_anchors.chunking.class_logsumexp` (hand-written backward, in-place reductions, chunking) against
   ``torch.logsumexp`` over an explicitly masked logit matrix, for every logit map, both directions, sub-centre
   groups, the implicit zero logit and chunk sizes that do and do not divide the rows; plus gradcheck and a
-  second backward (``retain_graph``) that must reproduce the first bit for bit;
+  second backward (``retain_graph``) that must reproduce the first bit for bit; double backward is a clear error;
 * every method's loss value and gradients against the plain formula written out here (B x K matrices,
   ``F.cross_entropy``, masks, ``torch.cdist``), in float64;
 * ``chunk_size`` (C = 1000, chunks of 128) against the unchunked loss, float32 and float64;
@@ -144,6 +144,22 @@ def test_a_second_backward_reproduces_the_first_exactly(kind):
     second = torch.autograd.grad(total, (x, rows))
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["c_ncm", "e_ncm", "reponet", "fsc", "proxy_anchor", "cam"])
+def test_double_backward_is_exact_or_a_clear_error(name):
+    """A gradient penalty (create_graph=True) either gets exact second derivatives or raises: torch's own
+    once_differentiable would silently treat the hand-written gradients as constants here."""
+    loss = pml_anchors.get_loss(name, 5, 4).double()
+    labels = torch.arange(8) % 5
+    x = torch.randn(8, 4, dtype=F64, requires_grad=True)
+    if name == "cam":  # plain torch operations at this size: exact
+        assert torch.autograd.gradgradcheck(lambda e: loss(e, labels), (x,))
+        return
+    with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) through \w+ is not supported"):
+        torch.autograd.grad(loss(x, labels), x, create_graph=True)
+    (grad,) = torch.autograd.grad(loss(x, labels), x)  # first order still works
+    assert torch.isfinite(grad).all()
 
 
 def test_cross_entropy_from_lse_is_cross_entropy_and_stays_exact_far_out():

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from pml_anchors.chunking import once_differentiable
+
 __all__ = ["NeighborList", "repeller_blocked", "repeller_on_pairs"]
 
 #: Entries of one block of the K x K distance matrix (rows per block = this // K).
@@ -67,7 +69,7 @@ class _BlockedRepeller(torch.autograd.Function):
         return total * 0.5
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad):
         (anchors,) = ctx.saved_tensors
         centred = anchors - anchors.mean(dim=0, keepdim=True)

@@ -34,7 +34,7 @@ import torch
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from pytorch_metric_learning.reducers import DivisorReducer
 
-from pml_anchors.chunking import CosineRowsLogits, LinearLogits, acc_dtype, class_logsumexp
+from pml_anchors.chunking import CosineRowsLogits, LinearLogits, acc_dtype, class_logsumexp, once_differentiable
 from pml_anchors.losses import AnchorLoss
 
 __all__ = ["ProxyAnchorLoss", "proxy_anchor_from_cosine"]
@@ -67,7 +67,7 @@ class _L2Normalize(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad):
         out, inv, tiny = ctx.saved_tensors
         dot = torch.linalg.vecdot(out, grad, dim=1).unsqueeze(1).masked_fill_(tiny, 0)
@@ -134,7 +134,7 @@ class _ProxyAnchorTerms(torch.autograd.Function):
         return pos, neg, hard
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_pos, grad_neg, _grad_hard):
         hard, neg_norm, pos_weight, labels = ctx.saved_tensors
         if grad_neg is None:
@@ -196,7 +196,7 @@ class _SegmentLog1pSumExp(torch.autograd.Function):
         return seg_shift.add_(pos_norm.log_())
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad):
         weight, labels = ctx.saved_tensors
         return grad[labels] * weight, None, None
