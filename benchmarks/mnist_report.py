@@ -45,6 +45,16 @@ def load(out: Path, stage: str) -> dict | None:
     return data
 
 
+def load_merged(out: Path, stage: str, *reruns: str) -> dict | None:
+    """``stage`` with each method's run replaced by its run in a later stage (a re-run after a code change)."""
+    data = load(out, stage)
+    if data is None:
+        return None
+    newer = {r["method"]: dict(r, note=f" (re-run: {name})") for name in reruns for r in ok_runs(load(out, name))}
+    data["runs"] = [newer.get(r["method"], r) for r in data["runs"]]
+    return data
+
+
 def ok_runs(data: dict | None) -> list[dict]:
     return [r for r in (data or {}).get("runs", []) if "error" not in r]
 
@@ -104,7 +114,7 @@ def section(title: str, data: dict | None, body: str) -> str:
 
 def report(out: Path) -> str:
     parts = []
-    same = load(out, "same_class")
+    same = load_merged(out, "same_class", "seed0_proxy_anchor")
     d9 = load(out, "reponet_d9")
     parts.append(section("same_class, d=128", same, retrieval_table(same) if same else ""))
     if d9:
@@ -116,7 +126,7 @@ def report(out: Path) -> str:
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False)))
-    opn = load(out, "open_set")
+    opn = load_merged(out, "open_set", "open_set_pa")
     if opn:
         parts.append(section("open_set, d=128", opn, retrieval_table(opn, anchor_acc=False, threshold=None)))
     opr = load(out, "open_set_reponet")

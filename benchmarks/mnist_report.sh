@@ -76,6 +76,11 @@ stage_open_set() {
     --embedding-size 128 --output "$OUT/open_set"
 }
 
+stage_open_set_pa() {  # proxy_anchor again with its current recipe (warm-up / frozen BN only when pretrained)
+  timed open_set_pa "$PML" bench "${COMMON[@]}" --protocol open_set --methods proxy_anchor --baselines none \
+    --epochs 3 --embedding-size 128 --no-plots --output "$OUT/open_set_pa"
+}
+
 stage_open_set_reponet() {
   timed open_set_reponet "$PML" bench "${COMMON[@]}" --protocol open_set --methods reponet --baselines pml_arcface \
     --epochs 3 --embedding-size 4 --output "$OUT/open_set_reponet"
@@ -130,7 +135,7 @@ stage_seeds() {
 }
 
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_small ncm_2d_paper
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_small ncm_2d_paper
   reponet_paper reponet_paper_diag seeds)
 for s in "${STAGES[@]}"; do
   "stage_$s"
