@@ -15,7 +15,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 MNIST_IDX="${MNIST_IDX:-/work/shared/data/mnist}"   # the four MNIST IDX files (.gz or raw)
 DATA="${DATA:-/tmp/mnist-root}"                     # torchvision root built from them (never in the repo)
 OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
-NCM_EPOCHS="${NCM_EPOCHS:-2}"
+NCM_EPOCHS="${NCM_EPOCHS:-3}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
@@ -91,15 +91,12 @@ stage_open_set_reponet_d128() {
     --protocol open_set --output "$OUT/open_set_reponet_d128"
 }
 
-stage_ncm_paper() {
-  timed ncm_paper "$PML" bench "${COMMON[@]}" --methods e_ncm,c_ncm --baselines none --backbone ncm_cnn \
-    --embedding-size 2 --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --epochs "$NCM_EPOCHS" \
-    --output "$OUT/ncm_paper"
-}
-
-stage_ncm_2d_small() {
-  timed ncm_2d_small "$PML" bench "${COMMON[@]}" --methods e_ncm,c_ncm --baselines cross_entropy --embedding-size 2 \
-    --epochs 3 --output "$OUT/ncm_2d_small"
+stage_ncm_paper() {  # the NCM paper's 2-d MNIST setting: its CNN and SGD recipe; cosine for "lr / 10 on plateau"
+  for m in ${NCM_METHODS:-e_ncm c_ncm}; do
+    timed "ncm_paper_$m" "$PML" bench "${COMMON[@]}" --methods "$m" --baselines none --backbone ncm_cnn \
+      --embedding-size 2 --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule cosine \
+      --epochs "$NCM_EPOCHS" --output "$OUT/ncm_paper_$m"
+  done
 }
 
 stage_ncm_2d_paper() {
@@ -135,7 +132,7 @@ stage_seeds() {
 }
 
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_small ncm_2d_paper
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_paper
   reponet_paper reponet_paper_diag seeds)
 for s in "${STAGES[@]}"; do
   "stage_$s"
