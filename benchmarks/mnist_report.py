@@ -134,8 +134,13 @@ def report(out: Path) -> str:
         parts.append(section("open_set reponet d=4", opr, retrieval_table(opr, anchor_acc=False, threshold=None)))
     opp = load(out, "open_set_reponet_d128")
     if opp:
-        parts.append(section("open_set reponet, d=4 simplex zero-padded to d=128", opp,
-                             retrieval_table(opp, anchor_acc=False, checks=False)))
+        parts.append(
+            section(
+                "open_set reponet, d=4 simplex zero-padded to d=128",
+                opp,
+                retrieval_table(opp, anchor_acc=False, checks=False),
+            )
+        )
     for name in ("ncm_paper", "reponet_paper"):
         data = load(out, name)
         if data:
@@ -186,8 +191,13 @@ def seed_table(out: Path) -> str:
             cells = ["", ""]
             if cp in means:
                 cells = [f"{cp} {100 * means[cp][0]:.2f}", "yes" if mean >= means[cp][0] else "**no**"]
-            lines.append(f"| {m} | {width} | " + " | ".join(vals) + f" | {100 * mean:.2f} ± {100 * sd:.2f} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {m} | {width} | "
+                + " | ".join(vals)
+                + f" | {100 * mean:.2f} ± {100 * sd:.2f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 

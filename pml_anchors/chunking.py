@@ -48,6 +48,7 @@ __all__ = [
     "once_differentiable",
 ]
 
+
 def once_differentiable(backward: Callable) -> Callable:
     """Decorator for a hand-written ``backward``: torch's ``once_differentiable``, plus a clear error on double
     backward (``create_graph=True``, e.g. a gradient penalty).

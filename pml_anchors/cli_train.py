@@ -89,7 +89,9 @@ _CONFIG_ARGS = {
 
 def _given(args: argparse.Namespace) -> dict:
     """Config fields given on the command line."""
-    given = {field: getattr(args, attr) for field, attr in _CONFIG_ARGS.items() if getattr(args, attr, None) is not None}
+    given = {
+        field: getattr(args, attr) for field, attr in _CONFIG_ARGS.items() if getattr(args, attr, None) is not None
+    }
     if getattr(args, "backbone_weights", None):
         given["backbone_kwargs"] = {"weights_path": args.backbone_weights}
     return given
@@ -274,5 +276,5 @@ def run_bench(args) -> int:
         on_result=report,
         **config,
     )
-    print(f"wrote {os.path.join(args.output, 'results.md')}, results.json and plots")
+    print(f"wrote {os.path.join(args.output, 'results.md')}, results.json" + ("" if args.no_plots else " and plots"))
     return 1 if any("error" in r for r in summary["runs"]) else 0

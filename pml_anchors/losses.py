@@ -111,9 +111,9 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     def build_anchors(self, anchors: AnchorsArg, seed: int | None, anchor_kwargs: dict[str, Any]) -> torch.Tensor:
         if isinstance(anchors, str):
-            from .registry import get_initializer, resolve_object
+            from .registry import resolve_initializer
 
-            anchors = resolve_object(anchors, what="anchors") if ":" in anchors else get_initializer(anchors)
+            anchors = resolve_initializer(anchors)
         if callable(anchors) and not torch.is_tensor(anchors):
             tensor = anchors(self.num_classes, self.embedding_size, seed=seed, **anchor_kwargs)
         elif torch.is_tensor(anchors):

@@ -174,9 +174,7 @@ class NCMNet(nn.Module):
 _RESNET_DIMS = {"resnet18": 512, "resnet50": 2048}
 
 
-def resnet(
-    name: str = "resnet18", weights_path: str | os.PathLike | None = None, in_channels: int = 3
-) -> nn.Module:
+def resnet(name: str = "resnet18", weights_path: str | os.PathLike | None = None, in_channels: int = 3) -> nn.Module:
     """torchvision ResNet-18/50 (He et al., "Deep Residual Learning for Image Recognition",
     CVPR 2016) as a trunk: ``fc`` replaced by ``Identity``, ``out_features`` 512 / 2048.
 
@@ -204,9 +202,7 @@ def resnet(
         if w is not None and w.shape[1] != in_channels:
             if w.shape[1] != 3:
                 raise ValueError(f"conv1 in {weights_path} has {w.shape[1]} input channels, cannot adapt")
-            state["conv1.weight"] = w.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * (
-                3 / in_channels
-            )
+            state["conv1.weight"] = w.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * (3 / in_channels)
         model.load_state_dict(state, strict=True)
     model.out_features = _RESNET_DIMS[name]
     return model

@@ -24,7 +24,7 @@ class MethodSpec:
 
     :param name: registry key used in configs and on the command line (a Python identifier).
     :param loss: a PML ``BaseMetricLossFunction`` subclass, or a lazy ``"module:Class"`` string
-        that is imported only when the loss is built (keeps ``pml-anchors methods`` import-free).
+        that is imported only when the loss is built (listing methods imports no loss code and not PML).
     :param initializer: default anchors: a registered initializer name (``"simplex"``), a callable
         ``f(num_classes, embedding_size, *, seed=None, **kw)`` or a lazy ``"module:function"``;
         passed to the loss as ``anchors=`` unless the caller gives ``anchors`` itself.
@@ -33,7 +33,7 @@ class MethodSpec:
         calls it with ``**kw``.
     :param defaults: default loss keyword arguments; the caller's keyword arguments win.
     :param lr_multipliers: learning-rate multipliers for the loss's own parameters, keyed by
-        parameter name (``{"proxies": 100.0}``); used to build ``metric_loss_optimizer``.
+        parameter name (``{"anchors": 100.0}``); used to build ``metric_loss_optimizer``.
     :param normalize_embeddings: whether retrieval evaluation L2-normalises the embeddings
         (False for methods trained on raw Euclidean distances, e.g. CAM).
     :param paper: citation of the paper the method implements.
@@ -117,6 +117,11 @@ def _is_lazy_path(value: Any) -> bool:
     return all(p.isidentifier() for p in module_name.split(".")) and all(p.isidentifier() for p in attr.split("."))
 
 
+def _is_initializer_name(value: str) -> bool:
+    plugin, sep, name = value.rpartition(":")
+    return name.isidentifier() and (not sep or bool(plugin.strip()))
+
+
 def _check_loss_class(cls: Any, where: str) -> None:
     from pytorch_metric_learning.losses import BaseMetricLossFunction
 
@@ -146,8 +151,8 @@ def validate_spec(spec: Any, plugin: str) -> MethodSpec:
         value = getattr(spec, field_name)
         if value is None or callable(value) or _is_lazy_path(value):
             continue
-        if field_name == "initializer" and isinstance(value, str) and value.isidentifier():
-            continue  # a registered initializer name
+        if field_name == "initializer" and isinstance(value, str) and _is_initializer_name(value):
+            continue  # a registered initializer name, plain or qualified ("plugin:name")
         if field_name == "initializer" and _is_tensor(value):
             continue
         raise InvalidMethodSpec(
@@ -276,6 +281,20 @@ def get_method(name: str) -> MethodSpec:
 def get_initializer(name: str) -> Callable:
     """The anchor initializer registered as ``name`` (e.g. ``"simplex"``), resolved to a callable."""
     return _registry().get_initializer_entry(name).resolve()
+
+
+def resolve_initializer(ref: str) -> Callable:
+    """An ``anchors=``/``initializer`` string as a callable: a registered initializer (``"simplex"``, or qualified
+    ``"plugin:simplex"``), else a lazy ``"module:function"``."""
+    if ":" in ref and ref not in _registry().initializers:
+        try:
+            return resolve_object(ref, what="anchors")
+        except ImportError as exc:
+            raise ImportError(
+                f"{exc}; it is not a registered initializer either (qualified names: "
+                f"{', '.join(sorted(_registry().initializers))})"
+            ) from exc
+    return get_initializer(ref)
 
 
 def list_initializers() -> list[str]:

@@ -197,7 +197,8 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int) -> 
         end_of_iteration_hook=chain_hooks(hooks.end_of_iteration_hook, record),
         end_of_epoch_hook=hooks.end_of_epoch_hook,
     )
-    hooks.attach(trainer)
+    if callable(getattr(hooks, "attach", None)):  # optional, as in pml_anchors.training
+        hooks.attach(trainer)
     trainer.train(num_epochs=1)
     assert len(losses_seen) == iterations, f"trainer ran {len(losses_seen)} iterations, expected {iterations}"
     return losses_seen[-1]

@@ -476,7 +476,8 @@ def build(
 
 
 def attach_hooks(hooks: Any, trainer: Any, start_epoch: int = 1) -> None:
-    """``hooks.attach(trainer)`` before ``trainer.train()``, telling hooks where a resumed run starts.
+    """``hooks.attach(trainer)`` (when the hooks have one) before ``trainer.train()``, telling hooks where a
+    resumed run starts.
 
     ``start_epoch`` is passed to ``attach`` when it accepts it, and is also set as
     ``trainer.start_epoch`` (with ``trainer.epoch = start_epoch - 1``; PML sets ``epoch`` only inside
@@ -486,6 +487,8 @@ def attach_hooks(hooks: Any, trainer: Any, start_epoch: int = 1) -> None:
 
     trainer.start_epoch = start_epoch
     trainer.epoch = start_epoch - 1
+    if not callable(getattr(hooks, "attach", None)):  # optional: PML's protocol is only the two hook methods
+        return
     try:
         accepts = "start_epoch" in inspect.signature(hooks.attach).parameters
     except (TypeError, ValueError):

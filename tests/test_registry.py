@@ -170,6 +170,14 @@ def test_register_initializers_hook_and_use_by_name(pml_registry):
     assert "ring-plugin:ring" in pml_anchors.list_initializers()
     loss = pml_anchors.get_loss("toy", 5, 2, anchors="ring")
     assert torch.allclose(loss.anchors, ring(5, 2))
+    # qualified names work wherever a name does: anchors= and MethodSpec(initializer=...)
+    assert torch.allclose(pml_anchors.get_loss("toy", 5, 2, anchors="ring-plugin:ring").anchors, ring(5, 2))
+    from pml_anchors.registry import build_loss
+
+    spec = MethodSpec(name="ringed", loss="toy_loss:ToyCosineLoss", initializer="ring-plugin:ring")
+    assert torch.allclose(build_loss(spec, 5, 2).anchors, ring(5, 2))
+    with pytest.raises(ImportError, match="not a registered initializer either.*ring-plugin:ring"):
+        pml_anchors.get_loss("toy", 5, 2, anchors="other-plugin:ring")
 
 
 def test_trainer_hooks_default_and_factory(pml_registry):

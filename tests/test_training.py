@@ -100,6 +100,22 @@ def test_trainer_says_whether_the_trunk_starts_from_weights(toys, tmp_path):
     assert _states_equal(loaded.trunk.state_dict(), scratch.trunk.state_dict())
 
 
+def test_hooks_without_attach_are_fine(toys):
+    """PML's hook protocol is only end_of_iteration_hook / end_of_epoch_hook; attach is optional."""
+    from pml_anchors.training import attach_hooks
+
+    class PlainHooks:
+        def end_of_iteration_hook(self, trainer):
+            pass
+
+        def end_of_epoch_hook(self, trainer):
+            return True
+
+    s = build(tiny(), with_trainer=True)
+    attach_hooks(PlainHooks(), s.trainer, start_epoch=3)
+    assert s.trainer.start_epoch == 3 and s.trainer.epoch == 2
+
+
 def test_a_method_hook_returning_false_stops_training(toys):
     s = train(build(tiny("toy_learnable", epochs=3, hook_kwargs={"stop_after": 1})))
     assert s.epoch == 1 and len(s.history) == 1
@@ -137,7 +153,9 @@ def test_cosine_lr_schedule_anneals_every_optimizer_to_zero_and_resumes_exactly(
     lrs = []
     whole = build(
         tiny("toy_learnable", **config),
-        end_of_iteration_hook=lambda t: lrs.append([t.optimizers[k].param_groups[0]["lr"] for k in sorted(t.optimizers)]),
+        end_of_iteration_hook=lambda t: lrs.append(
+            [t.optimizers[k].param_groups[0]["lr"] for k in sorted(t.optimizers)]
+        ),
     )
     assert set(whole.trainer.lr_schedulers) == {
         "trunk_scheduler_by_iteration",

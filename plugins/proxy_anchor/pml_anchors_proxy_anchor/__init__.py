@@ -1,7 +1,7 @@
 """pml-anchors plugin: Proxy Anchor loss (Kim et al., "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020).
 
 Registers the method ``proxy_anchor``. The loss and hooks are named as lazy ``"module:attr"`` strings so that
-listing methods imports neither torch nor PML; ``from pml_anchors_proxy_anchor import ProxyAnchorLoss`` imports
+listing methods imports no loss code and not PML (the core geometries need torch); ``from pml_anchors_proxy_anchor import ProxyAnchorLoss`` imports
 them on first access (the one-line switch from ``pytorch_metric_learning.losses.ProxyAnchorLoss``).
 """
 

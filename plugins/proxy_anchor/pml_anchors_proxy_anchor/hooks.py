@@ -27,7 +27,6 @@ import torch
 
 from pml_anchors.trainer_hooks import TrainerHooks
 
-
 LOGGER = logging.getLogger(__name__)
 
 

@@ -3,7 +3,7 @@
 Registers the method ``reponet``: a fixed, unit-norm classifier on the vertices of the d-Simplex,
 d-Orthoplex or d-Cube, L2-normalised features scaled by kappa = 30 and an additive angular (ArcFace)
 margin m = phi, the angle between neighbouring vertices (paper eq. 9-12). The loss and hooks are lazy
-``"module:attr"`` strings, so listing methods imports neither torch nor PML.
+``"module:attr"`` strings, so listing methods imports no loss code and not PML.
 """
 
 from pml_anchors import MethodSpec, hookimpl
