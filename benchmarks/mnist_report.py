@@ -203,24 +203,12 @@ def seed_table(out: Path) -> str:
 
 def eval_both_ways(checkpoint: str) -> dict:
     """Evaluate a checkpoint's test embeddings with raw and with L2-normalised embeddings (same model)."""
-    from pml_anchors.evaluation import evaluate
-    from pml_anchors.training import TrainConfig, build, load_checkpoint
+    from pml_anchors.training import evaluate_session, session_from_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
-    values = dict(ckpt["config"], embedding_size=ckpt["embedding_size"], backbone=ckpt["backbone"], output=None)
-    session = build(TrainConfig.from_dict(values), resume=ckpt, num_classes=ckpt["num_classes"], with_trainer=False)
+    session = session_from_checkpoint(checkpoint)
     results = {}
     for normalize in (False, True):
-        m = evaluate(
-            session.trunk,
-            session.embedder,
-            session.loss,
-            session.splits,
-            session.spec,
-            session.device,
-            normalize_embeddings=normalize,
-            geometry=False,
-        )
+        m = evaluate_session(session, normalize_embeddings=normalize, geometry=False)
         results["l2_normalised" if normalize else "raw"] = {k: m[k] for k in (*METRICS, "nearest_anchor_accuracy")}
     results["spec_normalize_embeddings"] = bool(session.spec.normalize_embeddings)
     return results

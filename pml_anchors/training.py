@@ -529,17 +529,12 @@ def train(session: Session) -> Session:
     return session
 
 
-def evaluate_session(session: Session) -> dict[str, Any]:
-    """:func:`pml_anchors.evaluation.evaluate` on the session's test split."""
+def evaluate_session(session: Session, **options: Any) -> dict[str, Any]:
+    """:func:`pml_anchors.evaluation.evaluate` on the session's test split; ``options`` go to it
+    (e.g. ``normalize_embeddings=True``, ``geometry=False``)."""
+    options = {"epoch": session.epoch, "batch_size": session.config.eval_batch_size, **options}
     return evaluate(
-        session.trunk,
-        session.embedder,
-        session.loss,
-        session.splits,
-        session.spec,
-        session.device,
-        epoch=session.epoch,
-        batch_size=session.config.eval_batch_size,
+        session.trunk, session.embedder, session.loss, session.splits, session.spec, session.device, **options
     )
 
 
@@ -640,8 +635,8 @@ def _load_states(session: Session, checkpoint: Mapping[str, Any], optimizers: bo
     session.history = list(checkpoint.get("history", []))
 
 
-def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
-    """Rebuild a run from its checkpoint's config and evaluate it.
+def session_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> Session:
+    """The models and loss of a checkpoint, rebuilt from its config for evaluation (no trainer).
 
     ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
     ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
@@ -652,13 +647,23 @@ def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, 
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update(embedding_size=checkpoint["embedding_size"], backbone=checkpoint["backbone"], output=None)
     config = TrainConfig.from_dict(values)
-    session = build(config, resume=checkpoint, num_classes=checkpoint["num_classes"], with_trainer=False)
+    return build(config, resume=checkpoint, num_classes=checkpoint["num_classes"], with_trainer=False)
+
+
+def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+    """Rebuild a run from its checkpoint's config and evaluate it.
+
+    ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
+    ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
+    ``num_classes`` and the models its ``backbone``/``embedding_size``.
+    """
+    session = session_from_checkpoint(path, **overrides)
     metrics = evaluate_session(session)
     return {
         "checkpoint": str(path),
         "method": session.spec.name,
-        "dataset": config.dataset,
-        "protocol": config.protocol,
+        "dataset": session.config.dataset,
+        "protocol": session.config.protocol,
         "epoch": session.epoch,
         "device": str(session.device),
         **metrics,
