@@ -15,7 +15,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 MNIST_IDX="${MNIST_IDX:-/work/shared/data/mnist}"   # the four MNIST IDX files (.gz or raw)
 DATA="${DATA:-/tmp/mnist-root}"                     # torchvision root built from them (never in the repo)
 OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
-NCM_EPOCHS="${NCM_EPOCHS:-3}"
+NCM_EPOCHS="${NCM_EPOCHS:-2}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
@@ -119,13 +119,13 @@ stage_reponet_paper_diag() {
     --batch-size 512 --epochs 1 --loss-kwargs '{"margin": 0}' --output "$OUT/reponet_lenetpp_m0"
 }
 
-stage_seeds() {
-  # proxy_anchor's default recipe changed (warm-up / frozen BN only for pretrained trunks): seed 0 again
+stage_seeds() {  # each method and its PML counterpart at seeds 1, 2 (seed 0: same_class, reponet_d9)
   timed seed0_proxy_anchor "$PML" bench "${COMMON[@]}" --methods proxy_anchor --baselines none --epochs 3 \
-    --embedding-size 128 --seed 0 --no-plots --output "$OUT/seed0_proxy_anchor"
+    --embedding-size 128 --seed 0 --no-plots --output "$OUT/seed0_proxy_anchor"  # its recipe changed
   for seed in 1 2; do
-    timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods all --baselines all --epochs 3 --embedding-size 128 \
-      --seed "$seed" --no-plots --output "$OUT/seed$seed"
+    timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods cam,fsc,c_ncm,e_ncm,proxy_anchor --epochs 3 \
+      --baselines pml_contrastive,pml_soft_triple,pml_normalized_softmax,pml_proxy_anchor \
+      --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/seed$seed"
     timed "seed${seed}_reponet_d9" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
       --embedding-size 9 --seed "$seed" --no-plots --output "$OUT/seed${seed}_reponet_d9"
   done
