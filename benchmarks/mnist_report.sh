@@ -120,7 +120,7 @@ stage_reponet_paper_diag() {
 }
 
 stage_seeds() {  # each method and its PML counterpart at seeds 1, 2 (seed 0: same_class, reponet_d9)
-  timed seed0_proxy_anchor "$PML" bench "${COMMON[@]}" --methods proxy_anchor --baselines none --epochs 3 \
+  [ -f "$OUT/seed0_proxy_anchor/results.json" ] || timed seed0_proxy_anchor "$PML" bench "${COMMON[@]}" --methods proxy_anchor --baselines none --epochs 3 \
     --embedding-size 128 --seed 0 --no-plots --output "$OUT/seed0_proxy_anchor"  # its recipe changed
   for seed in 1 2; do
     timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods cam,fsc,c_ncm,e_ncm,proxy_anchor --epochs 3 \
