@@ -76,10 +76,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -89,6 +87,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _bench_common import run_meta, sync, write_results
 
 BATCH = 256
 SUB_CENTERS = 4
@@ -224,21 +223,16 @@ def build_contestants(
 # -- measuring ---------------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_step(c: Contestant, device: torch.device) -> float:
     """Milliseconds of one forward + backward."""
     c.reset()
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         c.step()
         end.record()
-        _sync(device)
+        sync(device)
         return float(start.elapsed_time(end))
     t0 = time.perf_counter()
     c.step()
@@ -264,11 +258,11 @@ def peak_step_bytes(c: Contestant, device: torch.device) -> int:
     """Largest extra bytes allocated during one forward + backward (see the module docstring)."""
     c.reset()
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         c.step()
-        _sync(device)
+        sync(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
     from torch.profiler import ProfilerActivity, profile
 
@@ -478,23 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(markdown_table(rows), file=table_out, flush=True)
     if args.json:
-        meta = {
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "batch": args.batch,
-            "repeats": repeats,
-            "warmup": warmup,
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        }
-        payload = json.dumps({"meta": meta, "results": rows}, indent=1)
-        if to_stdout:
-            print(payload, flush=True)
-        else:
-            with open(args.json, "w") as fh:
-                fh.write(payload + "\n")
+        write_results(args.json, run_meta(device, batch=args.batch, repeats=repeats, warmup=warmup), rows)
     return 0
 
 

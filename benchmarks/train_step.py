@@ -27,30 +27,23 @@ Rounds interleave the methods (rotating order) so that load noise hits them alik
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from typing import Any
 
 import torch
+from _bench_common import run_meta, sync, write_results
 
 BATCH = 256
 METHOD_KWARGS = {"reponet": {"anchors": "spread", "margin": 0.5}}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -176,21 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure(names, c, args.embedding_size, batch, device, repeats, warmup, args.seed, log)
     print(markdown_table(rows), file=sys.stderr if to_stdout else sys.stdout, flush=True)
     if args.json:
-        meta = {
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "batch": batch,
-            "repeats": repeats,
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        }
-        payload = json.dumps({"meta": meta, "results": rows}, indent=1)
-        if to_stdout:
-            print(payload)
-        else:
-            with open(args.json, "w") as fh:
-                fh.write(payload + "\n")
+        write_results(args.json, run_meta(device, batch=batch, repeats=repeats), rows)
     return 0
 
 
