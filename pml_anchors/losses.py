@@ -251,6 +251,10 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     # -- PML protocol ---------------------------------------------------------------------------
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         self.validate_inputs(embeddings, labels)
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            # 16-bit embeddings: compute and return the loss in float32 (every method alike; PML's reducers would
+            # otherwise round multi-term losses to 16 bits). Gradients flow back in the embeddings' dtype.
+            embeddings = embeddings.float()
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):

@@ -90,14 +90,19 @@ def test_dtype(name, case, float32_reference):
 
 
 @pytest.mark.parametrize("name", METHODS, ids=IDS)
-def test_float64_inputs_give_float64_loss_and_autocast_a_float32_one(name):
+def test_loss_dtype_float64_for_float64_and_float32_for_16_bit_inputs(name):
     loss = method_cases.build(name)
     emb = torch.randn(6, loss.embedding_size, dtype=torch.float64)
     labels = torch.arange(6) % method_cases.NUM_CLASSES
     assert loss(emb, labels).dtype == torch.float64
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = loss(emb.float(), labels)
-    assert value.dtype in (torch.float32, torch.bfloat16)
+    assert value.dtype == torch.float32
+    for half in (torch.float16, torch.bfloat16):  # 16-bit embeddings, no autocast: float32 loss, 16-bit gradient
+        x = emb.to(half).requires_grad_()
+        value = loss(x, labels)
+        value.backward()
+        assert value.dtype == torch.float32 and x.grad.dtype == half and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast needs a CUDA GPU")

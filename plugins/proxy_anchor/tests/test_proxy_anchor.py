@@ -328,7 +328,7 @@ def test_cpu_bf16_autocast_is_finite_close_and_keeps_proxies_fp32():
         value = loss(emb, labels)
         pml(emb, labels)
     value.backward()
-    assert torch.isfinite(value) and value.dtype == torch.bfloat16  # PML's MultipleReducers sums in the emb dtype
+    assert torch.isfinite(value) and value.dtype == torch.float32  # 16-bit embeddings: a float32 loss, every method
     assert float(value) == pytest.approx(float(exact), rel=2e-2)
     assert loss.anchors.dtype == torch.float32 and torch.isfinite(loss.anchors.grad).all()
     assert torch.isfinite(embedder.weight.grad).all()
@@ -344,7 +344,7 @@ def test_fp16_inputs_on_cpu_do_not_overflow(alpha):
     half = emb.detach().half().requires_grad_()
     value = loss(half, labels)
     value.backward()
-    assert value.dtype == torch.float16 and torch.isfinite(value) and torch.isfinite(half.grad).all()
+    assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(half.grad).all()
     assert float(value) == pytest.approx(float(loss(emb, labels)), rel=1e-2)
     assert not torch.isfinite(torch.exp(torch.tensor(alpha * 1.1, dtype=torch.float16)))  # the naive form overflows
 
