@@ -131,9 +131,16 @@ stage_seeds() {  # each method and its PML counterpart at seeds 1, 2 (seed 0: sa
   done
 }
 
+stage_seeds_ce() {  # plain cross-entropy, e_ncm's counterpart (the NCM paper's SoftMax), at seeds 1, 2
+  for seed in 1 2; do
+    timed "seed${seed}_ce" "$PML" bench "${COMMON[@]}" --methods none --baselines cross_entropy --epochs 3 \
+      --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/seed${seed}_ce"
+  done
+}
+
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_paper
-  reponet_paper reponet_paper_diag seeds)
+  reponet_paper reponet_paper_diag seeds seeds_ce)
 for s in "${STAGES[@]}"; do
   "stage_$s"
 done
