@@ -142,11 +142,11 @@ def report(out: Path) -> str:
                 retrieval_table(opp, anchor_acc=False, checks=False),
             )
         )
-    for name in ("ncm_paper", "reponet_paper"):
+    for name in ("ncm_paper_e_ncm", "ncm_paper_c_ncm", "ncm_2d_paper", "reponet_paper"):
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False) + "\n\n" + history_table(data)))
-    for name in ("seed0_proxy_anchor", "seed1", "seed2", "seed1_reponet_d9", "seed2_reponet_d9"):
+    for name in ("seed0_proxy_anchor", "seed1", "seed2", "seed1_ce", "seed2_ce", "seed1_reponet_d9", "seed2_reponet_d9"):
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data)))
