@@ -138,9 +138,16 @@ stage_seeds_ce() {  # plain cross-entropy, e_ncm's counterpart (the NCM paper's 
   done
 }
 
+stage_arcface_phi() {  # RePoNet's own comparison: a learnable classifier with the same margin loss (m = phi, kappa 30)
+  for seed in 0 1 2; do
+    timed "arcface_phi_s$seed" "$PML" train "${COMMON[@]}" --method baseline:pml_arcface --epochs 3 --embedding-size 9 \
+      --seed "$seed" --loss-kwargs '{"margin": 96.37937, "scale": 30}' --output "$OUT/arcface_phi_s$seed"
+  done
+}
+
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_paper
-  reponet_paper reponet_paper_diag seeds seeds_ce)
+  reponet_paper reponet_paper_diag seeds seeds_ce arcface_phi)
 for s in "${STAGES[@]}"; do
   "stage_$s"
 done
