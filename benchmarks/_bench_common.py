@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts (run as ``python benchmarks/<script>.py``, so this imports as a
-top-level module): device sync, the run's metadata and the JSON results file."""
+top-level module): device setup and sync, the run's metadata and the JSON results file."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ import sys
 from typing import Any
 
 import torch
+
+
+def setup_device(name: str, threads: int | None) -> torch.device:
+    """``torch.device(name)`` after ``torch.set_num_threads(threads)`` (when given); exits if CUDA is asked for
+    but absent."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    return device
 
 
 def sync(device: torch.device) -> None:

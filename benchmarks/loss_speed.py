@@ -87,7 +87,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _bench_common import run_meta, sync, write_results
+from _bench_common import run_meta, setup_device, sync, write_results
 
 BATCH = 256
 SUB_CENTERS = 4
@@ -434,11 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
+    device = setup_device(args.device, args.threads)
     sizes = args.sizes or (list(QUICK_SIZES) if args.quick else list(itertools.product(DEFAULT_DIMS, DEFAULT_CLASSES)))
     repeats = 3 if args.quick and args.repeats == 7 else args.repeats
     warmup = max(1, 1 if args.quick and args.warmup == 2 else args.warmup)

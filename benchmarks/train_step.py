@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 import torch
-from _bench_common import run_meta, sync, write_results
+from _bench_common import run_meta, setup_device, sync, write_results
 
 BATCH = 256
 METHOD_KWARGS = {"reponet": {"anchors": "spread", "margin": 0.5}}
@@ -146,11 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pml_anchors
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
+    device = setup_device(args.device, args.threads)
     names = [s.name for s in pml_anchors.list_methods()]
     if args.methods:
         names = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -164,6 +164,7 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int) -> 
 
     from .optim import param_groups
     from .trainer_hooks import chain_hooks
+    from .training import attach_hooks
 
     generator = torch.Generator().manual_seed(1)
     n = 16 * num_classes
@@ -197,8 +198,7 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int) -> 
         end_of_iteration_hook=chain_hooks(hooks.end_of_iteration_hook, record),
         end_of_epoch_hook=hooks.end_of_epoch_hook,
     )
-    if callable(getattr(hooks, "attach", None)):  # optional, as in pml_anchors.training
-        hooks.attach(trainer)
+    attach_hooks(hooks, trainer)  # the same call pml_anchors.training makes (attach is optional)
     trainer.train(num_epochs=1)
     assert len(losses_seen) == iterations, f"trainer ran {len(losses_seen)} iterations, expected {iterations}"
     return losses_seen[-1]
