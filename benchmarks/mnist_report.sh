@@ -18,6 +18,7 @@ OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
 NCM_EPOCHS="${NCM_EPOCHS:-2}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
+SEEDS="${SEEDS:-1 2 3 4}"                           # extra seeds for stages seeds / seeds_ce (seed 0 is the rest)
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
 
 mkdir -p "$OUT"
@@ -119,10 +120,10 @@ stage_reponet_paper_diag() {
     --batch-size 512 --epochs 1 --loss-kwargs '{"margin": 0}' --output "$OUT/reponet_lenetpp_m0"
 }
 
-stage_seeds() {  # each method and its PML counterpart at seeds 1, 2 (seed 0: same_class, reponet_d9)
+stage_seeds() {  # each method and its PML counterpart at seeds $SEEDS (seed 0: same_class, reponet_d9)
   [ -f "$OUT/seed0_proxy_anchor/results.json" ] || timed seed0_proxy_anchor "$PML" bench "${COMMON[@]}" --methods proxy_anchor --baselines none --epochs 3 \
     --embedding-size 128 --seed 0 --no-plots --output "$OUT/seed0_proxy_anchor"  # its recipe changed
-  for seed in 1 2; do
+  for seed in $SEEDS; do
     timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods cam,fsc,c_ncm,e_ncm,proxy_anchor --epochs 3 \
       --baselines pml_contrastive,pml_soft_triple,pml_normalized_softmax,pml_proxy_anchor \
       --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/seed$seed"
@@ -131,8 +132,8 @@ stage_seeds() {  # each method and its PML counterpart at seeds 1, 2 (seed 0: sa
   done
 }
 
-stage_seeds_ce() {  # plain cross-entropy, e_ncm's counterpart (the NCM paper's SoftMax), at seeds 1, 2
-  for seed in 1 2; do
+stage_seeds_ce() {  # plain cross-entropy, e_ncm's counterpart (the NCM paper's SoftMax), at seeds $SEEDS
+  for seed in $SEEDS; do
     timed "seed${seed}_ce" "$PML" bench "${COMMON[@]}" --methods none --baselines cross_entropy --epochs 3 \
       --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/seed${seed}_ce"
   done
