@@ -113,46 +113,54 @@ def section(title: str, data: dict | None, body: str) -> str:
     return f"## {title}\n\n```bash\n{data['cmd']}\n```\n\nwall clock: {data['wall']} s\n\n{body}\n"
 
 
+def seed_stages(seed: int, width: int) -> tuple[str, ...]:
+    """The stages holding seed ``seed`` at ``width`` (128: every method; 9: reponet and ArcFace at the simplex's
+    own width). A later stage in the tuple overrides an earlier one's run of the same method."""
+    if width == 9:
+        return ("reponet_d9",) if seed == 0 else (f"seed{seed}_reponet_d9",)
+    if seed == 0:  # proxy_anchor re-run after its recipe changed; reponet and ArcFace at d = 128
+        return ("same_class", "seed0_proxy_anchor", "reponet_d128_s0")
+    return (f"seed{seed}", f"seed{seed}_ce", f"reponet_d128_s{seed}")
+
+
+def seeds_run(out: Path, width: int) -> list[int]:
+    """Seeds 0, 1, ... up to the first one whose main stage has no results."""
+    seeds = []
+    while load(out, seed_stages(len(seeds), width)[0]) is not None:
+        seeds.append(len(seeds))
+    return seeds
+
+
 def report(out: Path) -> str:
     parts = []
-    same = load_merged(out, "same_class", "seed0_proxy_anchor")
-    d9 = load(out, "reponet_d9")
+    same = load_merged(out, "same_class", "seed0_proxy_anchor", "reponet_d128_s0")
     parts.append(section("same_class, d=128", same, retrieval_table(same) if same else ""))
+    d9 = load(out, "reponet_d9")
     if d9:
         parts.append(section("reponet at its own width d=9 (+ ArcFace at d=9)", d9, retrieval_table(d9)))
-    d128 = load(out, "reponet_d128")
-    if d128:
-        parts.append(section("reponet at d=128 (d=9 simplex zero-padded)", d128, retrieval_table(d128, checks=False)))
     for name in ("pa_off", "pa_nowarmup", "pa_nofreezebn", "cam_train"):
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False)))
-    opn = load_merged(out, "open_set", "open_set_pa")
+    opn = load_merged(out, "open_set", "open_set_pa", "open_set_reponet_d128")
     if opn:
         parts.append(section("open_set, d=128", opn, retrieval_table(opn, anchor_acc=False, threshold=None)))
     opr = load(out, "open_set_reponet")
     if opr:
         parts.append(section("open_set reponet d=4", opr, retrieval_table(opr, anchor_acc=False, threshold=None)))
-    opp = load(out, "open_set_reponet_d128")
-    if opp:
-        parts.append(
-            section(
-                "open_set reponet, d=4 simplex zero-padded to d=128",
-                opp,
-                retrieval_table(opp, anchor_acc=False, checks=False),
-            )
-        )
     for name in ("ncm_paper_e_ncm", "ncm_paper_c_ncm", "ncm_2d_paper", "reponet_paper"):
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False) + "\n\n" + history_table(data)))
-    for name in ("seed0_proxy_anchor", "seed1", "seed2", "seed1_ce", "seed2_ce", "seed1_reponet_d9", "seed2_reponet_d9"):
-        data = load(out, name)
-        if data:
-            parts.append(section(name, data, retrieval_table(data)))
+    for width in (128, 9):
+        for seed in seeds_run(out, width):
+            for name in seed_stages(seed, width):
+                data = load(out, name)
+                if data and name not in ("same_class", "reponet_d9"):
+                    parts.append(section(name, data, retrieval_table(data)))
     table = seed_table(out)
     if table:
-        parts.append("## P@1 over seeds 0, 1, 2\n\n" + table + "\n")
+        parts.append(f"## P@1 over seeds {', '.join(map(str, seeds_run(out, 128)))}\n\n" + table + "\n")
     return "\n".join(parts)
 
 
@@ -165,29 +173,28 @@ def _runs_by_method(out: Path, *stages: str) -> dict[str, dict]:
 
 
 def seed_table(out: Path) -> str:
-    """P@1 at seeds 0, 1, 2 with mean ± std, and each method's mean against its PML counterpart's mean."""
+    """P@1 per seed with mean ± std, and each method's mean against its PML counterpart's mean (methods that
+    ran at every seed of their width only)."""
     import statistics
 
-    groups = (
-        # width, stages of seed 0 / 1 / 2 (a later stage in a tuple overrides: the re-run of proxy_anchor)
-        ("128", (("same_class", "seed0_proxy_anchor"), ("seed1", "seed1_ce"), ("seed2", "seed2_ce"))),
-        ("9", (("reponet_d9",), ("seed1_reponet_d9",), ("seed2_reponet_d9",))),
-    )
-    head = "| method | d | seed 0 | seed 1 | seed 2 | mean ± std | PML counterpart: mean | ≥ counterpart |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for width, seeds in groups:
-        runs = [_runs_by_method(out, *stages) for stages in seeds]
+    seeds = seeds_run(out, 128)
+    cols = " | ".join(f"seed {s}" for s in seeds)
+    lines = [
+        f"| method | d | {cols} | mean ± std | PML counterpart: mean | ≥ counterpart |",
+        "|---|---|" + "---|" * len(seeds) + "---|---|---|",
+    ]
+    for width in (128, 9):
+        runs = [_runs_by_method(out, *seed_stages(seed, width)) for seed in seeds_run(out, width)]
+        if len(runs) != len(seeds):
+            continue
         names = list(dict.fromkeys(name for r in runs for name in r))
         means = {}
         for m in names:
-            got = [r[m]["precision_at_1"] for r in runs if m in r]
+            got = [r[m]["precision_at_1"] for r in runs if m in r and r[m]["embedding_size"] == width]
             if len(got) == len(seeds):
                 means[m] = (statistics.mean(got), statistics.stdev(got))
-        for m in names:
-            if m not in means:
-                continue
+        for m, (mean, sd) in means.items():
             vals = [pct(r[m]["precision_at_1"]) for r in runs]
-            mean, sd = means[m]
             cp = COUNTERPART.get(m)
             cells = ["", ""]
             if cp in means:

@@ -51,9 +51,11 @@ stage_reponet_d9() {
     --embedding-size 9 --output "$OUT/reponet_d9"
 }
 
-stage_reponet_d128() {
-  timed reponet_d128 "$PY" "$ROOT/benchmarks/reponet_padded.py" --data-root "$DATA" --threads 1 \
-    --output "$OUT/reponet_d128"
+stage_reponet_d128() {  # reponet at the shared width: its 9-d simplex zero-padded into d = 128; ArcFace at 128
+  for seed in 0 $SEEDS; do
+    timed "reponet_d128_s$seed" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
+      --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/reponet_d128_s$seed"
+  done
 }
 
 stage_pa_recipe() {
@@ -87,9 +89,9 @@ stage_open_set_reponet() {
     --epochs 3 --embedding-size 4 --output "$OUT/open_set_reponet"
 }
 
-stage_open_set_reponet_d128() {
-  timed open_set_reponet_d128 "$PY" "$ROOT/benchmarks/reponet_padded.py" --data-root "$DATA" --threads 1 \
-    --protocol open_set --output "$OUT/open_set_reponet_d128"
+stage_open_set_reponet_d128() {  # the 4-simplex of the 5 training digits zero-padded into d = 128
+  timed open_set_reponet_d128 "$PML" bench "${COMMON[@]}" --protocol open_set --methods reponet --baselines none \
+    --epochs 3 --embedding-size 128 --no-plots --output "$OUT/open_set_reponet_d128"
 }
 
 stage_ncm_paper() {  # the NCM paper's 2-d MNIST setting: its CNN and SGD recipe; cosine for "lr / 10 on plateau"

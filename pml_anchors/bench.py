@@ -27,9 +27,7 @@ from .evaluation import METRICS, anchor_rows, embed
 from .training import (
     TrainConfig,
     build,
-    derives_embedding_size,
     evaluate_session,
-    resolve_method,
     results_dict,
     train,
     write_json,
@@ -104,10 +102,7 @@ def bench(
     )
     runs, projections = [], {}
     for name in names:
-        values = {**base.to_dict(), "method": name, "output": None}
-        if derives_embedding_size(resolve_method(name)[0].resolve_loss()):
-            values["embedding_size"] = None  # e.g. polytopes fix their own width (simplex: d = K - 1)
-        cfg = TrainConfig.from_dict(values)
+        cfg = TrainConfig.from_dict({**base.to_dict(), "method": name, "output": None})
         started = time.perf_counter()
         try:
             session = train(build(cfg, splits=splits))

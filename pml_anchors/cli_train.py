@@ -31,7 +31,11 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         p.add_argument("--data-root", help="dataset folder (mnist: torchvision root; imagefolder: the images)")
         p.add_argument("--protocol", choices=PROTOCOLS, help="same_class (default) or open_set (unseen test classes)")
     p.add_argument("--epochs", type=int, help="number of epochs (train: 10; bench: 2)")
-    p.add_argument("--embedding-size", type=int, help="embedding width (default: derived by the loss, else 64)")
+    p.add_argument(
+        "--embedding-size",
+        type=int,
+        help="embedding width, the same for every method (default: derived by the loss, e.g. reponet's polytope width, else 64)",
+    )
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3; loss parameters × the method's multipliers)")
     p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")

@@ -131,9 +131,7 @@ class TensorImageDataset(Dataset):
         """A new dataset with the rows ``indices`` (and optionally new ``labels``)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         new_labels = self.labels[idx] if labels is None else labels
-        return TensorImageDataset(
-            self.images[idx], new_labels, mean=self.mean, std=self.std, scale=self.scale
-        )
+        return TensorImageDataset(self.images[idx], new_labels, mean=self.mean, std=self.std, scale=self.scale)
 
     def __repr__(self) -> str:
         return f"TensorImageDataset(n={len(self)}, shape={tuple(self.images.shape[1:])})"
@@ -274,9 +272,7 @@ class DatasetSplits:
 # --------------------------------------------------------------------------------------------
 
 
-def _stratified_split(
-    labels: torch.Tensor, test_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic per-class split; every class keeps ≥ 1 train item (and ≥ 1 test item if it has 2+)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -348,17 +344,13 @@ def _make_splits(
         raise ValueError(f"open_set_test must be 'test' or 'all', got {open_set_test!r}")
     if tr_set.isdisjoint(te_set):  # already an open-set split (e.g. disjoint train/ and test/ folders)
         if num_train_classes is not None and num_train_classes != len(tr_set):
-            raise ValueError(
-                f"num_train_classes={num_train_classes} but the train split has {len(tr_set)} classes"
-            )
+            raise ValueError(f"num_train_classes={num_train_classes} but the train split has {len(tr_set)} classes")
         train_classes, test_classes = sorted(tr_set), sorted(te_set)
     else:
         classes = sorted(tr_set | te_set)
         k = len(classes) // 2 if num_train_classes is None else int(num_train_classes)
         if not 1 <= k < len(classes):
-            raise ValueError(
-                f"open_set needs 1 <= num_train_classes < {len(classes)} (number of classes), got {k}"
-            )
+            raise ValueError(f"open_set needs 1 <= num_train_classes < {len(classes)} (number of classes), got {k}")
         train_classes, test_classes = classes[:k], classes[k:]
     k = len(train_classes)
     remap = {c: i for i, c in enumerate(train_classes)}

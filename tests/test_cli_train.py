@@ -118,15 +118,24 @@ def test_bench_two_methods_two_baselines_writes_md_json_png(toys, tmp_path, caps
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_lets_polytope_methods_derive_their_width(tmp_path):
-    """An explicit --embedding-size applies to every method except those whose geometry fixes d."""
+def test_bench_gives_every_method_the_explicit_width(tmp_path):
+    """An explicit --embedding-size applies to every method: reponet holds its 9-d simplex zero-padded; a width
+    too narrow for the simplex is that run's recorded error (the others go on); without one, reponet derives d."""
     out = tmp_path / "bench"
-    argv = ["bench", "--dataset", "digits", "--methods", "reponet,c_ncm", "--baselines", "none", *TINY]
-    assert main([*argv, "--embedding-size", "16", "--no-plots", "--output", str(out)]) == 0
+    argv = ["bench", "--dataset", "digits", "--methods", "reponet,c_ncm", "--baselines", "none", *TINY, "--no-plots"]
+    assert main([*argv, "--embedding-size", "16", "--output", str(out)]) == 0
     runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
-    assert "error" not in runs["reponet"] and runs["reponet"]["embedding_size"] == 9  # simplex for 10 classes
+    assert "error" not in runs["reponet"] and runs["reponet"]["embedding_size"] == 16
     assert runs["c_ncm"]["embedding_size"] == 16
-    assert "| reponet | 9 |" in (out / "results.md").read_text()
+    assert "| reponet | 16 |" in (out / "results.md").read_text()
+    with pytest.warns(UserWarning, match="reponet failed"):
+        assert main([*argv, "--embedding-size", "4", "--output", str(tmp_path / "narrow")]) == 1  # a run failed
+    runs = {r["method"]: r for r in json.loads((tmp_path / "narrow" / "results.json").read_text())["runs"]}
+    assert "needs embedding_size >= num_classes - 1 = 9, got 4" in runs["reponet"]["error"]
+    assert "error" not in runs["c_ncm"] and runs["c_ncm"]["embedding_size"] == 4
+    assert main([*argv[:-1], "--output", str(tmp_path / "own")]) == 0
+    runs = {r["method"]: r for r in json.loads((tmp_path / "own" / "results.json").read_text())["runs"]}
+    assert runs["reponet"]["embedding_size"] == 9 and runs["c_ncm"]["embedding_size"] == 64
 
 
 def test_example_pipeline_runs_with_a_registered_method(toys, capsys):

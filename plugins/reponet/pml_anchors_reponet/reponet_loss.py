@@ -38,9 +38,11 @@ class RePoNetLoss(AnchorLoss):
     """Margin-RePoNet: cross-entropy over a fixed regular-polytope classifier with an ArcFace margin.
 
     :param num_classes: number of classes K; labels use the first K polytope vertices.
-    :param embedding_size: feature width d. ``None`` derives what the polytope needs (paper eq. 7, with the
-        orthoplex and cube entries as in the official code): simplex K-1, orthoplex ceil(K/2),
-        cube ceil(log2 K). Any other value is a ``ValueError`` naming the needed size.
+    :param embedding_size: feature width d. ``None`` uses the width w the polytope needs (paper eq. 7, with
+        the orthoplex and cube entries as in the official code): simplex K-1, orthoplex ceil(K/2),
+        cube ceil(log2 K). A wider d holds the same w-dimensional polytope zero-padded (its vertices span the
+        first w coordinates), so the rows, their angles and phi are those of width w; a narrower d is a
+        ``ValueError`` naming w.
     :param polytope: ``"simplex"`` (default), ``"orthoplex"`` or ``"cube"``. Vertex order follows the
         official ``prototypes.py`` (see :mod:`pml_anchors.anchors`). ``anchors="cube"`` (a polytope name)
         selects the polytope too.
@@ -101,21 +103,17 @@ class RePoNetLoss(AnchorLoss):
         self.fallback = fallback
         self.drop_unused = drop_unused
         self.uses_polytope = anchors is None
+        self.polytope_width = None  # w, the polytope's own width (None for custom anchors)
         if self.uses_polytope:
-            need = geometry.required_embedding_size(polytope, num_classes)
-            if embedding_size is not None and embedding_size != need:
-                raise ValueError(
-                    f"RePoNetLoss with polytope={polytope!r} and num_classes={num_classes} needs "
-                    f"embedding_size = {_WIDTH_RULE[polytope]} = {need}, got {embedding_size}; "
-                    "pass embedding_size=None to derive it"
-                )
+            self.polytope_width = geometry.required_embedding_size(polytope, num_classes)
+            _check_width(embedding_size, polytope, num_classes, self.polytope_width)
         elif embedding_size is None and torch.is_tensor(anchors):
             embedding_size = anchors.shape[-1]
         super().__init__(num_classes, embedding_size, **kwargs)
         if not isinstance(self.distance, CosineSimilarity):  # cosine-based, like PML's ArcFaceLoss
             raise TypeError(f"RePoNetLoss works on cosines; distance must be a CosineSimilarity, got {self.distance!r}")
         self.num_rows = self.anchors.shape[0]
-        self._phi = geometry.polytope_margin(polytope, self.embedding_size) if self.uses_polytope else None
+        self._phi = geometry.polytope_margin(polytope, self.polytope_width) if self.uses_polytope else None
         self.margin = self.phi if margin_value is None else margin_value
         self.add_to_recordable_attributes(list_of_names=["margin", "scale", "num_rows"], is_stat=False)
 
@@ -139,14 +137,16 @@ class RePoNetLoss(AnchorLoss):
         return geometry.required_embedding_size(self.polytope, num_classes)
 
     def _polytope_vertices(self, num_classes, embedding_size, *, seed=None, **anchor_kwargs):
+        """The polytope's vertices at its own width w, zero-padded to ``embedding_size`` columns if wider."""
         builder = getattr(geometry, self.polytope)
-        return builder(num_classes, embedding_size, seed=seed, **anchor_kwargs)
+        vertices = builder(num_classes, self.polytope_width, seed=seed, **anchor_kwargs)
+        return F.pad(vertices, (0, embedding_size - self.polytope_width))
 
     def polytope_rows(self) -> int:
-        """Rows of the polytope classifier: K (simplex or ``drop_unused``), 2 ceil(K/2) or 2^d."""
+        """Rows of the polytope classifier: K (simplex or ``drop_unused``), 2w = 2 ceil(K/2) or 2^w."""
         if self.drop_unused or self.polytope == "simplex":
             return self.num_classes
-        return 2 * self.embedding_size if self.polytope == "orthoplex" else 2**self.embedding_size
+        return 2 * self.polytope_width if self.polytope == "orthoplex" else 2**self.polytope_width
 
     def expected_anchor_shape(self) -> tuple[int, ...]:
         return (self.polytope_rows(), self.embedding_size)
@@ -247,6 +247,8 @@ class RePoNetLoss(AnchorLoss):
 
     def extra_repr(self) -> str:
         geometry_name = self.polytope if self.uses_polytope else "custom"
+        if self.uses_polytope and self.polytope_width != self.embedding_size:
+            geometry_name += f" (width {self.polytope_width}, zero-padded)"
         return (
             f"{super().extra_repr()}, polytope={geometry_name}, margin={self.margin:.6g} rad "
             f"({math.degrees(self.margin):.4g} deg), scale={self.scale:g}, fallback={self.fallback}, "
@@ -255,6 +257,16 @@ class RePoNetLoss(AnchorLoss):
 
 
 _WIDTH_RULE = {"simplex": "num_classes - 1", "orthoplex": "ceil(num_classes / 2)", "cube": "ceil(log2(num_classes))"}
+
+
+def _check_width(embedding_size: Any, polytope: str, num_classes: int, width: int) -> None:
+    """A polytope of width w fits any embedding_size >= w (zero-padded); ``None`` means w."""
+    if isinstance(embedding_size, numbers.Integral) and not isinstance(embedding_size, bool) and embedding_size < width:
+        raise ValueError(
+            f"RePoNetLoss with polytope={polytope!r} and num_classes={num_classes} needs "
+            f"embedding_size >= {_WIDTH_RULE[polytope]} = {width}, got {embedding_size}; "
+            "pass embedding_size=None to use exactly that width"
+        )
 
 
 def _check_scale(scale: Any) -> float:

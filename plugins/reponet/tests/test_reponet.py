@@ -262,13 +262,58 @@ def test_derived_width_and_rows(poly, num_classes, width, rows):
     [
         ("simplex", 10, 8, 9, "num_classes - 1"),
         ("orthoplex", 9, 4, 5, "ceil(num_classes / 2)"),
-        ("cube", 10, 5, 4, "ceil(log2(num_classes))"),
+        ("cube", 10, 3, 4, "ceil(log2(num_classes))"),
     ],
 )
-def test_mismatched_width_names_the_needed_size(poly, num_classes, given, need, rule):
-    with pytest.raises(ValueError, match=re.escape(f"needs embedding_size = {rule} = {need}, got {given}")):
+def test_too_narrow_width_names_the_needed_size(poly, num_classes, given, need, rule):
+    with pytest.raises(ValueError, match=re.escape(f"needs embedding_size >= {rule} = {need}, got {given}")):
         make(num_classes, given, polytope=poly)
     assert make(num_classes, need, polytope=poly).embedding_size == need
+
+
+# -- wider embeddings: the polytope zero-padded -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("poly,num_classes,rows", [("simplex", 10, 10), ("orthoplex", 9, 10), ("cube", 10, 16)])
+def test_wider_embedding_holds_the_same_polytope_zero_padded(poly, num_classes, rows):
+    own = make64(num_classes, polytope=poly)
+    wide = make64(num_classes, 128, polytope=poly)
+    w = own.embedding_size
+    assert wide.embedding_size == 128 and wide.polytope_width == w and wide.anchors.shape == (rows, 128)
+    torch.testing.assert_close(wide.anchors[:, :w], own.anchors, atol=0, rtol=0)
+    assert (wide.anchors[:, w:] == 0).all()
+    assert wide.margin == own.margin == wide.target_min_angle()  # phi of the w-dimensional polytope
+    assert pml_anchors.anchors.min_pairwise_angle(wide.anchors) == pytest.approx(wide.margin, abs=1e-9)
+    assert "zero-padded" in repr(wide)
+
+
+def test_wider_embedding_on_vertex_oracle_and_padding_coordinates():
+    """Features in the polytope's span give the width-w loss and no gradient off it; the rest of R^d counts
+    in the normalisation, so leaving the span raises the loss."""
+    own, wide = make64(10), make64(10, 32)
+    assert wide(wide.anchors * 2.0, torch.arange(10)).item() == pytest.approx(math.log(10), abs=1e-6)  # §7.2
+    emb, labels = random_batch(own)
+    padded = F.pad(emb, (0, 32 - 9))
+    ours, grad = value_and_grad(wide, padded, labels)
+    theirs, own_grad = value_and_grad(own, emb, labels)
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-12)
+    torch.testing.assert_close(grad[:, :9], own_grad, atol=1e-12, rtol=0)
+    assert (grad[:, 9:] == 0).all()
+    on_vertex = wide.anchors * 2.0
+    off_span = on_vertex.clone()
+    off_span[:, 9:] = 0.5
+    assert wide(off_span, torch.arange(10)).item() > wide(on_vertex, torch.arange(10)).item() + 1.0
+
+
+@pytest.mark.parametrize("poly,num_classes", [("simplex", 10), ("cube", 10)])
+def test_wider_embedding_equals_pml_arcface_on_the_padded_classifier(poly, num_classes):
+    loss = make64(num_classes, 64, polytope=poly)
+    twin = pml_twin(loss, ArcFaceLoss, margin=np.degrees(loss.margin), scale=KAPPA)
+    emb, labels = random_batch(loss, n=64)
+    ours, ours_grad = value_and_grad(loss, emb, labels)
+    theirs, theirs_grad = value_and_grad(twin, emb, labels)
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-9)
+    torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-9, rtol=0)
 
 
 def test_drop_unused_removes_virtual_classes_from_the_softmax():
