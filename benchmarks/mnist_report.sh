@@ -19,6 +19,7 @@ NCM_EPOCHS="${NCM_EPOCHS:-2}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
 SEEDS="${SEEDS:-1 2 3 4}"                           # extra seeds for stages seeds / seeds_ce (seed 0 is the rest)
+# D128_SEEDS: the seeds of stage reponet_d128 (default: 0 and $SEEDS)
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
 
 mkdir -p "$OUT"
@@ -52,7 +53,7 @@ stage_reponet_d9() {
 }
 
 stage_reponet_d128() {  # reponet at the shared width: its 9-d simplex zero-padded into d = 128; ArcFace at 128
-  for seed in 0 $SEEDS; do
+  for seed in ${D128_SEEDS:-0 $SEEDS}; do
     timed "reponet_d128_s$seed" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
       --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/reponet_d128_s$seed"
   done
