@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import (
     DuplicateMethodError,
+    IncompatiblePluginError,
     InvalidMethodSpec,
     PluginError,
     PluginLoadError,
@@ -55,6 +56,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AnchorLoss",
     "DuplicateMethodError",
+    "IncompatiblePluginError",
     "InvalidMethodSpec",
     "MethodSpec",
     "PLUGIN_API_VERSION",

@@ -25,6 +25,10 @@ class InvalidMethodSpec(PluginError, ValueError):
     """A plugin registered a malformed :class:`~pml_anchors.MethodSpec` or initializer."""
 
 
+class IncompatiblePluginError(InvalidMethodSpec):
+    """A plugin's ``MethodSpec.requires_api`` excludes this pml-anchors' ``PLUGIN_API_VERSION``."""
+
+
 class PluginLoadError(PluginError, RuntimeError):
     """Raised instead of a warning when ``PML_ANCHORS_STRICT_PLUGINS=1``."""
 

@@ -29,8 +29,14 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateMethodError, InvalidMethodSpec, PluginLoadError, PluginLoadWarning
-from .registry import InitializerEntry, MethodSpec, Registry, validate_spec
+from .errors import (
+    DuplicateMethodError,
+    IncompatiblePluginError,
+    InvalidMethodSpec,
+    PluginLoadError,
+    PluginLoadWarning,
+)
+from .registry import InitializerEntry, MethodSpec, Registry, is_lazy_path, validate_spec
 
 ENTRY_POINT_GROUP = "pml_anchors"
 CORE_PLUGIN = "pml-anchors"
@@ -190,9 +196,10 @@ class PluginManager:
                     )
                 if any(e.name == init_name for e in _staged):
                     raise InvalidMethodSpec(f"plugin {_plugin!r} registered initializer {init_name!r} twice")
-                if not (callable(initializer) or isinstance(initializer, str)):
+                if not (callable(initializer) or is_lazy_path(initializer)):
                     raise InvalidMethodSpec(
-                        f"plugin {_plugin!r}: initializer {init_name!r} must be callable or 'module:attr'"
+                        f"plugin {_plugin!r}: initializer {init_name!r} must be a callable or a lazy "
+                        f"'package.module:function' string, got {initializer!r}"
                     )
                 _staged.append(InitializerEntry(init_name, initializer, _plugin, tuple(aliases)))
 
@@ -205,6 +212,9 @@ class PluginManager:
             try:
                 self._call(plugin, "register_initializers", register=register_initializer)
                 self._call(plugin, "register_methods", register=register_method)
+            except IncompatiblePluginError as exc:  # MethodSpec.requires_api excludes this version
+                self._fail(record, str(exc), exc, status="incompatible")
+                continue
             except Exception as exc:  # noqa: BLE001 - a bad plugin must not take the others down
                 self._fail(record, _describe(exc), exc)
                 continue

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DuplicateMethodError, InvalidMethodSpec, UnknownMethodError
+from .errors import DuplicateMethodError, IncompatiblePluginError, InvalidMethodSpec, UnknownMethodError
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class MethodSpec:
     :param paper: citation of the paper the method implements.
     :param description: one line shown by ``pml-anchors methods``.
     :param aliases: other names the method answers to.
+    :param requires_api: the plugin API versions the method was written for, as a PEP 440 specifier on
+        ``pml_anchors.PLUGIN_API_VERSION`` (``">=0.1,<0.2"``); ``None`` accepts any. A plugin that registers
+        a method whose range excludes the running version is not loaded and is reported ``incompatible``.
     :param plugin, plugin_version: filled in by the registry (provenance); leave unset.
     """
 
@@ -52,6 +55,7 @@ class MethodSpec:
     paper: str = ""
     description: str = ""
     aliases: tuple[str, ...] = ()
+    requires_api: str | None = None
     plugin: str | None = None
     plugin_version: str | None = None
 
@@ -78,6 +82,7 @@ class MethodSpec:
             "defaults": {k: describe_object(v) for k, v in self.defaults.items()},
             "lr_multipliers": dict(self.lr_multipliers),
             "normalize_embeddings": self.normalize_embeddings,
+            "requires_api": self.requires_api,
             "paper": self.paper,
             "description": self.description,
         }
@@ -110,7 +115,7 @@ def resolve_object(ref: Any, *, what: str = "object") -> Any:
     return obj
 
 
-def _is_lazy_path(value: Any) -> bool:
+def is_lazy_path(value: Any) -> bool:
     if not isinstance(value, str) or value.count(":") != 1:
         return False
     module_name, attr = value.split(":")
@@ -143,13 +148,13 @@ def validate_spec(spec: Any, plugin: str) -> MethodSpec:
     if not isinstance(spec.aliases, tuple) or not all(isinstance(a, str) and a.isidentifier() for a in spec.aliases):
         raise InvalidMethodSpec(f"{where}: aliases must be a tuple of identifiers, got {spec.aliases!r}")
     if isinstance(spec.loss, str):
-        if not _is_lazy_path(spec.loss):
+        if not is_lazy_path(spec.loss):
             raise InvalidMethodSpec(f"{where}: loss string must look like 'package.module:Class', got {spec.loss!r}")
     else:
         _check_loss_class(spec.loss, where)
     for field_name in ("initializer", "trainer_hooks"):
         value = getattr(spec, field_name)
-        if value is None or callable(value) or _is_lazy_path(value):
+        if value is None or callable(value) or is_lazy_path(value):
             continue
         if field_name == "initializer" and isinstance(value, str) and _is_initializer_name(value):
             continue  # a registered initializer name, plain or qualified ("plugin:name")
@@ -166,7 +171,31 @@ def validate_spec(spec: Any, plugin: str) -> MethodSpec:
         isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in spec.lr_multipliers.items()
     ):
         raise InvalidMethodSpec(f"{where}: lr_multipliers must map parameter names to positive numbers")
+    _check_requires_api(spec.requires_api, where)
     return spec
+
+
+def _check_requires_api(requires_api: Any, where: str) -> None:
+    """``requires_api`` must be a PEP 440 specifier set that admits the running ``PLUGIN_API_VERSION``."""
+    if requires_api is None:
+        return
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from . import PLUGIN_API_VERSION
+
+    try:
+        accepted = SpecifierSet(requires_api) if isinstance(requires_api, str) else None
+    except InvalidSpecifier:
+        accepted = None
+    if accepted is None:
+        raise InvalidMethodSpec(
+            f"{where}: requires_api must be a version specifier string such as '>=0.1,<0.2', got {requires_api!r}"
+        )
+    if not accepted.contains(PLUGIN_API_VERSION, prereleases=True):
+        raise IncompatiblePluginError(
+            f"{where} requires plugin API {requires_api} (MethodSpec.requires_api), but this pml-anchors "
+            f"provides {PLUGIN_API_VERSION}: it was written for another pml-anchors version"
+        )
 
 
 def _is_tensor(value: Any) -> bool:

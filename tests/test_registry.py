@@ -110,6 +110,8 @@ def test_strict_mode_raises_on_duplicates(pml_registry, monkeypatch):
         (MethodSpec(name="x", loss=ProxyAnchorLoss, trainer_hooks="nope nope"), "trainer_hooks"),
         (MethodSpec(name="x", loss=ProxyAnchorLoss, aliases=["a"]), "aliases"),
         (MethodSpec(name="x", loss=ProxyAnchorLoss, lr_multipliers={"proxies": -1}), "lr_multipliers"),
+        (MethodSpec(name="x", loss=ProxyAnchorLoss, requires_api="0.1+"), "requires_api must be a version specifier"),
+        (MethodSpec(name="x", loss=ProxyAnchorLoss, requires_api=0.1), "requires_api must be a version specifier"),
         ("not a spec", "expected a pml_anchors.MethodSpec"),
     ],
 )
@@ -257,3 +259,50 @@ def test_unknown_hook_in_process_is_incompatible(pml_registry):
     assert report["future"]["status"] == "incompatible"
     assert report["future-optional"]["status"] == "ok"
     assert pml_anchors.get_method("opt").plugin == "future-optional"
+
+
+def test_requires_api_outside_the_running_version_is_incompatible(pml_registry, monkeypatch):
+    """MethodSpec.requires_api is a PEP 440 range on PLUGIN_API_VERSION; a plugin registering a method outside it
+    is not loaded (none of its methods), is reported incompatible, and lookups of its methods name it."""
+
+    def plugin_requiring(prefix, *ranges):
+        class Plugin:
+            @hookimpl
+            def register_methods(self, register):
+                for i, api in enumerate(ranges):
+                    register(MethodSpec(name=f"{prefix}{i}", loss=ProxyAnchorLoss, requires_api=api))
+
+        return Plugin()
+
+    running = pml_anchors.PLUGIN_API_VERSION
+    pml_registry.add_plugin(plugin_requiring("now", f">={running},<99", None), name="current")
+    pml_registry.add_plugin(plugin_requiring("later", f">={running}", ">=99.0"), name="future")
+    with pytest.warns(pml_anchors.PluginLoadWarning, match="future"):
+        report = {r["name"]: r for r in pml_anchors.get_plugins()}
+    assert report["current"]["status"] == "ok" and pml_anchors.get_method("now0").requires_api == f">={running},<99"
+    assert report["future"]["status"] == "incompatible" and report["future"]["methods"] == []
+    message = f"requires plugin API >=99.0 (MethodSpec.requires_api), but this pml-anchors provides {running}"
+    assert message in report["future"]["error"]
+    with pytest.raises(UnknownMethodError, match="future is incompatible"):
+        pml_anchors.get_method("later0")  # its in-range method is not loaded either
+    monkeypatch.setenv("PML_ANCHORS_STRICT_PLUGINS", "1")
+    pml_anchors.reset()
+    pml_registry.add_plugin(plugin_requiring("later", ">=99.0"), name="future")
+    with pytest.raises(pml_anchors.PluginLoadError, match="requires plugin API >=99.0"):
+        pml_anchors.list_methods()
+
+
+def test_register_initializers_rejects_a_string_that_is_not_a_lazy_path(pml_registry):
+    class Plugin:
+        @hookimpl
+        def register_initializers(self, register):
+            register("ring", "not a module path")
+
+    pml_registry.add_plugin(Plugin(), name="bad-init")
+    with pytest.warns(pml_anchors.PluginLoadWarning, match="bad-init"):
+        report = {r["name"]: r for r in pml_anchors.get_plugins()}
+    assert report["bad-init"]["status"] == "failed"
+    assert (
+        "initializer 'ring' must be a callable or a lazy 'package.module:function' string"
+        in (report["bad-init"]["error"])
+    )
