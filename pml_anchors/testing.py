@@ -72,6 +72,7 @@ def check_method(
     loss_kwargs: dict[str, Any] | None = None,
     hook_kwargs: dict[str, Any] | None = None,
     train_iterations: int = 3,
+    train_epochs: int = 2,
 ) -> dict[str, Any]:
     """Conformance check for a registered method (name) or a :class:`MethodSpec`.
 
@@ -79,7 +80,9 @@ def check_method(
     scalar and finite gradients; learnable anchors get gradients and are in ``parameters()``,
     fixed ones get none and are buffers; the initializer is deterministic under a seed; a
     ``state_dict`` round trip restores the anchors exactly; the method's trainer hooks run inside a
-    real PML ``MetricLossOnly`` trainer (no miner) for a few iterations. Returns a small report.
+    real PML ``MetricLossOnly`` trainer (no miner) for ``train_epochs`` epochs of ``train_iterations``
+    iterations, and its ``end_of_epoch_hook`` does not stop training (PML stops at a hook that returns
+    ``False``), so a recipe that changes between epochs (a warm-up) runs both ways. Returns a small report.
     ``embedding_size=None`` lets methods with a forced width (polytopes) derive it.
     """
     import torch
@@ -138,7 +141,7 @@ def check_method(
             )
 
     hooks = build_trainer_hooks(spec, **(hook_kwargs or {}))
-    trained = _run_trainer(loss, hooks, num_classes, width, train_iterations)
+    trained = _run_trainer(loss, hooks, num_classes, width, train_iterations, train_epochs, where)
     assert math.isfinite(trained), f"{where}: loss is not finite inside PML's trainer ({trained})"
     return {
         "method": spec.qualified_name,
@@ -154,8 +157,8 @@ def _takes_seed(spec) -> bool:
     return _accepts(spec.resolve_loss(), "seed")
 
 
-def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int) -> float:
-    """A few iterations of PML's MetricLossOnly (no miner) on tiny separable data."""
+def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epochs: int, where: str) -> float:
+    """``epochs`` x ``iterations`` of PML's MetricLossOnly (no miner) on tiny separable data."""
     import logging
 
     import torch
@@ -182,9 +185,16 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int) -> 
     if groups:
         optimizers["metric_loss_optimizer"] = torch.optim.Adam(groups)
     losses_seen: list[float] = []
+    stopped_after: list[int] = []
 
     def record(trainer):
         losses_seen.append(float(trainer.losses["total_loss"].detach()))
+
+    def method_epoch_hook(trainer):
+        keep_going = hooks.end_of_epoch_hook(trainer)
+        if keep_going is False and trainer.epoch < epochs:  # after the last epoch it changes nothing
+            stopped_after.append(trainer.epoch)
+        return keep_going
 
     c_f.LOGGER.setLevel(logging.WARNING)
     trainer = trainers.MetricLossOnly(
@@ -196,11 +206,16 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int) -> 
         iterations_per_epoch=iterations,
         dataloader_num_workers=0,
         end_of_iteration_hook=chain_hooks(hooks.end_of_iteration_hook, record),
-        end_of_epoch_hook=hooks.end_of_epoch_hook,
+        end_of_epoch_hook=method_epoch_hook,
     )
     attach_hooks(hooks, trainer)  # the same call pml_anchors.training makes (attach is optional)
-    trainer.train(num_epochs=1)
-    assert len(losses_seen) == iterations, f"trainer ran {len(losses_seen)} iterations, expected {iterations}"
+    trainer.train(num_epochs=epochs)
+    assert not stopped_after, (
+        f"{where}: end_of_epoch_hook returned False after epoch {stopped_after[0]} of {epochs}, which stops "
+        "PML's training; return True (or None) to go on"
+    )
+    expected = epochs * iterations
+    assert len(losses_seen) == expected, f"{where}: trainer ran {len(losses_seen)} iterations, expected {expected}"
     return losses_seen[-1]
 
 

@@ -39,7 +39,24 @@ def test_check_method_runs_the_method_hooks_in_a_real_trainer():
             return super().end_of_epoch_hook(trainer)
 
     check_method(MethodSpec(name="toy", loss=ToyCosineLoss, trainer_hooks=Hooks), train_iterations=2)
-    assert calls == [("attach", "MetricLossOnly"), ("iteration", 0), ("iteration", 1), ("epoch", 1)]
+    assert calls == [
+        ("attach", "MetricLossOnly"),
+        *[("iteration", i) for i in (0, 1)],
+        ("epoch", 1),
+        *[("iteration", i) for i in (0, 1)],  # PML counts iterations within an epoch
+        ("epoch", 2),
+    ]
+
+
+def test_check_method_catches_an_epoch_hook_that_stops_training():
+    class StopsEarly(TrainerHooks):
+        def end_of_epoch_hook(self, trainer):
+            super().end_of_epoch_hook(trainer)
+            return trainer.epoch < 2  # False after epoch 2: PML would stop there
+
+    check_method(MethodSpec(name="toy", loss=ToyCosineLoss, trainer_hooks=StopsEarly), train_epochs=2)  # at the end
+    with pytest.raises(AssertionError, match="end_of_epoch_hook returned False after epoch 2 of 3"):
+        check_method(MethodSpec(name="toy", loss=ToyCosineLoss, trainer_hooks=StopsEarly), train_epochs=3)
 
 
 class NoGradAnchors(LearnableToyLoss):
