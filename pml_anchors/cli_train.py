@@ -153,6 +153,8 @@ def run_train(args) -> int:
     from .training import TrainConfig, load_checkpoint, run
 
     values = dict(load_checkpoint(args.resume)["config"]) if args.resume else {}  # resume: keeps its output
+    if "backbone_kwargs" in given:  # --backbone-weights adds to the checkpoint's backbone options
+        given["backbone_kwargs"] = {**values.get("backbone_kwargs", {}), **given["backbone_kwargs"]}
     values.update(given)
     config = TrainConfig.from_dict(values)
     if args.nproc != 1:

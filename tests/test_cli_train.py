@@ -97,6 +97,25 @@ def test_backbone_weights_flag_loads_the_trunk(toys, tmp_path, capsys):
     assert "weights file not found" in capsys.readouterr().err
 
 
+def test_resume_with_backbone_weights_keeps_the_checkpoints_backbone_options(toys, tmp_path):
+    import torch
+
+    from pml_anchors.training import TrainConfig, run
+
+    out = tmp_path / "run"
+    config = TrainConfig(
+        method="toy_fixed", dataset="digits", epochs=1, limit=64, test_limit=120, batch_size=32, device="cpu",
+        backbone="small_cnn", backbone_kwargs={"width": 4}, output=str(out),
+    )  # fmt: skip
+    run(config)
+    torch.save(torch.load(out / "checkpoint.pt", weights_only=True)["trunk"], tmp_path / "trunk.pt")
+    argv = ["train", "--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--no-progress"]
+    assert main([*argv, "--backbone-weights", str(tmp_path / "trunk.pt")]) == 0  # a width-4 trunk again
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 2
+    assert results["config"]["backbone_kwargs"] == {"width": 4, "weights_path": str(tmp_path / "trunk.pt")}
+
+
 def test_train_open_set_has_no_nearest_anchor_accuracy(toys, tmp_path, capsys):
     assert main(["train", "--method", "toy_fixed", *TINY, "--protocol", "open_set", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
