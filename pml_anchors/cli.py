@@ -3,6 +3,7 @@
 Each sub-command lives in a module with ``add_parser(subparsers)`` (defining its options) and a
 ``run(args) -> int`` function. Building the parser imports neither torch nor any plugin, so
 ``pml-anchors --help`` stays fast; plugins load only when a command touches the registry.
+``--plugins-dir DIR`` (before the command) prepends ``DIR`` to ``PML_ANCHORS_PLUGINS_DIR`` for every command.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,12 +34,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Anchor- and proxy-based metric learning methods for pytorch-metric-learning, as plugins.",
     )
     parser.add_argument("--version", action="version", version=f"pml-anchors {__version__}")
+    parser.add_argument(
+        "--plugins-dir",
+        action="append",
+        type=_directory,
+        metavar="DIR",
+        help="also load every *.py file in DIR as a plugin (repeatable; see PML_ANCHORS_PLUGINS_DIR)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = sys.modules[__name__] if module_name == __name__ else importlib.import_module(module_name)
         adder = getattr(module, f"add_{name.replace('-', '_')}_parser", None) or module.add_parser
         adder(subparsers)
     return parser
+
+
+def _directory(value: str) -> str:
+    if not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a directory")
+    return os.path.abspath(value)
+
+
+def _add_plugins_dirs(dirs: Sequence[str]) -> None:
+    """Prepend ``dirs`` to ``PML_ANCHORS_PLUGINS_DIR``: the registry, and every worker process started
+    from this one (``train --nproc``), read it when they load plugins."""
+    from .plugins import ENV_PLUGINS_DIR
+
+    current = os.environ.get(ENV_PLUGINS_DIR)
+    os.environ[ENV_PLUGINS_DIR] = os.pathsep.join([*dirs, *([current] if current else [])])
 
 
 # -- plugins ------------------------------------------------------------------------------------
@@ -65,6 +89,8 @@ def run_plugins(args) -> int:
     for r in reports:
         version = f" {r['version']}" if r["version"] else ""
         print(f"{r['name']}{version}  [{r['status']}]")
+        if r["source"] == "plugins_dir" and r["module"]:
+            print(f"    file: {r['module']}")
         if r["methods"]:
             print(f"    methods: {', '.join(r['methods'])}")
         if r["initializers"]:
@@ -94,7 +120,8 @@ def run_methods(args) -> int:
         return 0
     for s in specs:
         aliases = f" (aliases: {', '.join(s.aliases)})" if s.aliases else ""
-        print(f"{s.name}{aliases}  [{s.plugin} {s.plugin_version or ''}]".rstrip())
+        version = f" {s.plugin_version}" if s.plugin_version else ""
+        print(f"{s.name}{aliases}  [{s.plugin}{version}]")
         if s.description:
             print(f"    {s.description}")
         if s.paper:
@@ -105,6 +132,8 @@ def run_methods(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.plugins_dir:
+        _add_plugins_dirs(args.plugins_dir)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -15,15 +15,24 @@ Environment variables (read each time plugins are loaded, see :func:`reset`):
     Comma-separated blocklist of distribution names.
 ``PML_ANCHORS_STRICT_PLUGINS``
     ``1`` turns load failures, invalid specs and duplicate names into exceptions.
+``PML_ANCHORS_PLUGINS_DIR``
+    Folders (separated by :data:`os.pathsep`) whose ``*.py`` files are loaded as one-off plugins named
+    after the file stem (``pml-anchors --plugins-dir`` prepends to it). The allowlist does not apply to
+    these explicit folders; the blocklist does (by stem).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import traceback
+import types
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -43,6 +52,9 @@ CORE_PLUGIN = "pml-anchors"
 ENV_LOAD = "PML_ANCHORS_LOAD_PLUGINS"
 ENV_DISABLE = "PML_ANCHORS_DISABLE_PLUGINS"
 ENV_STRICT = "PML_ANCHORS_STRICT_PLUGINS"
+ENV_PLUGINS_DIR = "PML_ANCHORS_PLUGINS_DIR"
+#: Parent package of the modules imported from plugins-dir files (``pml_anchors_plugins_dir.<stem>``).
+PLUGINS_DIR_PACKAGE = "pml_anchors_plugins_dir"
 #: Distributions shipped from this repository's ``plugins/`` folder. Used only to hide them from
 #: ``pml-anchors plugins`` without ``--all``; they load through entry points like any plugin.
 BUILTIN_DISTRIBUTIONS = frozenset(
@@ -53,6 +65,10 @@ HOOK_ORDER = ("register_initializers", "register_methods")
 
 def normalize_dist_name(name: str) -> str:
     return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def _same_name(a: str, b: str) -> bool:
+    return normalize_dist_name(a) == normalize_dist_name(b)
 
 
 def _env_list(var: str) -> list[str] | None:
@@ -73,7 +89,7 @@ class PluginRecord:
     name: str
     version: str | None = None
     module: str | None = None
-    source: str = "entry_point"  # entry_point | core | in_process
+    source: str = "entry_point"  # entry_point | core | in_process | plugins_dir (module: the file's path)
     status: str = "ok"  # ok | failed | incompatible | disabled | skipped
     error: str | None = None
     hooks: list[str] = field(default_factory=list)
@@ -88,6 +104,8 @@ class PluginRecord:
 
     @property
     def label(self) -> str:
+        if self.source == "plugins_dir" and self.module:
+            return f"{self.name} ({self.module})"
         return f"{self.name} {self.version}" if self.version else self.name
 
 
@@ -121,26 +139,58 @@ class PluginManager:
                 ep.name, version, ep.value, builtin=normalize_dist_name(dist_name) in BUILTIN_DISTRIBUTIONS
             )
             key = normalize_dist_name(dist_name)
+            skip = None
             if allow is not None and key not in allow and normalize_dist_name(ep.name) not in allow:
-                record.status, record.error = "skipped", f"not listed in {ENV_LOAD}"
+                skip = "skipped", f"not listed in {ENV_LOAD}"
             elif key in block or normalize_dist_name(ep.name) in block:
-                record.status, record.error = "disabled", f"disabled by {ENV_DISABLE}"
-            if record.status != "ok":
-                self.records.setdefault(record.name, record)
-                continue
-            if ep.name in self.records:
-                self._fail(record, f"entry point name {ep.name!r} is already used by {self.records[ep.name].label}")
-                self.records[f"{ep.name} ({dist_name})"] = record
-                continue
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import error must not crash the host
-                self._fail(record, _describe(exc), exc)
-                self.records[record.name] = record
-                continue
-            self._register(ep.name, plugin, record)
+                skip = "disabled", f"disabled by {ENV_DISABLE}"
+            self._load_one(record, ep.load, skip, dist_name)
+        self._load_plugins_dirs(block)
         for name, plugin in self._in_process:
             self._register(name, plugin, PluginRecord(name, module=_module_name(plugin), source="in_process"))
+
+    def _load_one(
+        self, record: PluginRecord, load: Callable[[], Any], skip: tuple[str, str] | None, origin: str
+    ) -> None:
+        """Load one entry point or plugins-dir file as ``record.name``, or record ``skip`` = (status, reason)."""
+        name = record.name
+        if skip is not None:
+            record.status, record.error = skip
+            self.records.setdefault(name, record)
+            return
+        taken = next((r for r in self.records.values() if _same_name(r.name, name)), None)
+        if taken is not None:  # names compare as in PML_ANCHORS_DISABLE_PLUGINS: "my_loss" is "my-loss"
+            self._fail(record, f"plugin name {name!r} is already used by {taken.label}")
+            self.records[f"{name} ({origin})"] = record
+            return
+        try:
+            plugin = load()
+        except Exception as exc:  # noqa: BLE001 - any import error must not crash the host
+            self._fail(record, _describe(exc), exc)
+            self.records[name] = record
+            return
+        self._register(name, plugin, record)
+
+    def _load_plugins_dirs(self, block: list[str]) -> None:
+        """Load every ``*.py`` file directly in each ``PML_ANCHORS_PLUGINS_DIR`` folder, sorted by name.
+
+        Files whose name starts with ``_`` or ``.`` are skipped (helpers). Each file is a plugin named
+        after its stem, imported as ``pml_anchors_plugins_dir.<stem>``; a folder that does not exist is
+        recorded as a failed plugin named after the folder (a warning, or an error in strict mode).
+        """
+        for folder in _plugins_dirs():
+            if not os.path.isdir(folder):
+                record = PluginRecord(folder, source="plugins_dir")
+                self.records[folder] = record
+                self._fail(record, f"{ENV_PLUGINS_DIR} names {folder!r}, which is not a directory")
+                continue
+            for path in sorted(Path(folder).glob("*.py")):
+                if path.name.startswith(("_", ".")) or not path.is_file():
+                    continue
+                record = PluginRecord(path.stem, module=str(path), source="plugins_dir")
+                disabled = normalize_dist_name(path.stem) in block
+                skip = ("disabled", f"disabled by {ENV_DISABLE}") if disabled else None
+                self._load_one(record, lambda path=path: _import_file(path), skip, str(path))
 
     def _register(self, name: str, plugin: Any, record: PluginRecord) -> None:
         self.records[name] = record
@@ -304,6 +354,35 @@ def _iter_entry_points():
     return sorted(found, key=lambda item: (normalize_dist_name(item[0]), item[2].name))
 
 
+def _plugins_dirs() -> list[str]:
+    """The folders named by ``PML_ANCHORS_PLUGINS_DIR``, absolute, without repeats."""
+    value = os.environ.get(ENV_PLUGINS_DIR, "")
+    return list(dict.fromkeys(os.path.abspath(p) for p in value.split(os.pathsep) if p.strip()))
+
+
+def _import_file(path: Path) -> types.ModuleType:
+    """Import ``path`` as ``pml_anchors_plugins_dir.<stem>``, in ``sys.modules`` before it runs (so that
+    dataclasses and pickling of what it defines work). Each load (after :func:`reset`) runs the file again."""
+    if not path.stem.isidentifier():
+        raise ImportError(f"{path.name!r} is not a valid Python module name; rename the file (letters, digits, _)")
+    package = sys.modules.get(PLUGINS_DIR_PACKAGE)
+    if package is None:
+        package = types.ModuleType(PLUGINS_DIR_PACKAGE, f"Plugins loaded from {ENV_PLUGINS_DIR} folders.")
+        package.__path__ = []  # a package, so that "pml_anchors_plugins_dir.<stem>" can be imported by name
+        sys.modules[PLUGINS_DIR_PACKAGE] = package
+    module_name = f"{PLUGINS_DIR_PACKAGE}.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    setattr(package, path.stem, module)
+    return module
+
+
 def _version(dist_name: str) -> str | None:
     try:
         return metadata.version(dist_name)
@@ -316,7 +395,12 @@ def _module_name(plugin: Any) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
+    # the innermost frame in the plugin's code, not in this loader or importlib's bootstrap
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f.filename != __file__ and not f.filename.startswith("<frozen")
+    ]
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
 

@@ -1,7 +1,7 @@
 """Test kit for plugin authors (also a ``pytest11`` plugin, so the fixtures are always available).
 
-* ``pml_registry`` fixture: an isolated registry with entry-point discovery blocked; add the plugin
-  under test with ``pml_registry.add_plugin(module_or_object)``.
+* ``pml_registry`` fixture: an isolated registry with entry-point discovery blocked (and no
+  ``PML_ANCHORS_PLUGINS_DIR``); add the plugin under test with ``pml_registry.add_plugin(module_or_object)``.
 * :func:`check_method`: the conformance check every plugin runs in its own tests::
 
       from pml_anchors.testing import check_method
@@ -43,12 +43,13 @@ class IsolatedRegistry:
 
 @pytest.fixture
 def pml_registry(monkeypatch):
-    """An empty registry (core geometries only): installed plugins are not discovered."""
+    """An empty registry (core geometries only): installed plugins and plugins-dir files are not loaded."""
     from . import plugins
 
     monkeypatch.setenv(plugins.ENV_LOAD, "")
     monkeypatch.delenv(plugins.ENV_DISABLE, raising=False)
     monkeypatch.delenv(plugins.ENV_STRICT, raising=False)
+    monkeypatch.setenv(plugins.ENV_PLUGINS_DIR, "")  # set, not deleted: restored even if `--plugins-dir` sets it
     plugins.reset()
     handle = IsolatedRegistry()
     yield handle
