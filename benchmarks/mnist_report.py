@@ -173,15 +173,15 @@ def _runs_by_method(out: Path, *stages: str) -> dict[str, dict]:
 
 
 def seed_table(out: Path) -> str:
-    """P@1 per seed with mean ± std, and each method's mean against its PML counterpart's mean (methods that
-    ran at every seed of their width only)."""
+    """P@1 per seed with mean ± std, and each method's mean against its PML counterpart's mean, with the
+    per-seed difference (method − counterpart in the same seed's run); methods that ran at every seed only."""
     import statistics
 
     seeds = seeds_run(out, 128)
     cols = " | ".join(f"seed {s}" for s in seeds)
     lines = [
-        f"| method | d | {cols} | mean ± std | PML counterpart: mean | ≥ counterpart |",
-        "|---|---|" + "---|" * len(seeds) + "---|---|---|",
+        f"| method | d | {cols} | mean ± std | PML counterpart: mean | Δ per seed: mean ± std | ≥ counterpart |",
+        "|---|---|" + "---|" * len(seeds) + "---|---|---|---|",
     ]
     for width in (128, 9):
         runs = [_runs_by_method(out, *seed_stages(seed, width)) for seed in seeds_run(out, width)]
@@ -196,9 +196,14 @@ def seed_table(out: Path) -> str:
         for m, (mean, sd) in means.items():
             vals = [pct(r[m]["precision_at_1"]) for r in runs]
             cp = COUNTERPART.get(m)
-            cells = ["", ""]
-            if cp in means:
-                cells = [f"{cp} {100 * means[cp][0]:.2f}", "yes" if mean >= means[cp][0] else "**no**"]
+            cells = ["", "", ""]
+            if cp in means:  # paired by seed: same data order, initialisation seed and budget
+                delta = [100 * (r[m]["precision_at_1"] - r[cp]["precision_at_1"]) for r in runs]
+                cells = [
+                    f"{cp} {100 * means[cp][0]:.2f}",
+                    f"{statistics.mean(delta):+.2f} ± {statistics.stdev(delta):.2f}",
+                    "yes" if mean >= means[cp][0] else "**no**",
+                ]
             lines.append(
                 f"| {m} | {width} | "
                 + " | ".join(vals)
