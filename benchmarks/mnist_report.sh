@@ -19,7 +19,7 @@ NCM_EPOCHS="${NCM_EPOCHS:-2}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
 SEEDS="${SEEDS:-1 2 3 4}"                           # extra seeds for stages seeds / seeds_ce (seed 0 is the rest)
-# D128_SEEDS: the seeds of stage reponet_d128 (default: 0 and $SEEDS)
+# D128_SEEDS: the seeds of stage reponet_d128 (default: 0 and $SEEDS); LONG_SEEDS / LONG_EPOCHS: stage reponet_long
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
 
 mkdir -p "$OUT"
@@ -56,6 +56,13 @@ stage_reponet_d128() {  # reponet at the shared width: its 9-d simplex zero-padd
   for seed in ${D128_SEEDS:-0 $SEEDS}; do
     timed "reponet_d128_s$seed" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
       --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/reponet_d128_s$seed"
+  done
+}
+
+stage_reponet_long() {  # does the P@1 gap to ArcFace at d = 128 close with training? (per-epoch history)
+  for seed in ${LONG_SEEDS:-0 1}; do
+    timed "reponet_long_s$seed" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface \
+      --epochs "${LONG_EPOCHS:-10}" --embedding-size 128 --seed "$seed" --no-plots --output "$OUT/reponet_long_s$seed"
   done
 }
 
@@ -151,7 +158,7 @@ stage_arcface_phi() {  # RePoNet's own comparison: a learnable classifier with t
 
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_paper
-  reponet_paper reponet_paper_diag seeds seeds_ce arcface_phi)
+  reponet_paper reponet_paper_diag seeds seeds_ce arcface_phi reponet_long)
 for s in "${STAGES[@]}"; do
   "stage_$s"
 done
