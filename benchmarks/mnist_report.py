@@ -148,7 +148,8 @@ def report(out: Path) -> str:
     opr = load(out, "open_set_reponet")
     if opr:
         parts.append(section("open_set reponet d=4", opr, retrieval_table(opr, anchor_acc=False, threshold=None)))
-    for name in ("ncm_paper_e_ncm", "ncm_paper_c_ncm", "ncm_2d_paper", "reponet_paper"):
+    longer = sorted(p.parent.name for p in out.glob("reponet_long_s*/results.json"))
+    for name in ("ncm_paper_e_ncm", "ncm_paper_c_ncm", "ncm_2d_paper", "reponet_paper", *longer):
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False) + "\n\n" + history_table(data)))
