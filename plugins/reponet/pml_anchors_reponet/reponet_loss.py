@@ -131,10 +131,11 @@ class RePoNetLoss(AnchorLoss):
         return self._polytope_vertices
 
     def derive_embedding_size(self, num_classes: int) -> int:
-        """Paper eq. 7 (orthoplex and cube entries as in the official code): K-1, ceil(K/2), ceil(log2 K)."""
+        """The polytope's own width w (paper eq. 7, orthoplex and cube entries as in the official code):
+        K-1, ceil(K/2), ceil(log2 K); computed once in ``__init__``."""
         if not self.uses_polytope:
             raise ValueError("RePoNetLoss with custom anchors (a name or callable) needs embedding_size")
-        return geometry.required_embedding_size(self.polytope, num_classes)
+        return self.polytope_width
 
     def _polytope_vertices(self, num_classes, embedding_size, *, seed=None, **anchor_kwargs):
         """The polytope's vertices at its own width w, zero-padded to ``embedding_size`` columns if wider."""
