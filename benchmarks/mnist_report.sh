@@ -15,7 +15,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 MNIST_IDX="${MNIST_IDX:-/work/shared/data/mnist}"   # the four MNIST IDX files (.gz or raw)
 DATA="${DATA:-/tmp/mnist-root}"                     # torchvision root built from them (never in the repo)
 OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
-NCM_EPOCHS="${NCM_EPOCHS:-2}"
+NCM_EPOCHS="${NCM_EPOCHS:-8}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
 SEEDS="${SEEDS:-1 2 3 4}"                           # extra seeds for stages seeds / seeds_ce (seed 0 is the rest)
@@ -103,10 +103,12 @@ stage_open_set_reponet_d128() {  # the 4-simplex of the 5 training digits zero-p
 }
 
 stage_ncm_paper() {  # the NCM paper's 2-d MNIST setting: its CNN and SGD recipe; cosine for "lr / 10 on plateau"
+  # `train` (not bench) writes a checkpoint with the per-epoch metrics after every epoch, so a long run that is
+  # stopped can be resumed with `pml-anchors train --resume $OUT/ncm_paper_$m/checkpoint.pt`
   for m in ${NCM_METHODS:-e_ncm c_ncm}; do
-    timed "ncm_paper_$m" "$PML" bench "${COMMON[@]}" --methods "$m" --baselines none --backbone ncm_cnn \
-      --embedding-size 2 --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule cosine \
-      --epochs "$NCM_EPOCHS" --output "$OUT/ncm_paper_$m"
+    timed "ncm_paper_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
+      --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule cosine --epochs "$NCM_EPOCHS" \
+      --eval-every-epoch --output "$OUT/ncm_paper_$m"
   done
 }
 

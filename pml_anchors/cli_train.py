@@ -86,6 +86,7 @@ _CONFIG_ARGS = {
     "amp": "amp",
     "num_threads": "threads",
     "output": "output",
+    "eval_every_epoch": "eval_every_epoch",
     "loss_kwargs": "loss_kwargs",
     "hook_kwargs": "hook_kwargs",
 }
@@ -131,6 +132,13 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--loss-kwargs", type=_json_arg, help="JSON object of loss keyword arguments")
     p.add_argument("--hook-kwargs", type=_json_arg, help="JSON object of trainer-hook keyword arguments")
     p.add_argument("--output", help="folder for results.json and checkpoint.pt")
+    p.add_argument(
+        "--eval-every-epoch",
+        action="store_true",
+        default=None,
+        help="evaluate after every epoch too; the metrics go into results.json's history and each epoch's "
+        "checkpoint (default: only after the last epoch)",
+    )
     p.add_argument(
         "--resume", help="continue from this checkpoint: its config and output folder; options given here override"
     )

@@ -116,6 +116,26 @@ def test_resume_with_backbone_weights_keeps_the_checkpoints_backbone_options(toy
     assert results["config"]["backbone_kwargs"] == {"width": 4, "weights_path": str(tmp_path / "trunk.pt")}
 
 
+def test_eval_every_epoch_puts_each_epochs_metrics_in_history_and_checkpoint(toys, tmp_path, capsys):
+    argv = ["train", "--method", "toy_fixed", *TINY, "--epochs", "2", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert [h["epoch"] for h in plain["history"]] == [1, 2]
+    assert all("precision_at_1" not in h for h in plain["history"])  # default: evaluated once, at the end
+
+    out = tmp_path / "run"
+    assert main([*argv, "--eval-every-epoch", "--output", str(out)]) == 0
+    each = json.loads(capsys.readouterr().out)
+    assert [h["epoch"] for h in each["history"]] == [1, 2]
+    assert all(0.0 <= h["precision_at_1"] <= 1.0 for h in each["history"])
+    assert each["history"][-1]["precision_at_1"] == each["precision_at_1"] == plain["precision_at_1"]
+    from pml_anchors.training import load_checkpoint
+
+    saved = load_checkpoint(str(out / "checkpoint.pt"))
+    assert saved["config"]["eval_every_epoch"] is True  # a resumed run keeps evaluating every epoch
+    assert [h["precision_at_1"] for h in saved["history"]] == [h["precision_at_1"] for h in each["history"]]
+
+
 def test_train_open_set_has_no_nearest_anchor_accuracy(toys, tmp_path, capsys):
     assert main(["train", "--method", "toy_fixed", *TINY, "--protocol", "open_set", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
