@@ -44,6 +44,16 @@ def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
     ]
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format the small trunks keep their convolutions and inputs in.
+
+    Channels-last makes a whole training step of ``small_cnn`` and ``ncm_cnn`` faster on CPU
+    (measured by ``benchmarks/backbone_step.py``, which prints both formats side by side);
+    ``channels_last=False`` keeps PyTorch's default contiguous layout.
+    """
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _check_input(module: nn.Module, x: torch.Tensor) -> None:
     """Raise a clear error if ``x`` is not ``(N, in_channels, input_size, input_size)``."""
     expected = (module.in_channels, module.input_size, module.input_size)
@@ -62,10 +72,10 @@ class SmallCNN(nn.Module):
     ``4·width`` channels, a 2×2 max-pooling after each of the first three blocks while the map is
     at least 2×2 (28 → 14 → 7 → 3; 8 → 4 → 2 → 1), then global average pooling, so
     ``out_features = 4 * width`` and any ``input_size`` ≥ 1 works. Convolutions run in
-    channels-last memory format (about 1.5–2× faster on CPU, fine on GPU).
+    channels-last memory format unless ``channels_last=False`` (see :func:`memory_format`).
     """
 
-    def __init__(self, in_channels: int = 1, input_size: int = 28, width: int = 32):
+    def __init__(self, in_channels: int = 1, input_size: int = 28, width: int = 32, channels_last: bool = True):
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
@@ -85,10 +95,11 @@ class SmallCNN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self.to(memory_format=torch.channels_last)
+        self.memory_format = memory_format(channels_last)
+        self.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x.contiguous(memory_format=torch.channels_last))
+        return self.features(x.contiguous(memory_format=self.memory_format))
 
 
 class LeNetPP(nn.Module):
@@ -143,11 +154,10 @@ class NCMNet(nn.Module):
     then flatten: 28×28 → 14 → 7 → 3, ``out_features = 64·3·3 = 576``. Dropout with probability
     ``dropout`` after the first two poolings (off by default). ``input_size`` must be ≥ 8 (8×8
     digits give 64 features); smaller inputs raise ``ValueError``. Convolutions run in channels-last
-    memory format, as in :class:`SmallCNN` (1.4× faster per training step on one CPU thread,
-    ``benchmarks/train_step.py --backbones ncm_cnn``).
+    memory format unless ``channels_last=False`` (see :func:`memory_format`).
     """
 
-    def __init__(self, in_channels: int = 1, dropout: float = 0.0, input_size: int = 28):
+    def __init__(self, in_channels: int = 1, dropout: float = 0.0, input_size: int = 28, channels_last: bool = True):
         super().__init__()
         if input_size < 8:
             raise ValueError(f"NCMNet needs inputs of at least 8x8 (three 2x2 poolings), got {input_size}")
@@ -167,11 +177,12 @@ class NCMNet(nn.Module):
         self.features = nn.Sequential(*layers)
         side = input_size // 2 // 2 // 2
         self.out_features = width * side * side
-        self.to(memory_format=torch.channels_last)
+        self.memory_format = memory_format(channels_last)
+        self.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x)
-        return self.features(x.contiguous(memory_format=torch.channels_last))
+        return self.features(x.contiguous(memory_format=self.memory_format))
 
 
 _RESNET_DIMS = {"resnet18": 512, "resnet50": 2048}

@@ -165,3 +165,47 @@ def test_lenetpp_uses_he_init_for_prelu():
         expected = math.sqrt(2.0 / (1 + 0.25**2)) / math.sqrt(fan_in)
         assert conv.weight.std().item() == pytest.approx(expected, rel=0.05)
         assert torch.count_nonzero(conv.bias) == 0
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "ncm_cnn"])
+def test_channels_last_is_a_layout_only(name, tmp_path):
+    """Both memory formats compute the same function, train the same and share checkpoints."""
+    kw = dict(in_channels=1, input_size=28, embedding_size=4)
+    torch.manual_seed(0)
+    fast, fast_head = build_backbone(name, **kw)
+    plain, plain_head = build_backbone(name, channels_last=False, **kw)
+    second_conv = [[m for m in t.modules() if isinstance(m, nn.Conv2d)][1].weight for t in (fast, plain)]
+    assert second_conv[0].is_contiguous(memory_format=torch.channels_last) and not second_conv[0].is_contiguous()
+    assert second_conv[1].is_contiguous() and not second_conv[1].is_contiguous(memory_format=torch.channels_last)
+    torch.save(fast.state_dict(), tmp_path / "trunk.pt")
+    plain.load_state_dict(torch.load(tmp_path / "trunk.pt"))
+    plain_head.load_state_dict(fast_head.state_dict())
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    for m in (fast, plain, fast_head, plain_head):
+        m.double()
+    torch.testing.assert_close(fast_head(fast(x)), plain_head(plain(x)))  # train mode: batch statistics
+    grads = []
+    for trunk, head in ((fast, fast_head), (plain, plain_head)):
+        head(trunk(x)).pow(2).sum().backward()
+        grads.append(trunk.features[0].weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_backbone_step_benchmark_quick_compares_both_formats():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_step.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--backbones", "small_cnn", "--json", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(proc.stdout)["results"]
+    assert row["backbone"] == "small_cnn"
+    assert row["contiguous_ms"] > 0 and row["channels_last_ms"] > 0
+    assert row["speed_up"] == pytest.approx(row["contiguous_ms"] / row["channels_last_ms"])
