@@ -11,6 +11,7 @@ the whole command) and ``OUT/<stage>.cmd`` (the command).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -32,11 +33,18 @@ def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+@functools.lru_cache(maxsize=None)
+def _read(path: Path) -> str:
+    """A results file's text, read from disk once per report (the tables look at some stages several times)."""
+    return path.read_text()
+
+
 def load(out: Path, stage: str) -> dict | None:
+    """A fresh copy of ``OUT/<stage>/results.json`` (callers may change it) with ``wall`` and ``cmd`` added."""
     path = out / stage / "results.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    data = json.loads(_read(path))
     if "runs" not in data:  # `pml-anchors train`: one run
         data = {"runs": [data], "settings": data.get("config", {})}
     seconds = out / f"{stage}.seconds"
