@@ -51,6 +51,8 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     (measured by ``benchmarks/backbone_step.py``, which prints both formats side by side);
     ``channels_last=False`` keeps PyTorch's default contiguous layout.
     """
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
     return torch.channels_last if channels_last else torch.contiguous_format
 
 

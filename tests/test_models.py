@@ -191,6 +191,12 @@ def test_channels_last_is_a_layout_only(name, tmp_path):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("cls", [SmallCNN, NCMNet])
+def test_channels_last_must_be_a_bool(cls):
+    with pytest.raises(TypeError, match="channels_last must be True or False, got 'no'"):
+        cls(channels_last="no")
+
+
 def test_backbone_step_benchmark_quick_compares_both_formats():
     import json
     import subprocess
