@@ -1,15 +1,39 @@
 """Helpers shared by the benchmark scripts (run as ``python benchmarks/<script>.py``, so this imports as a
-top-level module): device setup and sync, the run's metadata and the JSON results file."""
+top-level module): the shared command-line options, device setup and sync, timing in interleaved rounds, the
+run's metadata and the JSON results file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import sys
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, repeats: int, warmup: int, threads: int | None = None) -> None:
+    """The options every script shares: ``--repeats``, ``--warmup``, ``--threads``, ``--device``, ``--seed`` and
+    ``--json`` (the defaults for the first three are the script's)."""
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"timed rounds (default {repeats})")
+    parser.add_argument(
+        "--warmup", type=int, default=warmup, help=f"untimed steps per contestant first (default {warmup})"
+    )
+    threads_default = "torch's" if threads is None else threads
+    parser.add_argument(
+        "--threads", type=int, default=threads, help=f"torch.set_num_threads (default: {threads_default})"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--json", nargs="?", const="-", metavar="FILE", help="write JSON results to FILE ('-' or none: stdout)"
+    )
 
 
 def setup_device(name: str, threads: int | None) -> torch.device:
@@ -27,6 +51,22 @@ def sync(device: torch.device) -> None:
     """Wait for queued CUDA work, so that wall-clock timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall-clock milliseconds of ``fn()``, CUDA work included."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def rotated(items: Sequence[T], round_index: int) -> list[T]:
+    """``items`` starting at position ``round_index`` (mod len): round r of an interleaved benchmark, so that load
+    changes during a round do not always hit the same contestant."""
+    shift = round_index % len(items)
+    return [*items[shift:], *items[:shift]]
 
 
 def run_meta(device: torch.device, **extra: Any) -> dict[str, Any]:

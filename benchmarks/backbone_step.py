@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
-from _bench_common import run_meta, setup_device, sync, write_results
+from _bench_common import add_common_args, rotated, run_meta, setup_device, timed_ms, write_results
 
 BACKBONES = ("small_cnn", "ncm_cnn")
 
@@ -45,26 +44,14 @@ class Case:
         self.head(self.trunk(self.x)).pow(2).mean().backward()
         self.optimizer.step()
 
-    def timed_step(self) -> float:
-        sync(self.device)
-        t0 = time.perf_counter()
-        self.step()
-        sync(self.device)
-        return (time.perf_counter() - t0) * 1e3
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma list (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--embedding-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    add_common_args(parser, repeats=5, warmup=1, threads=1)
     parser.add_argument("--quick", action="store_true", help="2 rounds, 1 warm-up, batch 32")
-    parser.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON ('-' or none: stdout)")
     args = parser.parse_args(argv)
     device = setup_device(args.device, args.threads)
     batch, repeats = (32, 2) if args.quick else (args.batch, args.repeats)
@@ -74,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.warmup):
             case.step()
     for r in range(repeats):
-        for case in cases[r % len(cases) :] + cases[: r % len(cases)]:
-            case.times.append(case.timed_step())
+        for case in rotated(cases, r):
+            case.times.append(timed_ms(case.step, device))
 
     rows = []
     for contiguous, channels_last in zip(cases[::2], cases[1::2]):

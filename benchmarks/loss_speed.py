@@ -87,7 +87,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _bench_common import run_meta, setup_device, sync, write_results
+from _bench_common import add_common_args, rotated, run_meta, setup_device, sync, write_results
 
 BATCH = 256
 SUB_CENTERS = 4
@@ -316,8 +316,7 @@ def measure_size(
             time_step(con, device)
     times: dict[str, list[float]] = {con.name: [] for con in contestants}
     for r in range(repeats):
-        shift = r % len(contestants)
-        for con in contestants[shift:] + contestants[:shift]:
+        for con in rotated(contestants, r):
             times[con.name].append(time_step(con, device))
     rows = []
     by_name = {con.name: con for con in contestants}
@@ -420,18 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", type=parse_sizes, help="comma list of d x C, e.g. 128x1000,512x100000")
     parser.add_argument("--methods", help="comma list of method names and PML losses (default: all)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (default 7)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per loss first (default 2)")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"B (default {BATCH})")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    add_common_args(parser, repeats=7, warmup=2)
     parser.add_argument("--chunk-size", type=int, help="pass chunk_size= to our losses")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small grid (d=32, C in {100, 1000}), 3 rounds")
-    parser.add_argument(
-        "--json", nargs="?", const="-", metavar="FILE", help="write JSON results to FILE ('-' or none: stdout)"
-    )
     args = parser.parse_args(argv)
 
     device = setup_device(args.device, args.threads)

@@ -29,22 +29,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from typing import Any
 
 import torch
-from _bench_common import run_meta, setup_device, sync, write_results
+from _bench_common import add_common_args, rotated, run_meta, setup_device, timed_ms, write_results
 
 BATCH = 256
 METHOD_KWARGS = {"reponet": {"anchors": "spread", "margin": 0.5}}
-
-
-def _timed(fn, device: torch.device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return (time.perf_counter() - t0) * 1e3
 
 
 class Case:
@@ -95,10 +86,9 @@ def measure(names, classes, dim, batch, device, repeats, warmup, seed, log) -> l
     steps: dict[str, list[float]] = {c.name: [] for c in cases}
     losses: dict[str, list[float]] = {c.name: [] for c in cases}
     for r in range(repeats):
-        shift = r % len(cases)
-        for c in cases[shift:] + cases[:shift]:
-            steps[c.name].append(_timed(c.step, device))
-            losses[c.name].append(_timed(c.loss_only, device))
+        for c in rotated(cases, r):
+            steps[c.name].append(timed_ms(c.step, device))
+            losses[c.name].append(timed_ms(c.loss_only, device))
     rows = []
     for c in cases:
         step_ms, loss_ms = statistics.median(steps[c.name]), statistics.median(losses[c.name])
@@ -135,13 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", default="10", help="comma list of C (default 10, MNIST)")
     parser.add_argument("--embedding-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=BATCH)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    add_common_args(parser, repeats=7, warmup=2)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, batch 64")
-    parser.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON ('-' or none: stdout)")
     args = parser.parse_args(argv)
 
     import pml_anchors
