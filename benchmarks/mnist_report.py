@@ -33,7 +33,7 @@ def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(path: Path) -> str:
     """A results file's text, read from disk once per report (the tables look at some stages several times)."""
     return path.read_text()
@@ -134,7 +134,7 @@ def seed_stages(seed: int, width: int) -> tuple[str, ...]:
 def seeds_run(out: Path, width: int) -> list[int]:
     """Seeds 0, 1, ... up to the first one whose main stage has no results."""
     seeds = []
-    while load(out, seed_stages(len(seeds), width)[0]) is not None:
+    while (out / seed_stages(len(seeds), width)[0] / "results.json").is_file():
         seeds.append(len(seeds))
     return seeds
 
@@ -161,15 +161,16 @@ def report(out: Path) -> str:
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False) + "\n\n" + history_table(data)))
-    for width in (128, 9):
-        for seed in seeds_run(out, width):
+    seeds = {width: seeds_run(out, width) for width in (128, 9)}
+    for width, width_seeds in seeds.items():
+        for seed in width_seeds:
             for name in seed_stages(seed, width):
                 data = load(out, name)
                 if data and name not in ("same_class", "reponet_d9"):
                     parts.append(section(name, data, retrieval_table(data)))
-    table = seed_table(out)
+    table = seed_table(out, seeds)
     if table:
-        parts.append(f"## P@1 over seeds {', '.join(map(str, seeds_run(out, 128)))}\n\n" + table + "\n")
+        parts.append(f"## P@1 over seeds {', '.join(map(str, seeds[128]))}\n\n" + table + "\n")
     return "\n".join(parts)
 
 
@@ -181,19 +182,19 @@ def _runs_by_method(out: Path, *stages: str) -> dict[str, dict]:
     return merged
 
 
-def seed_table(out: Path) -> str:
+def seed_table(out: Path, seeds_by_width: dict[int, list[int]]) -> str:
     """P@1 per seed with mean ± std, and each method's mean against its PML counterpart's mean, with the
     per-seed difference (method − counterpart in the same seed's run); methods that ran at every seed only."""
     import statistics
 
-    seeds = seeds_run(out, 128)
+    seeds = seeds_by_width[128]
     cols = " | ".join(f"seed {s}" for s in seeds)
     lines = [
         f"| method | d | {cols} | mean ± std | PML counterpart: mean | Δ per seed: mean ± std | ≥ counterpart |",
         "|---|---|" + "---|" * len(seeds) + "---|---|---|---|",
     ]
-    for width in (128, 9):
-        runs = [_runs_by_method(out, *seed_stages(seed, width)) for seed in seeds_run(out, width)]
+    for width, width_seeds in seeds_by_width.items():
+        runs = [_runs_by_method(out, *seed_stages(seed, width)) for seed in width_seeds]
         if len(runs) != len(seeds):
             continue
         names = list(dict.fromkeys(name for r in runs for name in r))
