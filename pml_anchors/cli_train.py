@@ -25,6 +25,13 @@ def _json_arg(text: str) -> dict:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole epochs such as 10,20, got {text!r}") from exc
+
+
 def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     """Options shared by train and bench (default None: TrainConfig's defaults apply)."""
     if data:
@@ -41,7 +48,20 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
     p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="optimizer (default adam)")
     p.add_argument(
-        "--lr-schedule", choices=("constant", "cosine"), help="constant (default) or cosine decay to 0, per iteration"
+        "--lr-schedule",
+        choices=("constant", "cosine", "step", "plateau"),
+        help="constant (default); cosine: decay to 0 per iteration; step: times --lr-gamma after each of "
+        "--lr-milestones; plateau: times --lr-gamma when the epoch's training loss stalls for --lr-patience epochs",
+    )
+    p.add_argument(
+        "--lr-milestones",
+        type=_int_list,
+        metavar="E1,E2,...",
+        help="step schedule: epochs after which the lr is multiplied by --lr-gamma, e.g. 10,20,30",
+    )
+    p.add_argument("--lr-gamma", type=float, help="step / plateau schedule: lr factor (default 0.1)")
+    p.add_argument(
+        "--lr-patience", type=int, help="plateau schedule: epochs without a lower training loss first (default 10)"
     )
     p.add_argument("--backbone", help="small_cnn, lenetpp, ncm_cnn, resnet18, resnet50 (default: by input size)")
     p.add_argument(
@@ -78,6 +98,9 @@ _CONFIG_ARGS = {
     "weight_decay": "weight_decay",
     "optimizer": "optimizer",
     "lr_schedule": "lr_schedule",
+    "lr_milestones": "lr_milestones",
+    "lr_gamma": "lr_gamma",
+    "lr_patience": "lr_patience",
     "backbone": "backbone",
     "device": "device",
     "seed": "seed",

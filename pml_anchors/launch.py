@@ -21,7 +21,9 @@ anchors. Then, in every process:
 BatchNorm statistics are per process (as with plain DDP). Methods whose baseline uses a miner are refused:
 ``DistributedLoss`` gathers embeddings, not mined tuples. ``results.json`` gains ``world_size``,
 ``batch_size_per_process`` and ``replica_max_abs_diff``: the largest difference between the processes'
-parameter checksums at the end (0.0 when every replica holds the same weights).
+parameter checksums and learning rates at the end (0.0 when every replica holds the same weights and lrs). Every
+process computes the loss on the global batch, so a ``plateau`` lr schedule lowers every process's lr at the same
+epoch.
 """
 
 from __future__ import annotations
@@ -133,12 +135,12 @@ class _DataParallel:
 
 
 def _checksums(session: Any) -> torch.Tensor:
-    """Per parameter: sum and sum of squares (float64), a small fingerprint of this replica's weights."""
+    """Per parameter: sum and sum of squares (float64), then every optimizer group's lr: a small fingerprint of
+    this replica's weights and schedule."""
     params = [*session.trunk.parameters(), *session.embedder.parameters(), *session.loss.parameters()]
-    if not params:
-        return torch.zeros(2, dtype=torch.float64)
     values = [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in params]
-    return torch.cat(values)
+    lrs = [group["lr"] for _, opt in sorted(session.optimizers.items()) for group in opt.param_groups]
+    return torch.cat([*values, torch.tensor(lrs, dtype=torch.float64)])
 
 
 def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | None, result_file: str, verbose: bool):

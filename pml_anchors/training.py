@@ -23,8 +23,9 @@ writes ``results.json`` and ``checkpoint.pt``.
   ``c_f.NUMPY_RANDOM`` before anything is built, and every epoch starts from a seed derived from
   ``(seed, epoch)``, so a run resumed from a checkpoint draws the same batches as an
   uninterrupted one (on CPU the weights match exactly).
-* **Learning-rate schedule**: ``lr_schedule="cosine"`` anneals every optimizer from its lr to 0 over the
-  run, stepped per iteration through PML's ``lr_schedulers`` (``<name>_scheduler_by_iteration``).
+* **Learning-rate schedule**: ``lr_schedule`` ``"cosine"`` (per iteration, to 0 over the run), ``"step"``
+  (``lr_milestones``, ``lr_gamma``) or ``"plateau"`` (on the training loss; ``lr_gamma``, ``lr_patience``),
+  one scheduler per optimizer under PML's ``lr_schedulers`` keys (:mod:`pml_anchors.lr_schedules`).
 * **Checkpoints**: a dict of plain ``state_dict``\\ s (trunk, embedder, loss, optimizers, lr
   schedulers, grad scaler) with the config and epoch; loadable with ``torch.load(weights_only=True)``.
 * **Baselines**: ``method="baseline:<name>"`` (:mod:`pml_anchors.baselines`), or pass any PML loss
@@ -52,6 +53,7 @@ from pytorch_metric_learning import trainers
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from .evaluation import evaluate, resolve_device
+from .lr_schedules import check_schedule, load_scheduler_state, make_lr_schedulers, step_plateau
 from .optim import param_groups
 from .registry import MethodSpec, build_loss, build_trainer_hooks
 from .trainer_hooks import chain_hooks
@@ -59,11 +61,20 @@ from .trainer_hooks import chain_hooks
 #: embedding width used when neither the config nor the loss sets one
 DEFAULT_EMBEDDING_SIZE = 64
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "pml-anchors/checkpoint"
 CHECKPOINT_VERSION = 1
 #: config fields a resumed run must share with its checkpoint
-RESUME_KEYS = ("method", "dataset", "protocol", "seed", "limit", "loss_kwargs", "backbone", "embedding_size")
+RESUME_KEYS = (
+    "method",
+    "dataset",
+    "protocol",
+    "seed",
+    "limit",
+    "loss_kwargs",
+    "backbone",
+    "embedding_size",
+    "lr_schedule",
+)
 
 
 @dataclass
@@ -76,8 +87,11 @@ class TrainConfig:
     :param backbone: a :data:`pml_anchors.models.BACKBONES` key; ``None`` picks one for the input.
     :param optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9), for every model and the
         loss; the loss's parameter groups get ``lr`` times the method's ``lr_multipliers``.
-    :param lr_schedule: ``"constant"`` (default) or ``"cosine"``: every optimizer's lr follows
-        ``lr * (1 + cos(pi * t / T)) / 2`` over the run's ``T = epochs * iterations_per_epoch`` steps.
+    :param lr_schedule: ``"constant"`` (default); ``"cosine"``: every optimizer's lr follows
+        ``lr * (1 + cos(pi * t / T)) / 2`` over the run's ``T = epochs * iterations_per_epoch`` steps;
+        ``"step"``: times ``lr_gamma`` (default 0.1) after each epoch in ``lr_milestones``;
+        ``"plateau"``: times ``lr_gamma`` when the epoch's mean training loss has not improved for
+        ``lr_patience`` (default 10) epochs. See :mod:`pml_anchors.lr_schedules`.
     :param amp: mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU; see ``amp_dtype``).
     :param limit: train on this many items (class-balanced); ``test_limit`` likewise.
     :param output: folder for ``results.json`` and ``checkpoint.pt`` (written every epoch when
@@ -115,6 +129,9 @@ class TrainConfig:
     checkpoint_every_epoch: bool = True
     num_threads: int | None = None
     lr_schedule: str = "constant"
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float | None = None
+    lr_patience: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -129,13 +146,23 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.embedding_size is not None and self.embedding_size < 1:
             raise ValueError(f"embedding_size must be positive, got {self.embedding_size}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        self.lr_milestones = check_schedule(
+            self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
+        )
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Every field's default (``None`` for the required ``method``)."""
+        return {
+            f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)
+            if f.name != "method"
+        } | {"method": None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -275,27 +302,6 @@ def make_optimizers(
     return optimizers
 
 
-def make_lr_schedulers(optimizers: Mapping[str, torch.optim.Optimizer], schedule: str, trainer: Any, epochs: int):
-    """PML ``lr_schedulers`` for ``schedule``, keyed ``<name>_scheduler_by_iteration`` (stepped after every
-    iteration). ``cosine``: lr factor ``(1 + cos(pi * t / T)) / 2`` after ``t`` steps, ``T = epochs *
-    trainer.iterations_per_epoch``, read when the trainer steps (PML sets it when training starts)."""
-    if schedule == "constant":
-        return {}
-    if schedule != "cosine":
-        raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
-
-    def cosine(step: int) -> float:
-        total = epochs * (getattr(trainer, "iterations_per_epoch", None) or 0)
-        if step <= 0 or total <= 0:
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-    return {
-        key.removesuffix("_optimizer") + "_scheduler_by_iteration": torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-        for key, opt in optimizers.items()
-    }
-
-
 @dataclass
 class Session:
     """Everything :func:`build` made; :func:`train` runs it."""
@@ -343,12 +349,17 @@ class _Bookkeeper:
         s = self.session
         s.train_seconds += time.perf_counter() - self.started
         s.epoch = trainer.epoch
+        loss = float(np.mean(self.epoch_losses)) if self.epoch_losses else None
+        self.epoch_losses = []
+        # under --nproc every process computes the loss on the global batch (DistributedLoss), so every
+        # process's plateau scheduler sees the same loss and lowers the lr at the same epoch
+        step_plateau(trainer, loss)
         entry = {
             "epoch": trainer.epoch,
             "seconds": s.train_seconds,
-            "loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None,
+            "loss": loss,
+            "lr": s.optimizers["trunk_optimizer"].param_groups[0]["lr"] if "trunk_optimizer" in s.optimizers else None,
         }
-        self.epoch_losses = []
         if s.config.eval_every_epoch:
             entry.update(evaluate_session(s))
         s.history.append(entry)
@@ -465,7 +476,15 @@ def build(
     )
     session.trainer.bookkeeper = bookkeeper
     session.trainer.lr_schedulers.update(
-        make_lr_schedulers(session.optimizers, config.lr_schedule, session.trainer, config.epochs)
+        make_lr_schedulers(
+            session.optimizers,
+            session.trainer,
+            schedule=config.lr_schedule,
+            epochs=config.epochs,
+            milestones=config.lr_milestones,
+            gamma=config.lr_gamma,
+            patience=config.lr_patience,
+        )
     )
     # for recipes that differ between pretrained and from-scratch trunks (e.g. frozen BatchNorm)
     session.trainer.pretrained_trunk = config.backbone_kwargs.get("weights_path") is not None
@@ -603,10 +622,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 def _check_resume(config: TrainConfig, checkpoint: Mapping[str, Any]) -> None:
     saved = checkpoint["config"]
+    defaults = TrainConfig.field_defaults()  # for fields a checkpoint from an older version lacks
     diff = [
-        f"{k}={saved.get(k)!r} (checkpoint) vs {getattr(config, k)!r}"
+        f"{k}={saved.get(k, defaults[k])!r} (checkpoint) vs {getattr(config, k)!r}"
         for k in RESUME_KEYS
-        if saved.get(k) != _plain(getattr(config, k))
+        if saved.get(k, defaults[k]) != _plain(getattr(config, k))
     ]
     if diff:
         raise ValueError("cannot resume: the config differs from the checkpoint's: " + "; ".join(diff))
@@ -626,7 +646,7 @@ def _load_states(session: Session, checkpoint: Mapping[str, Any], optimizers: bo
         schedulers = session.trainer.lr_schedulers if session.trainer is not None else {}
         for key, state in (checkpoint.get("lr_schedulers") or {}).items():
             if key in schedulers:
-                schedulers[key].load_state_dict(state)
+                load_scheduler_state(schedulers[key], state)
         if session.scaler is not None and checkpoint.get("scaler"):
             session.scaler.load_state_dict(checkpoint["scaler"])
     session.epoch = int(checkpoint["epoch"])

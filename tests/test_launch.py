@@ -47,3 +47,15 @@ def test_nproc_errors_before_spawning(capsys, extra, message):
     assert main(["train", *TINY, "--epochs", "1", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pml-anchors train: error:") and message in err
+
+
+def test_train_nproc_2_plateau_schedule_lowers_every_processs_lr_at_the_same_epoch(tmp_path, capsys):
+    """Every process steps its plateau schedulers on the same global-batch loss; ``replica_max_abs_diff``
+    fingerprints the lrs too, so a process that lowered its lr alone would show a difference >= 0.5 here."""
+    argv = ["train", "--method", "proxy_anchor", *TINY, "--limit", "64", "--epochs", "6", "--batch-size", "32"]
+    argv += ["--optimizer", "sgd", "--lr", "8", "--lr-schedule", "plateau", "--lr-gamma", "0.5", "--lr-patience", "0"]
+    assert main([*argv, "--nproc", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    lrs = [h["lr"] for h in results["history"]]
+    assert lrs[0] == 8.0 and lrs[-1] < 8.0  # the schedule lowered the lr during the run
+    assert results["replica_max_abs_diff"] <= 1e-6

@@ -6,8 +6,8 @@ Adam at lr 1e-3 for ResNets (1e-4 for Swin-T), no learning-rate multiplier::
 
     optimizers["metric_loss_optimizer"] = torch.optim.Adam(loss.parameters(), lr=1e-3)
 
-and decays the lr by 0.5 on a 9-epoch plateau (``ReduceLROnPlateau(factor=0.5, patience=9)``, e.g. under
-``lr_schedulers["metric_loss_scheduler_by_plateau"]``). Retrieval uses raw (not L2-normalised) embeddings.
+and decays the lr by 0.5 on a 9-epoch plateau (``ReduceLROnPlateau(factor=0.5, patience=9)``; ``pml-anchors train
+--lr-schedule plateau --lr-gamma 0.5 --lr-patience 9``). Retrieval uses raw (not L2-normalised) embeddings.
 :meth:`CAMHooks.attach` warns when the anchors would not be stepped; the epoch hook logs the anchor
 geometry against the loss's targets.
 """
