@@ -105,12 +105,16 @@ def retrieval_table(
 
 
 def history_table(data: dict) -> str:
-    lines = ["| method | epoch | train s | P@1 | nearest-anchor acc | loss |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | epoch | train s | P@1 | nearest-anchor acc | loss | next lr |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in ok_runs(data):
         for h in r.get("history", []):
+            lr = "–" if h.get("lr") is None else f"{h['lr']:.3g}"  # recorded since the lr schedules were added
             lines.append(
                 f"| {r['method']} | {h['epoch']} | {h['seconds']:.0f} | {pct(h.get('precision_at_1'))} | "
-                f"{pct(h.get('nearest_anchor_accuracy'))} | {h['loss']:.4f} |"
+                f"{pct(h.get('nearest_anchor_accuracy'))} | {h['loss']:.4f} | {lr} |"
             )
     return "\n".join(lines)
 
@@ -157,7 +161,8 @@ def report(out: Path) -> str:
     if opr:
         parts.append(section("open_set reponet d=4", opr, retrieval_table(opr, anchor_acc=False, threshold=None)))
     longer = sorted(p.parent.name for p in out.glob("reponet_long_s*/results.json"))
-    for name in ("ncm_paper_e_ncm", "ncm_paper_c_ncm", "ncm_2d_paper", "reponet_paper", *longer):
+    ncm = sorted(p.parent.name for p in out.glob("ncm_paper*_*/results.json"))  # ncm_paper[TAG|_step]_METHOD
+    for name in (*ncm, "ncm_2d_paper", "reponet_paper", *longer):
         data = load(out, name)
         if data:
             parts.append(section(name, data, retrieval_table(data, checks=False) + "\n\n" + history_table(data)))

@@ -18,6 +18,8 @@ OUT="${OUT:-$ROOT/runs/mnist}"                      # runs/ is git-ignored
 NCM_EPOCHS="${NCM_EPOCHS:-8}"
 REPONET_EPOCHS="${REPONET_EPOCHS:-10}"
 NCM_2D_EPOCHS="${NCM_2D_EPOCHS:-6}"
+NCM_STEP_EPOCHS="${NCM_STEP_EPOCHS:-12}"            # stage ncm_paper_step: lr 0.1, / 10 after each milestone
+NCM_STEP_MILESTONES="${NCM_STEP_MILESTONES:-6,9}"
 SEEDS="${SEEDS:-1 2 3 4}"                           # extra seeds for stages seeds / seeds_ce (seed 0 is the rest)
 # D128_SEEDS: the seeds of stage reponet_d128 (default: 0 and $SEEDS); LONG_SEEDS / LONG_EPOCHS: stage reponet_long
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
@@ -104,11 +106,21 @@ stage_open_set_reponet_d128() {  # the 4-simplex of the 5 training digits zero-p
 
 stage_ncm_paper() {  # the NCM paper's 2-d MNIST setting: its CNN and SGD recipe; cosine for "lr / 10 on plateau"
   # `train` (not bench) writes a checkpoint with the per-epoch metrics after every epoch, so a long run that is
-  # stopped can be resumed with `pml-anchors train --resume $OUT/ncm_paper_$m/checkpoint.pt`
+  # stopped can be resumed with `pml-anchors train --resume $OUT/ncm_paper_$m/checkpoint.pt`.
+  # NCM_TAG goes into the run's name, to keep runs with another NCM_EPOCHS apart (NCM_TAG=12: ncm_paper12_e_ncm)
   for m in ${NCM_METHODS:-e_ncm c_ncm}; do
-    timed "ncm_paper_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
+    timed "ncm_paper${NCM_TAG:-}_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
       --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule cosine --epochs "$NCM_EPOCHS" \
-      --eval-every-epoch --output "$OUT/ncm_paper_$m"
+      --eval-every-epoch --output "$OUT/ncm_paper${NCM_TAG:-}_$m"
+  done
+}
+
+stage_ncm_paper_step() {  # the same with the paper's stepwise decay: lr / 10 after epochs $NCM_STEP_MILESTONES
+  for m in ${NCM_METHODS:-e_ncm c_ncm}; do
+    timed "ncm_paper_step_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
+      --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule step --lr-gamma 0.1 \
+      --lr-milestones "$NCM_STEP_MILESTONES" --epochs "$NCM_STEP_EPOCHS" --eval-every-epoch \
+      --output "$OUT/ncm_paper_step_$m"
   done
 }
 
@@ -159,7 +171,7 @@ stage_arcface_phi() {  # RePoNet's own comparison: a learnable classifier with t
 }
 
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_2d_paper
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(same_class reponet_d9 reponet_d128 pa_recipe cam_eval open_set open_set_pa open_set_reponet open_set_reponet_d128 ncm_paper ncm_paper_step ncm_2d_paper
   reponet_paper reponet_paper_diag seeds seeds_ce arcface_phi reponet_long)
 for s in "${STAGES[@]}"; do
   "stage_$s"
