@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -113,11 +114,31 @@ def make_lr_schedulers(
 
 def step_plateau(trainer: Any, epoch_loss: float | None) -> None:
     """Step the trainer's plateau schedulers with the epoch's mean training loss (PML's
-    ``step_lr_plateau_schedulers``); nothing when there is none or no loss was recorded."""
-    if epoch_loss is None:
+    ``step_lr_plateau_schedulers``); nothing when there is none or no loss was recorded.
+
+    A scheduler already stepped this epoch (by PML's ``HookContainer``, which steps every plateau key with a
+    validation accuracy) is not stepped again; a ``RuntimeWarning`` (once per trainer) says to use one or the
+    other.
+    """
+    plateau = {
+        k: v for k, v in (getattr(trainer, "lr_schedulers", None) or {}).items() if k.endswith(_SUFFIX["plateau"])
+    }
+    if epoch_loss is None or not plateau:
         return
-    if any(key.endswith(_SUFFIX["plateau"]) for key in (getattr(trainer, "lr_schedulers", None) or {})):
-        trainer.step_lr_plateau_schedulers(float(epoch_loss))
+    stepped = sorted(k for k, v in plateau.items() if v.last_epoch >= trainer.epoch)
+    if stepped:
+        if getattr(trainer, "plateau_stepped_elsewhere", False):  # warned already
+            return
+        trainer.plateau_stepped_elsewhere = True
+        warnings.warn(
+            f"{', '.join(stepped)} already stepped in epoch {trainer.epoch} by another end-of-epoch hook (PML's "
+            "HookContainer steps plateau schedulers with a validation accuracy); lr_schedule='plateau' steps them "
+            "on the training loss. Not stepping them again: use one or the other.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    trainer.step_lr_plateau_schedulers(float(epoch_loss))
 
 
 def load_scheduler_state(scheduler: Any, state: Mapping[str, Any]) -> None:

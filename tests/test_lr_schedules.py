@@ -197,3 +197,16 @@ def test_cosine_resumed_with_more_epochs_is_stretched_over_the_new_total(toys, t
     # cosine(2, 4) = 5e-3 when epoch 3 starts and is cosine(3, 4) when it ends
     assert [h["lr"] for h in resumed.history] == pytest.approx([cosine(1, 2), 0.0, cosine(3, 4), 0.0], abs=1e-12)
     assert cosine(3, 4) > 0
+
+
+def test_plateau_schedulers_stepped_by_another_hook_are_not_stepped_twice(toys):
+    """PML's HookContainer steps every plateau key with a validation accuracy at the end of each epoch."""
+
+    def hook_container_like(trainer):
+        trainer.step_lr_plateau_schedulers(0.9)
+        return True
+
+    s = build(tiny("toy_learnable", epochs=2, lr_schedule="plateau"), end_of_epoch_hook=hook_container_like)
+    with pytest.warns(RuntimeWarning, match="already stepped in epoch 1 by another end-of-epoch hook"):
+        train(s)
+    assert s.trainer.lr_schedulers["trunk_scheduler_by_plateau"].last_epoch == 2  # once per epoch
