@@ -156,15 +156,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def field_defaults(cls) -> dict[str, Any]:
-        """Every field's default (``None`` for the required ``method``)."""
-        return {
-            f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            for f in dataclasses.fields(cls)
-            if f.name != "method"
-        } | {"method": None}
-
-    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a dict, ignoring keys this version does not know."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -620,13 +611,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return data
 
 
+def _field_default(name: str) -> Any:
+    """A :class:`TrainConfig` field's default: the value of a field a checkpoint from an older version lacks."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _check_resume(config: TrainConfig, checkpoint: Mapping[str, Any]) -> None:
-    saved = checkpoint["config"]
-    defaults = TrainConfig.field_defaults()  # for fields a checkpoint from an older version lacks
+    saved = {k: checkpoint["config"].get(k, _field_default(k)) for k in RESUME_KEYS}
     diff = [
-        f"{k}={saved.get(k, defaults[k])!r} (checkpoint) vs {getattr(config, k)!r}"
+        f"{k}={saved[k]!r} (checkpoint) vs {getattr(config, k)!r}"
         for k in RESUME_KEYS
-        if saved.get(k, defaults[k]) != _plain(getattr(config, k))
+        if saved[k] != _plain(getattr(config, k))
     ]
     if diff:
         raise ValueError("cannot resume: the config differs from the checkpoint's: " + "; ".join(diff))
