@@ -30,7 +30,8 @@ import torch
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 DEFAULT_GAMMA = 0.1
 DEFAULT_PATIENCE = 10  # torch's ReduceLROnPlateau default
-_SUFFIX = {"cosine": "_scheduler_by_iteration", "step": "_scheduler_by_epoch", "plateau": "_scheduler_by_plateau"}
+#: when PML's trainer steps each schedule's scheduler: the key into its ``allowed_lr_scheduler_key_suffixes``
+_STEPPED_BY = {"cosine": "iteration", "step": "epoch", "plateau": "plateau"}
 #: plateau-scheduler fields the config owns: on resume these come from the config, not the checkpoint
 CONFIG_OWNED_STATE = ("factor", "patience")
 
@@ -86,8 +87,9 @@ def make_lr_schedulers(
     patience: int | None = None,
 ) -> dict[str, Any]:
     """PML ``lr_schedulers`` for ``schedule`` (see the module docstring), one per optimizer, keyed
-    ``<optimizer name without _optimizer><suffix>``. ``trainer.iterations_per_epoch`` (set by PML when training
-    starts) is read when the cosine factor is computed."""
+    ``<optimizer name without _optimizer><suffix>`` with the PML trainer's own suffix for when it is stepped.
+    ``trainer.iterations_per_epoch`` (set by PML when training starts) is read when the cosine factor is
+    computed."""
     milestones = check_schedule(schedule, epochs, milestones, gamma, patience)
     if schedule == "constant":
         return {}
@@ -109,7 +111,8 @@ def make_lr_schedulers(
             )
         return torch.optim.lr_scheduler.LambdaLR(opt, cosine if schedule == "cosine" else stepped)
 
-    return {key.removesuffix("_optimizer") + _SUFFIX[schedule]: scheduler(opt) for key, opt in optimizers.items()}
+    suffix = trainer.allowed_lr_scheduler_key_suffixes[_STEPPED_BY[schedule]]
+    return {key.removesuffix("_optimizer") + suffix: scheduler(opt) for key, opt in optimizers.items()}
 
 
 def step_plateau(trainer: Any, epoch_loss: float | None) -> None:
@@ -120,9 +123,8 @@ def step_plateau(trainer: Any, epoch_loss: float | None) -> None:
     validation accuracy) is not stepped again; a ``RuntimeWarning`` (once per trainer) says to use one or the
     other.
     """
-    plateau = {
-        k: v for k, v in (getattr(trainer, "lr_schedulers", None) or {}).items() if k.endswith(_SUFFIX["plateau"])
-    }
+    suffix = trainer.allowed_lr_scheduler_key_suffixes["plateau"]
+    plateau = {k: v for k, v in (trainer.lr_schedulers or {}).items() if k.endswith(suffix)}
     if epoch_loss is None or not plateau:
         return
     stepped = sorted(k for k, v in plateau.items() if v.last_epoch >= trainer.epoch)

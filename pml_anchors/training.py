@@ -349,7 +349,7 @@ class _Bookkeeper:
             "epoch": trainer.epoch,
             "seconds": s.train_seconds,
             "loss": loss,
-            "lr": s.optimizers["trunk_optimizer"].param_groups[0]["lr"] if "trunk_optimizer" in s.optimizers else None,
+            "lr": s.optimizers["trunk_optimizer"].param_groups[0]["lr"],  # make_optimizers always makes it
         }
         if s.config.eval_every_epoch:
             entry.update(evaluate_session(s))
