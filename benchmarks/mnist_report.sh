@@ -124,6 +124,24 @@ stage_ncm_paper_step() {  # the same with the paper's stepwise decay: lr / 10 af
   done
 }
 
+# GPU stages (not in the default list: hours per epoch-hundred on a CPU; docs/gpu.md has their H100 results)
+stage_ncm_paper_plateau() {  # the paper's "lr / 10 on plateau" itself: the epoch's mean training loss, patience
+  # NCM_PATIENCE (5; the paper gives none), NCM_PLATEAU_EPOCHS (90) epochs; about 4 s per epoch on an H100
+  for m in ${NCM_METHODS:-e_ncm c_ncm}; do
+    timed "ncm_paper_plateau_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
+      --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule plateau --lr-gamma 0.1 \
+      --lr-patience "${NCM_PATIENCE:-5}" --epochs "${NCM_PLATEAU_EPOCHS:-90}" --eval-every-epoch \
+      --output "$OUT/ncm_paper_plateau_$m"
+  done
+}
+
+stage_pairs() {  # the two pairs that trail on P@1 (c_ncm / NormalizedSoftmax, reponet / ArcFace) at PAIR_SEEDS
+  for seed in ${PAIR_SEEDS:-5 6 7 8 9 10 11 12 13 14}; do
+    timed "pairs_s$seed" "$PML" bench "${COMMON[@]}" --methods c_ncm,reponet --epochs 3 --embedding-size 128 \
+      --baselines pml_normalized_softmax,pml_arcface --seed "$seed" --no-plots --output "$OUT/pairs_s$seed"
+  done
+}
+
 stage_ncm_2d_paper() {
   # the NCM paper's 2-d MNIST setting (Table 1, polygon anchors) with its optimizer (SGD 0.1, momentum 0.9, wd 5e-4,
   # batch 256) on the shared small_cnn; cosine decay stands in for the paper's "lr / 10 on plateau"

@@ -206,6 +206,7 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epo
         dataset=dataset,
         iterations_per_epoch=iterations,
         dataloader_num_workers=0,
+        data_device=torch.device("cpu"),  # the tiny models stay on the CPU; PML's default is CUDA when present
         end_of_iteration_hook=chain_hooks(hooks.end_of_iteration_hook, record),
         end_of_epoch_hook=method_epoch_hook,
     )

@@ -174,7 +174,10 @@ def test_new_plugin_works_from_an_installed_wheel(tmp_path):
     assert expected <= set(zipfile.ZipFile(wheel).namelist())
 
     python = make_plugin_env(tmp_path / "env")
-    subprocess.run([python, *pip, "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
+    # --force-reinstall: where pml-anchors 0.1.0 is installed as a plain (not editable) copy, pip would call the
+    # wheel "already installed" through the parent environment that the new one sees, and skip it
+    install = [*pip, "install", "--quiet", "--no-deps", "--no-index", "--force-reinstall", str(wheel)]
+    subprocess.run([python, *install], check=True)
     code = (
         "import sys, pml_anchors\nfrom pml_anchors.cli import main\n"
         "print(pml_anchors.__file__)\nsys.exit(main(['new-plugin', 'from-wheel', '--dir', sys.argv[1]]))"

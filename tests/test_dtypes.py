@@ -105,6 +105,7 @@ def test_loss_dtype_float64_for_float64_and_float32_for_16_bit_inputs(name):
         assert value.dtype == torch.float32 and x.grad.dtype == half and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast needs a CUDA GPU")
 @pytest.mark.parametrize("name", METHODS, ids=IDS)
 def test_cuda_fp16_autocast(name):

@@ -14,6 +14,16 @@ def test_check_method_accepts_a_spec_with_fixed_anchors():
     assert report["hooks"] == "TrainerHooks" and report["trainer_loss"] > 0
 
 
+def test_check_method_keeps_its_batches_on_the_cpu_whatever_pml_defaults_to(monkeypatch):
+    """PML's trainer puts each batch on CUDA whenever a GPU is present (``use_cuda_if_available``), but the kit's
+    tiny models are on the CPU: on a GPU machine every check failed until the kit named its data device."""
+    from pytorch_metric_learning.utils import common_functions as c_f
+
+    monkeypatch.setattr(c_f, "use_cuda_if_available", lambda: torch.device("meta"))  # a device it must not use
+    report = check_method(MethodSpec(name="toy", loss=ToyCosineLoss, initializer="one_hot"))
+    assert report["trainer_loss"] > 0
+
+
 def test_check_method_accepts_learnable_anchors_by_name(pml_registry):
     class Plugin:
         @hookimpl

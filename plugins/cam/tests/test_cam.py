@@ -201,6 +201,7 @@ def test_training_in_pml_metric_loss_only_lowers_the_loss_and_moves_the_anchors(
         dataset=torch.utils.data.TensorDataset(data, labels),
         iterations_per_epoch=10,
         dataloader_num_workers=0,
+        data_device=torch.device("cpu"),  # the models stay on the CPU (PML's default: CUDA if present)
         end_of_iteration_hook=pml_anchors.chain_hooks(
             hooks.end_of_iteration_hook, lambda t: seen.append(float(t.losses["total_loss"].detach()))
         ),

@@ -449,6 +449,7 @@ def make_trainer(hooks, *, num_classes=4, dim=6, iterations=2, lr=1e-3, spec=Non
         dataset=torch.utils.data.TensorDataset(data, labels),
         iterations_per_epoch=iterations,
         dataloader_num_workers=0,
+        data_device=torch.device("cpu"),  # the models stay on the CPU (PML's default: CUDA if present)
         gradient_clippers=clippers,
         end_of_iteration_hook=chain_hooks(hooks.end_of_iteration_hook, record),
         end_of_epoch_hook=hooks.end_of_epoch_hook,
