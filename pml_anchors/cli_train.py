@@ -78,6 +78,12 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often fastest for tiny models)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader worker processes for training and evaluation (default 0: load in the main process; "
+        "image folders on a GPU want a few)",
+    )
     _add_output_flags(p)
 
 
@@ -108,6 +114,7 @@ _CONFIG_ARGS = {
     "test_limit": "test_limit",
     "amp": "amp",
     "num_threads": "threads",
+    "dataloader_num_workers": "workers",
     "output": "output",
     "eval_every_epoch": "eval_every_epoch",
     "loss_kwargs": "loss_kwargs",
@@ -227,6 +234,7 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, help="default: the checkpoint's")
     p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
     p.add_argument("--device", help="auto, cpu or cuda (default: the checkpoint's)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: the checkpoint's)")
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_output_flags(p)
@@ -244,6 +252,7 @@ def run_eval(args) -> int:
         protocol=args.protocol,
         test_limit=args.test_limit,
         device=args.device,
+        dataloader_num_workers=args.workers,
     )
     if args.output:
         write_json(results, args.output)

@@ -147,6 +147,7 @@ def evaluate(
     batch_size: int = 256,
     normalize_embeddings: bool | None = None,
     geometry: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Retrieval metrics, nearest-anchor accuracy and geometry on ``splits.test`` (query = gallery).
 
@@ -154,6 +155,7 @@ def evaluate(
         ``num_classes``).
     :param spec: the method's :class:`~pml_anchors.MethodSpec`; its ``normalize_embeddings``
         decides the kNN space unless ``normalize_embeddings`` is given.
+    :param num_workers: the tester's DataLoader worker processes (0: the main process).
     :returns: a JSON-friendly dict: the :data:`METRICS` under PML's names,
         ``nearest_anchor_accuracy`` (``None`` under ``open_set``), the geometry diagnostics,
         ``normalize_embeddings``, ``protocol`` and ``num_queries``.
@@ -162,7 +164,7 @@ def evaluate(
     if normalize_embeddings is None:
         normalize_embeddings = True if spec is None else bool(spec.normalize_embeddings)
     protocol = getattr(splits, "protocol", "same_class")
-    tester = make_tester(normalize_embeddings, device, batch_size)
+    tester = make_tester(normalize_embeddings, device, batch_size, num_workers)
     accuracies = tester.test({"test": splits.test}, epoch, trunk, embedder)["test"]
     result: dict[str, Any] = {m: float(accuracies[f"{m}_level0"]) for m in METRICS}
     raw, labels = tester.raw_embeddings["test"]

@@ -99,6 +99,9 @@ class TrainConfig:
     :param eval_every_epoch: evaluate after every epoch (``history``; used by ``bench``).
     :param num_threads: ``torch.set_num_threads`` for the run (``None``: leave it). Tiny CPU models
         are often fastest with 1, especially on a busy machine.
+    :param dataloader_num_workers: DataLoader worker processes for training and evaluation (PML's
+        trainer and tester); 0 loads in the main process. Without random transforms the results do
+        not depend on it.
     """
 
     method: str
@@ -138,7 +141,7 @@ class TrainConfig:
             raise ValueError(f"method must be a non-empty string, got {self.method!r}")
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        for name, low in (("epochs", 0), ("batch_size", 2), ("eval_batch_size", 1)):
+        for name, low in (("epochs", 0), ("batch_size", 2), ("eval_batch_size", 1), ("dataloader_num_workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -542,7 +545,13 @@ def train(session: Session) -> Session:
 def evaluate_session(session: Session, **options: Any) -> dict[str, Any]:
     """:func:`pml_anchors.evaluation.evaluate` on the session's test split; ``options`` go to it
     (e.g. ``normalize_embeddings=True``, ``geometry=False``)."""
-    options = {"epoch": session.epoch, "batch_size": session.config.eval_batch_size, **options}
+    config = session.config
+    options = {
+        "epoch": session.epoch,
+        "batch_size": config.eval_batch_size,
+        "num_workers": config.dataloader_num_workers,
+        **options,
+    }
     return evaluate(
         session.trunk, session.embedder, session.loss, session.splits, session.spec, session.device, **options
     )

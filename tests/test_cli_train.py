@@ -45,6 +45,7 @@ def test_help_lists_train_eval_bench_without_importing_torch():
         (["train", "--epochs", "1"], "--method is required"),
         (["bench", "--methods", "toy_fixed", "--baselines", "arcfce"], "did you mean 'pml_arcface'"),
         (["eval", "--checkpoint", "/nonexistent/checkpoint.pt"], "checkpoint not found"),
+        (["train", "--method", "toy_fixed", "--workers", "-1"], "dataloader_num_workers must be an int >= 0, got -1"),
     ],
 )
 def test_errors_exit_2_with_one_line(toys, capsys, argv, message):
@@ -75,6 +76,26 @@ def test_train_writes_results_and_checkpoint_and_eval_reproduces(toys, tmp_path,
 
     assert main(["train", "--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--output", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
+
+
+def test_workers_load_training_and_evaluation_batches_without_changing_the_results(toys, tmp_path, monkeypatch):
+    import pml_anchors.evaluation as evaluation
+
+    tester_workers = []
+    make_tester = evaluation.make_tester
+    monkeypatch.setattr(evaluation, "make_tester", lambda *a, **k: tester_workers.append(a[3]) or make_tester(*a, **k))
+    results = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        assert main(["train", "--method", "toy_learnable", *TINY, "--workers", str(workers), "--output", str(out)]) == 0
+        results[workers] = json.loads((out / "results.json").read_text())
+        assert results[workers]["config"]["dataloader_num_workers"] == workers
+    assert tester_workers == [0, 2]  # PML's tester got them too
+    for key in ("precision_at_1", "mean_average_precision_at_r", "nearest_anchor_accuracy"):
+        assert results[2][key] == results[0][key], key  # no random transforms: the same batches
+    assert [h["loss"] for h in results[2]["history"]] == [h["loss"] for h in results[0]["history"]]
+    assert main(["eval", "--checkpoint", str(tmp_path / "w0" / "checkpoint.pt"), "--workers", "1", "--json"]) == 0
+    assert tester_workers[-1] == 1
 
 
 def test_backbone_weights_flag_loads_the_trunk(toys, tmp_path, capsys):
