@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tester = testers.GlobalEmbeddingSpaceTester(
         accuracy_calculator=AccuracyCalculator(
-            include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count"
+            include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count", device=device
         ),
         dataloader_num_workers=0,
         data_device=device,

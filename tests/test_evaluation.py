@@ -39,7 +39,8 @@ def test_metrics_are_pml_accuracy_calculator_in_the_specs_space(toys, method, no
     emb, labels = embed(s.trunk, s.embedder, s.splits.test, "cpu")
     if normalized:
         emb = torch.nn.functional.normalize(emb)
-    direct = AccuracyCalculator(include=METRICS, k="max_bin_count").get_accuracy(emb, labels, emb, labels, True)
+    calculator = AccuracyCalculator(include=METRICS, k="max_bin_count", device=torch.device("cpu"))
+    direct = calculator.get_accuracy(emb, labels, emb, labels, True)
     for m in METRICS:
         assert r[m] == pytest.approx(direct[m]), m
         assert 0.0 <= r[m] <= 1.0
