@@ -28,6 +28,7 @@ epoch.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -172,6 +173,7 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
         values.update(output=None, eval_every_epoch=False)
     config = TrainConfig.from_dict(values)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    session = parallel = None
     try:
         started = time.perf_counter()
         parallel = _DataParallel(rank, world, device)
@@ -200,4 +202,9 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
             write_json(results, os.path.join(config.output, "results.json"))
         write_json(results, result_file)
     finally:
+        # DDP wrappers (also the ones replaced when a hook froze or unfroze a model) sit in PML's reference cycles
+        # and keep the process group and its pending work alive. Collect them now, while the interpreter is whole:
+        # freed only at its exit, gloo's threads can abort the process (SIGABRT, seen once on a busy machine)
+        session = parallel = None
+        gc.collect()
         dist.destroy_process_group()
