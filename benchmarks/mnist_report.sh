@@ -104,35 +104,34 @@ stage_open_set_reponet_d128() {  # the 4-simplex of the 5 training digits zero-p
     --epochs 3 --embedding-size 128 --no-plots --output "$OUT/open_set_reponet_d128"
 }
 
-stage_ncm_paper() {  # the NCM paper's 2-d MNIST setting: its CNN and SGD recipe; cosine for "lr / 10 on plateau"
-  # `train` (not bench) writes a checkpoint with the per-epoch metrics after every epoch, so a long run that is
-  # stopped can be resumed with `pml-anchors train --resume $OUT/ncm_paper_$m/checkpoint.pt`.
-  # NCM_TAG goes into the run's name, to keep runs with another NCM_EPOCHS apart (NCM_TAG=12: ncm_paper12_e_ncm)
+# ncm_train RUN ARGS...: each of NCM_METHODS (default e_ncm c_ncm) as run RUN_<method>, in the NCM paper's 2-d MNIST
+# setting (its CNN, SGD lr 0.1 / momentum 0.9 / weight decay 5e-4, batch 256) plus ARGS (schedule, epochs).
+# `train` (not bench) writes a checkpoint with the per-epoch metrics after every epoch, so a long run that is
+# stopped can be resumed with `pml-anchors train --resume $OUT/RUN_<method>/checkpoint.pt`.
+ncm_train() {
+  local run=$1
+  shift
   for m in ${NCM_METHODS:-e_ncm c_ncm}; do
-    timed "ncm_paper${NCM_TAG:-}_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
-      --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule cosine --epochs "$NCM_EPOCHS" \
-      --eval-every-epoch --output "$OUT/ncm_paper${NCM_TAG:-}_$m"
+    timed "${run}_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
+      --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --eval-every-epoch "$@" --output "$OUT/${run}_$m"
   done
 }
 
-stage_ncm_paper_step() {  # the same with the paper's stepwise decay: lr / 10 after epochs $NCM_STEP_MILESTONES
-  for m in ${NCM_METHODS:-e_ncm c_ncm}; do
-    timed "ncm_paper_step_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
-      --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule step --lr-gamma 0.1 \
-      --lr-milestones "$NCM_STEP_MILESTONES" --epochs "$NCM_STEP_EPOCHS" --eval-every-epoch \
-      --output "$OUT/ncm_paper_step_$m"
-  done
+stage_ncm_paper() {  # cosine decay standing in for "lr / 10 on plateau"
+  # NCM_TAG goes into the run's name, to keep runs with another NCM_EPOCHS apart (NCM_TAG=12: ncm_paper12_e_ncm)
+  ncm_train "ncm_paper${NCM_TAG:-}" --lr-schedule cosine --epochs "$NCM_EPOCHS"
+}
+
+stage_ncm_paper_step() {  # the paper's stepwise decay at fixed epochs: lr / 10 after epochs $NCM_STEP_MILESTONES
+  ncm_train ncm_paper_step --lr-schedule step --lr-gamma 0.1 --lr-milestones "$NCM_STEP_MILESTONES" \
+    --epochs "$NCM_STEP_EPOCHS"
 }
 
 # GPU stages (not in the default list: hours per epoch-hundred on a CPU; docs/gpu.md has their H100 results)
 stage_ncm_paper_plateau() {  # the paper's "lr / 10 on plateau" itself: the epoch's mean training loss, patience
   # NCM_PATIENCE (5; the paper gives none), NCM_PLATEAU_EPOCHS (90) epochs; about 4 s per epoch on an H100
-  for m in ${NCM_METHODS:-e_ncm c_ncm}; do
-    timed "ncm_paper_plateau_$m" "$PML" train "${COMMON[@]}" --method "$m" --backbone ncm_cnn --embedding-size 2 \
-      --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 256 --lr-schedule plateau --lr-gamma 0.1 \
-      --lr-patience "${NCM_PATIENCE:-5}" --epochs "${NCM_PLATEAU_EPOCHS:-90}" --eval-every-epoch \
-      --output "$OUT/ncm_paper_plateau_$m"
-  done
+  ncm_train ncm_paper_plateau --lr-schedule plateau --lr-gamma 0.1 --lr-patience "${NCM_PATIENCE:-5}" \
+    --epochs "${NCM_PLATEAU_EPOCHS:-90}"
 }
 
 stage_pairs() {  # the two pairs that trail on P@1 (c_ncm / NormalizedSoftmax, reponet / ArcFace) at PAIR_SEEDS

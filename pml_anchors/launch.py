@@ -173,7 +173,6 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
         values.update(output=None, eval_every_epoch=False)
     config = TrainConfig.from_dict(values)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    session = parallel = None
     try:
         started = time.perf_counter()
         parallel = _DataParallel(rank, world, device)

@@ -34,7 +34,7 @@ def _grads(module, x, y):
 def test_loss_on_cuda_equals_cpu_in_float64(name):
     cpu = method_cases.build(name, num_classes=10, embedding_size=16).double()
     gpu = copy.deepcopy(cpu).cuda()
-    width = method_cases.build(name, num_classes=10, embedding_size=16).embedding_size
+    width = cpu.embedding_size
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, width, generator=g, dtype=torch.float64), torch.arange(48) % 10
     value_cpu, grads_cpu = _grads(cpu, x, y)
