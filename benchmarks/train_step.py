@@ -6,6 +6,7 @@ Usage::
     python benchmarks/train_step.py --classes 10,1000  # also with 1000 classes
     python benchmarks/train_step.py --quick            # 3 rounds, one method set, for a smoke test
     python benchmarks/train_step.py --json out.json    # machine-readable results ('-': stdout)
+    python benchmarks/train_step.py --compile          # also each step with torch.compile'd trunk + embedder
 
 For every method the model is ``pml_anchors.models.build_backbone("small_cnn", in_channels=1,
 input_size=28, embedding_size=d)`` (the small MNIST CNN + a linear embedding head), the loss is
@@ -20,6 +21,11 @@ images (B x 1 x 28 x 28, standard normal) with uniformly random labels.
 * ``loss`` -- the loss alone, forward + backward, on a (B x d) embedding tensor with ``requires_grad``
   (the embeddings of the current model, detached);
 * ``share`` -- loss / step.
+
+With ``--compile`` every method is also measured with its trunk and embedder compiled
+(:func:`pml_anchors.models.compile_models`, inductor; ``pml-anchors train --compile``), in the same rounds as the
+eager models; ``x eager`` is its step time over the eager step's. Compiling happens in the warm-up (the first
+step, seconds), which is not timed.
 
 Rounds interleave the methods (rotating order) so that load noise hits them alike; medians are reported.
 """
@@ -41,15 +47,19 @@ METHOD_KWARGS = {"reponet": {"anchors": "spread", "margin": 0.5}}
 class Case:
     """One method with its own model, loss, optimizer and data."""
 
-    def __init__(self, name: str, classes: int, dim: int, batch: int, device: torch.device, seed: int):
+    def __init__(
+        self, name: str, classes: int, dim: int, batch: int, device: torch.device, seed: int, compiled: bool = False
+    ):
         import pml_anchors
-        from pml_anchors.models import build_backbone
+        from pml_anchors.models import build_backbone, compile_models
 
         torch.manual_seed(seed)
-        self.name, self.device = name, device
+        self.name, self.device, self.compiled = name, device, compiled
         self.trunk, self.embedder = build_backbone("small_cnn", in_channels=1, input_size=28, embedding_size=dim)
         self.trunk.to(device)
         self.embedder.to(device)
+        if compiled:
+            compile_models(self.trunk, self.embedder)
         self.loss = pml_anchors.get_loss(name, classes, dim, **METHOD_KWARGS.get(name, {})).to(device)
         spec = pml_anchors.get_method(name)
         lr = 1e-3
@@ -77,45 +87,53 @@ class Case:
         self.loss(emb, self.labels).backward()
 
 
-def measure(names, classes, dim, batch, device, repeats, warmup, seed, log) -> list[dict[str, Any]]:
-    cases = [Case(n, classes, dim, batch, device, seed) for n in names]
-    for _ in range(warmup):
+def measure(names, classes, dim, batch, device, repeats, warmup, seed, log, compiled=False) -> list[dict[str, Any]]:
+    variants = (False, True) if compiled else (False,)
+    cases = [Case(n, classes, dim, batch, device, seed, compiled=v) for n in names for v in variants]
+    for _ in range(max(warmup, 2 if compiled else 1)):  # compiled: the first step compiles, the second settles
         for c in cases:
             c.step()
             c.loss_only()
-    steps: dict[str, list[float]] = {c.name: [] for c in cases}
-    losses: dict[str, list[float]] = {c.name: [] for c in cases}
+    steps: dict[Case, list[float]] = {c: [] for c in cases}
+    losses: dict[Case, list[float]] = {c: [] for c in cases}
     for r in range(repeats):
         for c in rotated(cases, r):
-            steps[c.name].append(timed_ms(c.step, device))
-            losses[c.name].append(timed_ms(c.loss_only, device))
+            steps[c].append(timed_ms(c.step, device))
+            losses[c].append(timed_ms(c.loss_only, device))
     rows = []
     for c in cases:
-        step_ms, loss_ms = statistics.median(steps[c.name]), statistics.median(losses[c.name])
+        step_ms, loss_ms = statistics.median(steps[c]), statistics.median(losses[c])
         rows.append(
             {
                 "method": c.name,
+                "models": "compiled" if c.compiled else "eager",
                 "C": classes,
                 "d": dim,
                 "B": batch,
                 "step_ms": step_ms,
                 "loss_ms": loss_ms,
                 "share": loss_ms / step_ms,
-                "step_times_ms": steps[c.name],
-                "loss_times_ms": losses[c.name],
+                "step_times_ms": steps[c],
+                "loss_times_ms": losses[c],
             }
         )
-    log(f"  C={classes}: " + ", ".join(f"{r['method']} {r['share']:.1%}" for r in rows))
+    eager = {r["method"]: r["step_ms"] for r in rows if r["models"] == "eager"}
+    for r in rows:
+        r["x_eager"] = r["step_ms"] / eager[r["method"]]
+    log(f"  C={classes}: " + ", ".join(f"{r['method']} ({r['models']}) {r['share']:.1%}" for r in rows))
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| C | method | train step ms | loss fwd+bwd ms | loss share |",
-        "|---|---|---|---|---|",
+        "| C | method | trunk + embedder | train step ms | x eager | loss fwd+bwd ms | loss share |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['C']:,} | `{r['method']}` | {r['step_ms']:.1f} | {r['loss_ms']:.2f} | {r['share']:.1%} |")
+        lines.append(
+            f"| {r['C']:,} | `{r['method']}` | {r['models']} | {r['step_ms']:.1f} | {r['x_eager']:.2f} "
+            f"| {r['loss_ms']:.2f} | {r['share']:.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -127,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=BATCH)
     add_common_args(parser, repeats=7, warmup=2)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, batch 64")
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure each method with torch.compile'd trunk and embedder"
+    )
     args = parser.parse_args(argv)
 
     import pml_anchors
@@ -144,10 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    log(f"train_step: device={device} threads={torch.get_num_threads()} B={batch} d={args.embedding_size}")
+    log(
+        f"train_step: device={device} threads={torch.get_num_threads()} B={batch} d={args.embedding_size}"
+        + (" (eager and compiled trunk + embedder)" if args.compile else "")
+    )
     rows = []
     for c in classes:
-        rows += measure(names, c, args.embedding_size, batch, device, repeats, warmup, args.seed, log)
+        rows += measure(names, c, args.embedding_size, batch, device, repeats, warmup, args.seed, log, args.compile)
     print(markdown_table(rows), file=sys.stderr if to_stdout else sys.stdout, flush=True)
     if args.json:
         write_results(args.json, run_meta(device, batch=batch, repeats=repeats), rows)

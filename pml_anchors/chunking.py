@@ -24,6 +24,11 @@ The exponentials are taken in base 2: maps return their logits times log2(e) (fo
 do anyway), and ``exp(z - m) = exp2(log2(e) z - log2(e) m)``. On CPU ``torch.exp2`` is about 3x faster than
 ``torch.exp`` and, unlike it, has no slow path for arguments below -87 (where ``exp`` underflows); the
 result differs from ``exp`` by a few float rounding units of the largest terms.
+
+Under ``torch.compile`` both functions run eagerly (``torch.compiler.disable``; dynamo graph-breaks around them):
+the autograd function keeps Python-side state from forward to backward (the saved ``exp(z - m)`` buffer, the
+logit map's per-block caches), which dynamo cannot trace (it fails on the caches' side effects). Everything
+around them compiles.
 """
 
 from __future__ import annotations
@@ -460,6 +465,7 @@ class _ClassLogSumExp(torch.autograd.Function):
         return dx, drows, None, None
 
 
+@torch.compiler.disable
 def class_logsumexp(
     x: torch.Tensor,
     rows: torch.Tensor,
@@ -501,6 +507,7 @@ def class_logsumexp(
     return lse, (excluded if labels is not None else None)
 
 
+@torch.compiler.disable
 def class_cross_entropy(
     x: torch.Tensor,
     rows: torch.Tensor,

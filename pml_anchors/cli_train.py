@@ -76,6 +76,14 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        metavar="MODE",
+        help="compile the trunk and embedder with torch.compile (MODE: default, reduce-overhead, max-autotune, ...); "
+        "the first batches take seconds to compile",
+    )
+    p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often fastest for tiny models)"
     )
     p.add_argument(
@@ -129,6 +137,9 @@ def _given(args: argparse.Namespace) -> dict:
     }
     if getattr(args, "backbone_weights", None):
         given["backbone_kwargs"] = {"weights_path": args.backbone_weights}
+    if getattr(args, "compile", None) is not None:
+        given["compile"] = True
+        given["compile_kwargs"] = {} if args.compile == "default" else {"mode": args.compile}
     return given
 
 

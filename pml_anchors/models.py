@@ -31,6 +31,7 @@ __all__ = [
     "NCMNet",
     "SmallCNN",
     "build_backbone",
+    "compile_models",
     "default_backbone",
     "resnet",
 ]
@@ -336,3 +337,34 @@ def build_backbone(
             trunk.load_state_dict(_load_state_dict(weights_path), strict=True)
     embedder = EmbeddingHead(trunk.out_features, embedding_size, normalize=normalize)
     return trunk, embedder
+
+
+#: ``torch.compile`` keyword arguments that :func:`compile_models` passes on
+COMPILE_OPTIONS = ("backend", "mode", "dynamic", "fullgraph", "options")
+
+
+def check_compile_kwargs(kwargs: object) -> dict:
+    """A dict of :data:`COMPILE_OPTIONS` (values are checked by torch when the models are compiled)."""
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"compile_kwargs must be a dict of torch.compile options, got {type(kwargs).__name__}")
+    unknown = sorted(set(kwargs) - set(COMPILE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown compile_kwargs {unknown}; torch.compile options here: {', '.join(COMPILE_OPTIONS)}")
+    return dict(kwargs)
+
+
+def compile_models(*models: nn.Module, **compile_kwargs) -> None:
+    """Compile each model's forward with ``torch.compile`` (:meth:`torch.nn.Module.compile`), in place.
+
+    The modules themselves are kept (not wrapped in an ``OptimizedModule``), so their ``state_dict`` keys, PML's
+    ``models`` dict and checkpoints are the same as without compiling. The first batch in each mode (train /
+    eval) compiles, which takes seconds; afterwards every step runs the generated code. ``compile_kwargs``:
+    :data:`COMPILE_OPTIONS` (e.g. ``mode="max-autotune"``, ``backend="aot_eager"``); a bad value is a
+    ``ValueError``.
+    """
+    kwargs = check_compile_kwargs(compile_kwargs)
+    for model in models:
+        try:
+            model.compile(**kwargs)
+        except RuntimeError as error:  # torch's own check of mode / backend / options
+            raise ValueError(f"torch.compile rejected compile_kwargs {kwargs}: {error}") from None

@@ -99,6 +99,9 @@ class TrainConfig:
     :param eval_every_epoch: evaluate after every epoch (``history``; used by ``bench``).
     :param num_threads: ``torch.set_num_threads`` for the run (``None``: leave it). Tiny CPU models
         are often fastest with 1, especially on a busy machine.
+    :param compile: compile the trunk's and the embedder's forward with ``torch.compile``
+        (:func:`pml_anchors.models.compile_models`; the loss is left eager, see ``docs/compile.md``);
+        ``compile_kwargs`` are ``torch.compile``'s ``backend``, ``mode``, ``dynamic``, ``fullgraph``, ``options``.
     :param dataloader_num_workers: DataLoader worker processes for training and evaluation (PML's
         trainer and tester); 0 loads in the main process. Without random transforms the results do
         not depend on it.
@@ -135,6 +138,8 @@ class TrainConfig:
     lr_milestones: list[int] = field(default_factory=list)
     lr_gamma: float | None = None
     lr_patience: int | None = None
+    compile: bool = False
+    compile_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -152,6 +157,11 @@ class TrainConfig:
         self.lr_milestones = check_schedule(
             self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
         )
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be True or False, got {self.compile!r}")
+        from .models import check_compile_kwargs
+
+        self.compile_kwargs = check_compile_kwargs(self.compile_kwargs)
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 
@@ -391,7 +401,7 @@ def build(
     :param with_trainer: ``False`` builds models and loss only (for evaluation).
     """
     from .data import load_dataset
-    from .models import build_backbone, default_backbone
+    from .models import build_backbone, compile_models, default_backbone
 
     checkpoint = load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
     if checkpoint is not None and with_trainer:
@@ -448,6 +458,8 @@ def build(
             _load_states(session, checkpoint, optimizers=False)
         return session
 
+    if config.compile:
+        compile_models(trunk, embedder, **config.compile_kwargs)
     session.optimizers = make_optimizers(trunk, embedder, loss, config, spec.lr_multipliers)
     session.hooks = build_trainer_hooks(spec, **config.hook_kwargs)
     amp_dtype, session.scaler = _amp_setup(config, device)

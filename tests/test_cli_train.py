@@ -46,6 +46,7 @@ def test_help_lists_train_eval_bench_without_importing_torch():
         (["bench", "--methods", "toy_fixed", "--baselines", "arcfce"], "did you mean 'pml_arcface'"),
         (["eval", "--checkpoint", "/nonexistent/checkpoint.pt"], "checkpoint not found"),
         (["train", "--method", "toy_fixed", "--workers", "-1"], "dataloader_num_workers must be an int >= 0, got -1"),
+        (["train", "--method", "toy_fixed", *TINY, "--compile", "fastest"], "Unrecognized mode=fastest"),
     ],
 )
 def test_errors_exit_2_with_one_line(toys, capsys, argv, message):
@@ -96,6 +97,36 @@ def test_workers_load_training_and_evaluation_batches_without_changing_the_resul
     assert [h["loss"] for h in results[2]["history"]] == [h["loss"] for h in results[0]["history"]]
     assert main(["eval", "--checkpoint", str(tmp_path / "w0" / "checkpoint.pt"), "--workers", "1", "--json"]) == 0
     assert tester_workers[-1] == 1
+
+
+def test_compile_trains_the_compiled_models_to_the_eager_results(toys, tmp_path):
+    """--compile (inductor, real code generation): the same metrics as eager, the compiled forward really ran,
+    and the checkpoint's state dicts are the plain modules' (loadable without compiling)."""
+    import torch
+
+    from pml_anchors.models import build_backbone
+
+    results = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flag else "eager")
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        assert main(["train", "--method", "toy_fixed", *TINY, *flag, "--output", str(out)]) == 0
+        results[bool(flag)] = json.loads((out / "results.json").read_text())
+        compiled_frames = torch._dynamo.utils.counters["frames"]["ok"]
+        assert (compiled_frames > 0) == bool(flag), dict(torch._dynamo.utils.counters["frames"])
+    torch._dynamo.reset()
+    assert results[True]["config"]["compile"] is True and results[False]["config"]["compile"] is False
+    for key in ("precision_at_1", "mean_average_precision_at_r", "nearest_anchor_accuracy"):
+        assert results[True][key] == pytest.approx(results[False][key], abs=0.02), key
+    losses = [[h["loss"] for h in results[c]["history"]] for c in (False, True)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    state = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=True)
+    trunk, embedder = build_backbone(
+        "small_cnn", in_channels=1, input_size=8, embedding_size=results[True]["embedding_size"]
+    )
+    trunk.load_state_dict(state["trunk"])  # strict: no "_orig_mod." prefixes
+    embedder.load_state_dict(state["embedder"])
 
 
 def test_backbone_weights_flag_loads_the_trunk(toys, tmp_path, capsys):

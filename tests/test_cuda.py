@@ -97,3 +97,23 @@ def test_bench_runs_every_method_and_baseline_on_cuda(tmp_path):
     assert [r.get("error") for r in summary["runs"]] == [None] * len(summary["runs"])
     assert len(summary["runs"]) == len(METHODS) + len(BASELINES)
     assert all(r["device"].startswith("cuda") for r in summary["runs"]) and summary["device"].startswith("cuda")
+
+
+@pytest.mark.parametrize("name", METHODS, ids=IDS)
+def test_compiled_models_train_every_method_on_cuda_like_eager_ones(name):
+    """``--compile`` on CUDA (inductor, Triton kernels): the same loss curve as the eager models, within float
+    rounding of the reordered kernels, and every loss's value and gradients under a compiled loss too."""
+    torch._dynamo.reset()
+    curves = {}
+    for compiled in (False, True):
+        config = TrainConfig(method=name, compile=compiled, limit=512, test_limit=64, **{**DIGITS, "epochs": 1})
+        curves[compiled] = train(build(config)).iteration_losses
+    assert len(curves[True]) == len(curves[False])
+    torch.testing.assert_close(torch.tensor(curves[True]), torch.tensor(curves[False]), rtol=2e-2, atol=1e-3)
+    loss = method_cases.build(name).cuda()
+    x = torch.randn(16, loss.embedding_size, device="cuda", requires_grad=True)
+    y = torch.arange(16, device="cuda") % method_cases.NUM_CLASSES
+    (expected,) = torch.autograd.grad(loss(x, y), x)
+    (got,) = torch.autograd.grad(torch.compile(loss)(x, y), x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()

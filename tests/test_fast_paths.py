@@ -526,7 +526,7 @@ def test_loss_speed_quick_prints_a_table_and_valid_json():
     assert table[0].startswith("| d | C | loss") and len(table) == 2 + len(data["results"])
 
 
-def test_train_step_quick_reports_the_loss_share():
+def test_train_step_quick_reports_the_loss_share_eager_and_compiled():
     proc = subprocess.run(
         [
             sys.executable,
@@ -534,6 +534,7 @@ def test_train_step_quick_reports_the_loss_share():
             "--quick",
             "--methods",
             "c_ncm,proxy_anchor",
+            "--compile",
             "--threads",
             "1",
             "--json",
@@ -541,11 +542,17 @@ def test_train_step_quick_reports_the_loss_share():
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout)["results"]
-    assert [r["method"] for r in rows] == ["c_ncm", "proxy_anchor"]
+    assert [(r["method"], r["models"]) for r in rows] == [
+        ("c_ncm", "eager"),
+        ("c_ncm", "compiled"),
+        ("proxy_anchor", "eager"),
+        ("proxy_anchor", "compiled"),
+    ]
     assert all(0 < r["share"] < 1 and r["step_ms"] > r["loss_ms"] > 0 for r in rows)
-    assert "| C | method |" in proc.stderr
+    assert all(r["x_eager"] == (1.0 if r["models"] == "eager" else r["x_eager"]) > 0 for r in rows)
+    assert "| C | method | trunk + embedder |" in proc.stderr

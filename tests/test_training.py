@@ -70,6 +70,15 @@ def test_sgd_and_unknown_optimizer(toys):
         TrainConfig(method="toy_fixed", optimizer="lbfgs")
 
 
+def test_compile_options_are_checked_when_the_config_is_made(toys):
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        TrainConfig(method="toy_fixed", compile="yes")
+    with pytest.raises(ValueError, match=r"unknown compile_kwargs \['modes'\]; torch.compile options here: backend"):
+        TrainConfig(method="toy_fixed", compile=True, compile_kwargs={"modes": "max-autotune"})
+    with pytest.raises(ValueError, match="torch.compile rejected compile_kwargs .* Invalid backend: 'nope'"):
+        build(tiny(compile=True, compile_kwargs={"backend": "nope"}))
+
+
 def test_method_hooks_and_user_hooks_are_chained_and_attached(toys):
     seen = []
     s = build(

@@ -1,0 +1,135 @@
+"""Every method under ``torch.compile``: the same values and gradients as eager, and no stale anchors.
+
+Users compile their training step (model *and* loss) or the loss itself. The losses' hand-written autograd
+functions keep Python-side state between forward and backward, so they run eagerly inside a compiled graph
+(dynamo graph-breaks around them); everything around them compiles. These tests check what a user relies on:
+
+* a compiled loss gives the eager loss's value and gradients (embeddings and learnable anchors), batch after
+  batch, with a different batch size too (a recompile);
+* anchors changed after the first compiled call (an optimizer step, ``load_state_dict``, an in-place copy into a
+  fixed buffer) are seen by the next compiled call: nothing is baked into the graph as a constant;
+* a whole compiled training step (model, loss, backward, optimizer step) follows the eager one step for step.
+
+Backends: ``aot_eager`` (dynamo + AOT autograd, no code generation) and ``inductor`` (the default, which
+generates C++ on CPU and needs a C++ compiler).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import method_cases
+import pytest
+import torch
+
+METHODS = method_cases.method_names()
+IDS = [method_cases.method_id(n) for n in METHODS]
+BACKENDS = [
+    "aot_eager",
+    pytest.param(
+        "inductor",
+        marks=pytest.mark.skipif(
+            shutil.which("cc") is None and shutil.which("g++") is None, reason="inductor on CPU needs a C++ compiler"
+        ),
+    ),
+]
+#: float32 values and gradients: compiled code may reassociate sums (inductor fuses reductions)
+RTOL, ATOL = 1e-4, 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _batch(loss, size: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(size, loss.embedding_size, generator=g, requires_grad=True)
+    labels = torch.randint(0, method_cases.NUM_CLASSES, (size,), generator=g)
+    return emb, labels
+
+
+def _step(fn, loss, emb, labels):
+    """Value, embedding gradient and (learnable) anchor gradient of one forward/backward of ``fn``."""
+    emb.grad = None
+    if loss.anchors.requires_grad:
+        loss.anchors.grad = None
+    value = fn(emb, labels)
+    value.backward()
+    anchor_grad = loss.anchors.grad.clone() if loss.anchors.requires_grad else None
+    return value.detach(), emb.grad.clone(), anchor_grad
+
+
+def _assert_same(got, expected, what):
+    for name, a, b in zip(("value", "embedding gradient", "anchor gradient"), got, expected, strict=True):
+        if b is None:
+            assert a is None
+            continue
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{what}, {n}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", METHODS, ids=IDS)
+def test_compiled_loss_gives_the_eager_values_and_gradients(name, backend):
+    loss = method_cases.build(name)
+    compiled = torch.compile(loss, backend=backend)
+    for i, size in enumerate((16, 16, 12)):  # the third batch size forces a recompile
+        emb, labels = _batch(loss, size, seed=i)
+        expected = _step(loss, loss, emb, labels)
+        _assert_same(_step(compiled, loss, emb, labels), expected, f"batch {i} ({size} samples)")
+
+
+@pytest.mark.parametrize("name", METHODS, ids=IDS)
+def test_compiled_loss_sees_anchors_changed_after_it_was_compiled(name):
+    loss = method_cases.build(name)
+    compiled = torch.compile(loss, backend="aot_eager")
+    emb, labels = _batch(loss, 16, seed=0)
+    first = _step(compiled, loss, emb, labels)
+    g = torch.Generator().manual_seed(1)
+    new = torch.randn(loss.anchors.shape, generator=g)
+    new = new / new.norm(dim=-1, keepdim=True)
+    with torch.no_grad():
+        loss.anchors.copy_(new)  # what an optimizer step does to a parameter; a buffer's in-place update
+    expected = _step(loss, loss, emb, labels)
+    assert not torch.allclose(first[0], expected[0]), "the new anchors do not change the loss: test is void"
+    _assert_same(_step(compiled, loss, emb, labels), expected, "after an in-place anchor update")
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in loss.state_dict().items()}
+    state["anchors"] = torch.randn(loss.anchors.shape, generator=g)
+    loss.load_state_dict(state)
+    _assert_same(_step(compiled, loss, emb, labels), _step(loss, loss, emb, labels), "after load_state_dict")
+
+
+def _train(name: str, compile_step: bool, steps: int = 3):
+    torch.manual_seed(0)
+    loss = method_cases.build(name)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, loss.embedding_size))
+    params = list(model.parameters()) + [p for p in loss.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+
+    def step(x, y):
+        optimizer.zero_grad()
+        value = loss(model(x), y)
+        value.backward()
+        return value.detach()
+
+    if compile_step:
+        step = torch.compile(step, backend="aot_eager")
+    g = torch.Generator().manual_seed(0)
+    values = []
+    for _ in range(steps):
+        x = torch.randn(16, 6, generator=g)
+        y = torch.randint(0, method_cases.NUM_CLASSES, (16,), generator=g)
+        values.append(step(x, y))
+        optimizer.step()
+    return torch.stack(values), [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("name", METHODS, ids=IDS)
+def test_a_compiled_training_step_follows_the_eager_one(name):
+    eager_values, eager_params = _train(name, compile_step=False)
+    values, params = _train(name, compile_step=True)
+    torch.testing.assert_close(values, eager_values, rtol=RTOL, atol=ATOL)
+    for got, expected in zip(params, eager_params, strict=True):
+        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
