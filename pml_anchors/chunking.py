@@ -25,7 +25,8 @@ do anyway), and ``exp(z - m) = exp2(log2(e) z - log2(e) m)``. On CPU ``torch.exp
 ``torch.exp`` and, unlike it, has no slow path for arguments below -87 (where ``exp`` underflows); the
 result differs from ``exp`` by a few float rounding units of the largest terms.
 
-Under ``torch.compile`` both functions run eagerly (``torch.compiler.disable``; dynamo graph-breaks around them):
+Under ``torch.compile`` both functions run eagerly (``torch.compiler.disable``, applied only when compiling, so that
+a loss used without ``torch.compile`` does not import ``torch._dynamo``, about 1 s; dynamo graph-breaks around them):
 the autograd function keeps Python-side state from forward to backward (the saved ``exp(z - m)`` buffer, the
 logit map's per-block caches), which dynamo cannot trace (it fails on the caches' side effects). Everything
 around them compiles.
@@ -74,6 +75,24 @@ def once_differentiable(backward: Callable) -> Callable:
                 "differentiable torch operations"
             )
         return inner(ctx, *grads)
+
+    return wrapper
+
+
+def _eager_under_compile(fn: Callable) -> Callable:
+    """``fn``, which dynamo never traces: under ``torch.compile`` it runs through ``torch.compiler.disable(fn)``
+    (a graph break), made when first needed, since importing ``torch._dynamo`` takes about a second that code
+    which never compiles should not pay (tests/test_compile.py checks both)."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal disabled
+        if not torch.compiler.is_compiling():  # eager (dynamo folds this to True while it traces)
+            return fn(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
 
     return wrapper
 
@@ -465,7 +484,7 @@ class _ClassLogSumExp(torch.autograd.Function):
         return dx, drows, None, None
 
 
-@torch.compiler.disable
+@_eager_under_compile
 def class_logsumexp(
     x: torch.Tensor,
     rows: torch.Tensor,
@@ -507,7 +526,7 @@ def class_logsumexp(
     return lse, (excluded if labels is not None else None)
 
 
-@torch.compiler.disable
+@_eager_under_compile
 def class_cross_entropy(
     x: torch.Tensor,
     rows: torch.Tensor,

@@ -133,3 +133,25 @@ def test_a_compiled_training_step_follows_the_eager_one(name):
     torch.testing.assert_close(values, eager_values, rtol=RTOL, atol=ATOL)
     for got, expected in zip(params, eager_params, strict=True):
         torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_a_loss_used_without_compile_never_imports_dynamo_and_one_first_called_compiled_runs():
+    """Importing ``torch._dynamo`` costs about a second: eager use must not pay it. And when the very first call
+    of a loss in a process happens inside a compiled function, it still runs (eagerly) and gives the eager value."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, pml_anchors\n"
+        "loss = pml_anchors.get_loss('proxy_anchor', 4, 8)\n"
+        "x = torch.randn(16, 8, requires_grad=True); y = torch.arange(16) % 4\n"
+        "loss(x, y).backward()\n"
+        "print('dynamo imported:', 'torch._dynamo' in sys.modules)\n"
+        "fresh = pml_anchors.get_loss('c_ncm', 4, 8)\n"
+        "value = torch.compile(fresh, backend='aot_eager')(x, y)\n"
+        "torch.testing.assert_close(value, fresh(x, y))\n"
+        "print('compiled first call ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dynamo imported: False" in proc.stdout and "compiled first call ok" in proc.stdout
