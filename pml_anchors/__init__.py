@@ -43,6 +43,7 @@ _LAZY = {
     "AnchorLoss": "pml_anchors.losses",
     "TrainerHooks": "pml_anchors.trainer_hooks",
     "chain_hooks": "pml_anchors.trainer_hooks",
+    "load_trained": "pml_anchors.inference",
     "param_groups": "pml_anchors.optim",
 }
 
@@ -76,6 +77,7 @@ __all__ = [
     "list_initializers",
     "list_methods",
     "load_plugins",
+    "load_trained",
     "param_groups",
     "register_plugin",
     "reset",

@@ -374,6 +374,45 @@ class _Bookkeeper:
         return True
 
 
+def build_models(
+    config: TrainConfig,
+    spec: MethodSpec,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    loss: Any = None,
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, int, str]:
+    """The seeded ``(trunk, embedder, loss, embedding width, backbone name)`` of ``config`` on ``device``: the part
+    of :func:`build` that needs no data, only the inputs' ``(C, H, W)`` (also used to load a checkpoint for
+    inference, :mod:`pml_anchors.inference`). ``loss`` as in :func:`build`."""
+    from .models import build_backbone, default_backbone
+
+    seed_everything(config.seed)
+    width = config.embedding_size
+    if loss is None:
+        if width is None and not derives_embedding_size(spec.resolve_loss()):
+            width = DEFAULT_EMBEDDING_SIZE
+        loss_kwargs = dict(config.loss_kwargs)
+        from .registry import _accepts
+
+        if "seed" not in loss_kwargs and _accepts(spec.resolve_loss(), "seed"):
+            loss_kwargs["seed"] = config.seed
+        loss = build_loss(spec, num_classes, width, **loss_kwargs)
+    elif not isinstance(loss, torch.nn.Module):
+        width = width or DEFAULT_EMBEDDING_SIZE
+        loss = loss(num_classes, width)
+    width = _loss_width(loss, width)
+    backbone = config.backbone or default_backbone(input_shape)
+    trunk, embedder = build_backbone(
+        backbone,
+        in_channels=int(input_shape[0]),
+        input_size=int(input_shape[-2]),
+        embedding_size=width,
+        **config.backbone_kwargs,
+    )
+    return trunk.to(device), embedder.to(device), loss.to(device), width, backbone
+
+
 def build(
     config: TrainConfig,
     *,
@@ -401,7 +440,7 @@ def build(
     :param with_trainer: ``False`` builds models and loss only (for evaluation).
     """
     from .data import load_dataset
-    from .models import build_backbone, compile_models, default_backbone
+    from .models import compile_models
 
     checkpoint = load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
     if checkpoint is not None and with_trainer:
@@ -428,30 +467,7 @@ def build(
         raise ValueError(f"the training set has {len(splits.train)} items; need at least 2")
     n_classes = int(num_classes if num_classes is not None else splits.num_classes)
 
-    seed_everything(config.seed)
-    width = config.embedding_size
-    if loss is None:
-        if width is None and not derives_embedding_size(spec.resolve_loss()):
-            width = DEFAULT_EMBEDDING_SIZE
-        loss_kwargs = dict(config.loss_kwargs)
-        from .registry import _accepts
-
-        if "seed" not in loss_kwargs and _accepts(spec.resolve_loss(), "seed"):
-            loss_kwargs["seed"] = config.seed
-        loss = build_loss(spec, n_classes, width, **loss_kwargs)
-    elif not isinstance(loss, torch.nn.Module):
-        width = width or DEFAULT_EMBEDDING_SIZE
-        loss = loss(n_classes, width)
-    width = _loss_width(loss, width)
-    backbone = config.backbone or default_backbone(splits.input_shape)
-    trunk, embedder = build_backbone(
-        backbone,
-        in_channels=splits.in_channels,
-        input_size=splits.input_size,
-        embedding_size=width,
-        **config.backbone_kwargs,
-    )
-    trunk, embedder, loss = trunk.to(device), embedder.to(device), loss.to(device)
+    trunk, embedder, loss, width, backbone = build_models(config, spec, n_classes, splits.input_shape, device, loss)
     session = Session(config, spec, splits, device, trunk, embedder, loss, width, backbone, n_classes, miner=miner)
     if not with_trainer:
         if checkpoint is not None:

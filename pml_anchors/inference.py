@@ -1,0 +1,138 @@
+"""Use a trained checkpoint: embed new inputs and classify them by the nearest anchor, without the training data.
+
+>>> from pml_anchors.inference import load_trained
+>>> model = load_trained("runs/c_ncm/checkpoint.pt")  # doctest: +SKIP
+>>> embeddings = model(images)       # trunk + embedder, (N, d)                  # doctest: +SKIP
+>>> labels = model.predict(images)   # nearest anchor / classifier argmax, (N,)  # doctest: +SKIP
+
+The checkpoint written by ``pml-anchors train`` holds the run's config, the inputs' shape and the trunk's,
+embedder's and loss's state dicts; :func:`load_trained` rebuilds the three modules from the method's registered
+loss (the method's plugin must be installed) and the backbone, loads the weights and returns them in eval mode.
+Nothing is read from the dataset and no backbone weights file is needed (the checkpoint has the weights).
+
+``images`` must be preprocessed as the training data was: ``digits`` and ``mnist`` tensors scaled and normalised with
+the mean and std that ``pml_anchors.data.load_dataset(...).info`` reports, an image folder with the evaluation
+transform (resize, centre crop, ImageNet normalisation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .training import TrainConfig, build_models, load_checkpoint, resolve_method
+
+__all__ = ["TrainedModel", "load_trained"]
+
+
+class TrainedModel(torch.nn.Module):
+    """A trained run's ``trunk``, ``embedder`` and ``loss`` (with its anchors); ``model(x)`` gives embeddings.
+
+    :ivar method: the method's name; :ivar config: the run's :class:`~pml_anchors.training.TrainConfig`;
+    :ivar epoch: the epoch the checkpoint was written after.
+    """
+
+    def __init__(
+        self,
+        trunk: torch.nn.Module,
+        embedder: torch.nn.Module,
+        loss: torch.nn.Module,
+        *,
+        method: str,
+        config: TrainConfig,
+        epoch: int,
+    ):
+        super().__init__()
+        self.trunk, self.embedder, self.loss = trunk, embedder, loss
+        self.method, self.config, self.epoch = method, config, epoch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``embedder(trunk(x))``, (N, d)."""
+        return self.embedder(self.trunk(x))
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Embeddings of ``x`` in eval mode without gradients, ``batch_size`` inputs at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [self(x[i : i + batch_size].to(device)) for i in range(0, x.shape[0], batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(parts) if parts else x.new_empty(0, getattr(self.loss, "embedding_size", 0))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class labels by the nearest anchor: the loss's ``predict`` (or its logits' argmax, for PML baselines with
+        a classifier), exactly what the run's ``nearest_anchor_accuracy`` measured."""
+        from .evaluation import predict
+
+        labels = predict(self.loss, self.embed(x, batch_size))
+        if labels is None:
+            raise TypeError(
+                f"{self.method!r} has no anchors or classifier to predict with ({type(self.loss).__name__}); "
+                "use the embeddings, e.g. with a nearest-neighbour search"
+            )
+        return labels
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, epoch={self.epoch}"
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
+    """The trunk, embedder and loss of a ``pml-anchors train`` checkpoint, in eval mode, on ``device``.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` for a missing file or one that is not a pml-anchors checkpoint,
+    and the registry's ``UnknownMethodError`` when the method's plugin is not installed.
+    """
+    from .evaluation import resolve_device
+
+    checkpoint = load_checkpoint(path)
+    values: dict[str, Any] = dict(checkpoint["config"])
+    backbone_kwargs = {k: v for k, v in values.get("backbone_kwargs", {}).items() if k != "weights_path"}
+    values.update(
+        embedding_size=checkpoint["embedding_size"],
+        backbone=checkpoint["backbone"],
+        backbone_kwargs=backbone_kwargs,
+        output=None,
+        compile=False,
+        device=str(device),
+    )
+    config = TrainConfig.from_dict(values)
+    spec, _ = resolve_method(config.method)
+    with _random_state_kept():  # building seeds the RNGs; the weights come from the checkpoint anyway
+        trunk, embedder, loss, _, _ = build_models(
+            config,
+            spec,
+            int(checkpoint["num_classes"]),
+            tuple(checkpoint["input_shape"]),
+            resolve_device(config.device),
+        )
+    for name, module in (("trunk", trunk), ("embedder", embedder), ("loss", loss)):
+        module.load_state_dict(checkpoint[name])
+    model = TrainedModel(trunk, embedder, loss, method=spec.name, config=config, epoch=int(checkpoint["epoch"]))
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Restore the caller's random states (Python, numpy, torch CPU and CUDA, PML's) afterwards."""
+    import numpy as np
+    from pytorch_metric_learning.utils import common_functions as c_f
+
+    saved = random.getstate(), np.random.get_state(), c_f.NUMPY_RANDOM
+    with torch.random.fork_rng():
+        try:
+            yield
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            c_f.NUMPY_RANDOM = saved[2]
