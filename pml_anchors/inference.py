@@ -10,9 +10,9 @@ embedder's and loss's state dicts; :func:`load_trained` rebuilds the three modul
 loss (the method's plugin must be installed) and the backbone, loads the weights and returns them in eval mode.
 Nothing is read from the dataset and no backbone weights file is needed (the checkpoint has the weights).
 
-``images`` must be preprocessed as the training data was: ``digits`` and ``mnist`` tensors scaled and normalised with
-the mean and std that ``pml_anchors.data.load_dataset(...).info`` reports, an image folder with the evaluation
-transform (resize, centre crop, ImageNet normalisation).
+``images`` must be preprocessed as the training data was: ``digits`` (values 0..16 divided by 16) and ``mnist``
+(0..255 divided by 255) normalised with the ``mean`` and ``std`` in ``model.data_info``, an image folder with the
+evaluation transform (resize, centre crop, ImageNet normalisation). ``model.class_names[label]`` names a label.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ class TrainedModel(torch.nn.Module):
     """A trained run's ``trunk``, ``embedder`` and ``loss`` (with its anchors); ``model(x)`` gives embeddings.
 
     :ivar method: the method's name; :ivar config: the run's :class:`~pml_anchors.training.TrainConfig`;
-    :ivar epoch: the epoch the checkpoint was written after.
+    :ivar epoch: the epoch the checkpoint was written after; :ivar class_names: the name of each label
+    :meth:`predict` returns (e.g. an image folder's class folders); :ivar data_info: the training data's
+    ``DatasetSplits.info`` (for ``digits``/``mnist`` the ``mean`` and ``std`` the inputs were normalised with).
+    Both are empty for checkpoints written before they were saved.
     """
 
     def __init__(
@@ -46,10 +49,13 @@ class TrainedModel(torch.nn.Module):
         method: str,
         config: TrainConfig,
         epoch: int,
+        class_names: tuple[str, ...] = (),
+        data_info: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.trunk, self.embedder, self.loss = trunk, embedder, loss
         self.method, self.config, self.epoch = method, config, epoch
+        self.class_names, self.data_info = tuple(class_names), dict(data_info or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``embedder(trunk(x))``, (N, d)."""
@@ -118,7 +124,16 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         )
     for name, module in (("trunk", trunk), ("embedder", embedder), ("loss", loss)):
         module.load_state_dict(checkpoint[name])
-    model = TrainedModel(trunk, embedder, loss, method=spec.name, config=config, epoch=int(checkpoint["epoch"]))
+    model = TrainedModel(
+        trunk,
+        embedder,
+        loss,
+        method=spec.name,
+        config=config,
+        epoch=int(checkpoint["epoch"]),
+        class_names=tuple(checkpoint.get("class_names", ())),
+        data_info=checkpoint.get("data_info"),
+    )
     return model.eval()
 
 

@@ -610,6 +610,8 @@ def checkpoint_dict(session: Session) -> dict[str, Any]:
         "embedding_size": session.embedding_size,
         "backbone": session.backbone,
         "input_shape": [int(x) for x in session.splits.input_shape],
+        "class_names": list(session.splits.train_class_names),  # label -> name, for inference
+        "data_info": _plain(session.splits.info),  # e.g. the inputs' normalisation (mean, std)
         "trunk": session.trunk.state_dict(),
         "embedder": session.embedder.state_dict(),
         "loss": session.loss.state_dict(),

@@ -48,6 +48,8 @@ def test_load_trained_embeds_and_classifies_like_the_run_without_its_data(reques
     got = model.embed(images, batch_size=50)
     torch.testing.assert_close(got, session_emb, rtol=1e-5, atol=1e-6)
     assert model.training is False
+    assert model.class_names == splits.train_class_names == tuple(str(d) for d in range(10))
+    assert model.data_info == pytest.approx(splits.info)  # the digits' normalisation (mean, std)
     accuracy = (model.predict(images) == labels).double().mean().item()
     assert accuracy == pytest.approx(results["nearest_anchor_accuracy"], abs=1e-9)
     torch.testing.assert_close(model(images[:4]), got[:4], rtol=1e-5, atol=1e-6)
@@ -87,3 +89,15 @@ def test_load_trained_errors(tmp_path):
     with pytest.raises(ValueError, match="is not a pml-anchors checkpoint"):
         load_trained(tmp_path / "other.pt")
     assert pml_anchors.load_trained is load_trained
+
+
+def test_the_readmes_digits_preprocessing_gives_the_training_inputs(toys, tmp_path):
+    from sklearn.datasets import load_digits
+
+    _, splits, path = _trained(tmp_path, "toy_fixed")
+    info = load_trained(path).data_info
+    raw = torch.as_tensor(load_digits().images, dtype=torch.float32).unsqueeze(1)
+    prepared = (raw / 16 - info["mean"]) / info["std"]  # the recipe in README.md "Use it"
+    for i in range(5):
+        item = splits.test[i][0]
+        assert (prepared - item).abs().amax(dim=(1, 2, 3)).min() < 1e-5, f"test item {i} is not a prepared digit"
