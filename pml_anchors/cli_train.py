@@ -76,6 +76,13 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="PyTorch's deterministic mode (and cuBLAS/cuDNN settings), so that a GPU run repeats bit for bit; CPU "
+        "runs repeat without it",
+    )
+    p.add_argument(
         "--compile",
         nargs="?",
         const="default",
@@ -121,6 +128,7 @@ _CONFIG_ARGS = {
     "limit": "limit",
     "test_limit": "test_limit",
     "amp": "amp",
+    "deterministic": "deterministic",
     "num_threads": "threads",
     "dataloader_num_workers": "workers",
     "output": "output",

@@ -67,6 +67,16 @@ def _check_input(module: nn.Module, x: torch.Tensor) -> None:
         )
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial dimensions, ``(N, C, H, W) -> (N, C, 1, 1)``: ``nn.AdaptiveAvgPool2d(1)``'s values, but
+    with a deterministic CUDA backward (an expand), so the trunks also train under
+    ``torch.use_deterministic_algorithms(True)`` (``TrainConfig.deterministic``), where the adaptive pooling's
+    CUDA backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class SmallCNN(nn.Module):
     """A small, fast CNN trunk for small grey images (MNIST 28×28, sklearn digits 8×8).
 
@@ -92,7 +102,7 @@ class SmallCNN(nn.Module):
             if i < 3 and size >= 2:
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [GlobalAvgPool(), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.out_features = 4 * width
         for m in self.modules():
@@ -212,6 +222,7 @@ def resnet(name: str = "resnet18", weights_path: str | os.PathLike | None = None
         model.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.fc = nn.Identity()
+    model.avgpool = GlobalAvgPool()  # the same values; deterministic on CUDA
     if weights_path is not None:
         state = _load_state_dict(weights_path)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

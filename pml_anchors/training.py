@@ -102,6 +102,9 @@ class TrainConfig:
     :param compile: compile the trunk's and the embedder's forward with ``torch.compile``
         (:func:`pml_anchors.models.compile_models`; the loss is left eager, see ``docs/compile.md``);
         ``compile_kwargs`` are ``torch.compile``'s ``backend``, ``mode``, ``dynamic``, ``fullgraph``, ``options``.
+    :param deterministic: also make GPU runs repeatable: :func:`use_deterministic_algorithms` (PyTorch's
+        deterministic mode, process-wide; an op without a deterministic kernel then raises, naming itself). CPU runs
+        are bit-reproducible from the seed without it.
     :param dataloader_num_workers: DataLoader worker processes for training and evaluation (PML's
         trainer and tester); 0 loads in the main process. Without random transforms the results do
         not depend on it.
@@ -140,6 +143,7 @@ class TrainConfig:
     lr_patience: int | None = None
     compile: bool = False
     compile_kwargs: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -157,8 +161,9 @@ class TrainConfig:
         self.lr_milestones = check_schedule(
             self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
         )
-        if not isinstance(self.compile, bool):
-            raise TypeError(f"compile must be True or False, got {self.compile!r}")
+        for name in ("compile", "deterministic", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         from .models import check_compile_kwargs
 
         self.compile_kwargs = check_compile_kwargs(self.compile_kwargs)
@@ -183,6 +188,19 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     c_f.NUMPY_RANDOM = np.random.RandomState(seed)
+
+
+def use_deterministic_algorithms() -> None:
+    """Turn on PyTorch's deterministic mode for this process, so that a seeded GPU run repeats bit for bit.
+
+    ``torch.use_deterministic_algorithms(True)`` (which also makes cuDNN pick deterministic convolutions),
+    ``torch.backends.cudnn.benchmark = False``, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS needs it for
+    repeatable GEMMs; set only if unset, and effective only before this process's first cuBLAS call). An op that
+    has no deterministic kernel then raises a ``RuntimeError`` naming itself. It stays on for the rest of the process.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -451,6 +469,8 @@ def build(
     elif spec is None:
         spec = MethodSpec(name=config.method, loss=type(loss) if isinstance(loss, torch.nn.Module) else loss)
     device = resolve_device(config.device)
+    if config.deterministic:
+        use_deterministic_algorithms()
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     if splits is None:

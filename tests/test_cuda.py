@@ -117,3 +117,22 @@ def test_compiled_models_train_every_method_on_cuda_like_eager_ones(name):
     (got,) = torch.autograd.grad(torch.compile(loss)(x, y), x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", METHODS, ids=IDS)
+def test_deterministic_cuda_runs_repeat_bit_for_bit(name):
+    """``deterministic=True`` on CUDA: two seeded runs give identical loss curves and weights (without it the
+    GPU's kernels add up in varying order). The mode stays on for the process, so it is switched off after."""
+    try:
+        sessions = [
+            train(
+                build(TrainConfig(method=name, deterministic=True, limit=512, test_limit=64, **{**DIGITS, "epochs": 1}))
+            )
+            for _ in range(2)
+        ]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert sessions[0].iteration_losses == sessions[1].iteration_losses
+    for a, b in zip(sessions[0].trunk.state_dict().values(), sessions[1].trunk.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(sessions[0].loss.anchors, sessions[1].loss.anchors)

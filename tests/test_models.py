@@ -215,3 +215,18 @@ def test_backbone_step_benchmark_quick_compares_both_formats():
     assert row["backbone"] == "small_cnn"
     assert row["contiguous_ms"] > 0 and row["channels_last_ms"] > 0
     assert row["speed_up"] == pytest.approx(row["contiguous_ms"] / row["channels_last_ms"])
+
+
+def test_global_average_pooling_is_adaptive_pooling_with_a_deterministic_backward():
+    """The trunks pool with a spatial mean: AdaptiveAvgPool2d(1)'s values and gradients, but an op that
+    ``torch.use_deterministic_algorithms`` allows on CUDA (TrainConfig.deterministic)."""
+    from pml_anchors.models import GlobalAvgPool, SmallCNN, resnet
+
+    x = torch.randn(4, 6, 5, 3, requires_grad=True)
+    adaptive, ours = torch.nn.AdaptiveAvgPool2d(1)(x), GlobalAvgPool()(x)
+    torch.testing.assert_close(ours, adaptive)
+    g = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(adaptive, x, g)[0])
+    for trunk in (SmallCNN(), resnet("resnet18")):
+        assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in trunk.modules())
+        assert any(isinstance(m, GlobalAvgPool) for m in trunk.modules())
