@@ -73,7 +73,7 @@ class TrainedModel(torch.nn.Module):
             parts = [self(x[i : i + batch_size].to(device)) for i in range(0, x.shape[0], batch_size)]
         finally:
             self.train(was_training)
-        return torch.cat(parts) if parts else x.new_empty(0, getattr(self.loss, "embedding_size", 0))
+        return torch.cat(parts) if parts else x.new_empty(0, self.config.embedding_size or 0)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch import nn
 __all__ = [
     "BACKBONES",
     "EmbeddingHead",
+    "GlobalAvgPool",
     "LeNetPP",
     "NCMNet",
     "SmallCNN",
