@@ -6,19 +6,12 @@ import sys
 
 import pytest
 from training_toys import (
-    add_toys,
     single_thread,  # noqa: F401 - autouse fixture
 )
 
 from pml_anchors.cli import main
 
 TINY = ["--epochs", "1", "--limit", "64", "--test-limit", "120", "--batch-size", "32", "--device", "cpu"]
-
-
-@pytest.fixture
-def toys(pml_registry):
-    add_toys(pml_registry)
-    return pml_registry
 
 
 def test_help_lists_train_eval_bench_without_importing_torch():

@@ -8,7 +8,6 @@ from pytorch_metric_learning import losses
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from toy_loss import ToyCosineLoss
 from training_toys import (
-    add_toys,
     single_thread,  # noqa: F401 - autouse fixture
     tiny,
 )
@@ -23,12 +22,6 @@ from pml_anchors.evaluation import (
     resolve_device,
 )
 from pml_anchors.training import build, evaluate_session, train
-
-
-@pytest.fixture
-def toys(pml_registry):
-    add_toys(pml_registry)
-    return pml_registry
 
 
 @pytest.mark.parametrize(("method", "normalized"), [("toy_fixed", True), ("toy_raw", False)])

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from training_toys import (
-    add_toys,
     single_thread,  # noqa: F401 - autouse fixture
     tiny,
 )
@@ -13,12 +12,6 @@ import pml_anchors.data as data
 from pml_anchors.evaluation import embed
 from pml_anchors.inference import TrainedModel, load_trained
 from pml_anchors.training import run
-
-
-@pytest.fixture
-def toys(pml_registry):
-    add_toys(pml_registry)
-    return pml_registry
 
 
 def _trained(tmp_path, method, **config):

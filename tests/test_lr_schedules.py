@@ -5,19 +5,12 @@ import math
 import pytest
 import torch
 from training_toys import (
-    add_toys,
     single_thread,  # noqa: F401 - autouse fixture
     tiny,
 )
 
 from pml_anchors.cli import main
 from pml_anchors.training import TrainConfig, build, load_checkpoint, train
-
-
-@pytest.fixture
-def toys(pml_registry):
-    add_toys(pml_registry)
-    return pml_registry
 
 
 def _lrs(session):

@@ -7,7 +7,6 @@ import torch
 from pytorch_metric_learning import losses
 from training_toys import (
     RecordingHooks,
-    add_toys,
     single_thread,  # noqa: F401 - autouse fixture
     tiny,
 )
@@ -21,12 +20,6 @@ from pml_anchors.training import (
     save_checkpoint,
     train,
 )
-
-
-@pytest.fixture
-def toys(pml_registry):
-    add_toys(pml_registry)
-    return pml_registry
 
 
 def _states_equal(a, b):
