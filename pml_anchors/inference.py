@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .training import TrainConfig, build_models, load_checkpoint, resolve_method
+from .training import TrainConfig, build_models, config_for_checkpoint, load_checkpoint, resolve_method
 
 __all__ = ["TrainedModel", "load_trained"]
 
@@ -102,17 +102,7 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     from .evaluation import resolve_device
 
     checkpoint = load_checkpoint(path)
-    values: dict[str, Any] = dict(checkpoint["config"])
-    backbone_kwargs = {k: v for k, v in values.get("backbone_kwargs", {}).items() if k != "weights_path"}
-    values.update(
-        embedding_size=checkpoint["embedding_size"],
-        backbone=checkpoint["backbone"],
-        backbone_kwargs=backbone_kwargs,
-        output=None,
-        compile=False,
-        device=str(device),
-    )
-    config = TrainConfig.from_dict(values)
+    config = config_for_checkpoint(checkpoint, device=str(device))
     spec, _ = resolve_method(config.method)
     with _random_state_kept():  # building seeds the RNGs; the weights come from the checkpoint anyway
         trunk, embedder, loss, _, _ = build_models(

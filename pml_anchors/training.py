@@ -710,18 +710,35 @@ def _load_states(session: Session, checkpoint: Mapping[str, Any], optimizers: bo
     session.history = list(checkpoint.get("history", []))
 
 
+def config_for_checkpoint(checkpoint: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+    """The config that rebuilds a checkpoint's models and loss to load its weights into (no training).
+
+    ``overrides`` replace config fields (``None`` values are ignored). The models keep the checkpoint's
+    ``backbone``/``embedding_size``; nothing is written (``output=None``) or compiled, and no backbone weights file
+    is read (``weights_path`` dropped: the checkpoint has the trained weights).
+    """
+    values = dict(checkpoint["config"])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    backbone_kwargs = {k: v for k, v in values.get("backbone_kwargs", {}).items() if k != "weights_path"}
+    values.update(
+        embedding_size=checkpoint["embedding_size"],
+        backbone=checkpoint["backbone"],
+        backbone_kwargs=backbone_kwargs,
+        output=None,
+        compile=False,
+    )
+    return TrainConfig.from_dict(values)
+
+
 def session_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> Session:
     """The models and loss of a checkpoint, rebuilt from its config for evaluation (no trainer).
 
     ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
     ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
-    ``num_classes`` and the models its ``backbone``/``embedding_size``.
+    ``num_classes`` and the models its ``backbone``/``embedding_size`` (:func:`config_for_checkpoint`).
     """
     checkpoint = load_checkpoint(path)
-    values = dict(checkpoint["config"])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values.update(embedding_size=checkpoint["embedding_size"], backbone=checkpoint["backbone"], output=None)
-    config = TrainConfig.from_dict(values)
+    config = config_for_checkpoint(checkpoint, **overrides)
     return build(config, resume=checkpoint, num_classes=checkpoint["num_classes"], with_trainer=False)
 
 

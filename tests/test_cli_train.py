@@ -136,7 +136,10 @@ def test_backbone_weights_flag_loads_the_trunk(toys, tmp_path, capsys):
     assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
     results = json.loads((again / "results.json").read_text())
     assert results["config"]["backbone_kwargs"]["weights_path"] == str(tmp_path / "trunk.pt")
+    (tmp_path / "trunk.pt").unlink()  # eval reads the trained weights from the checkpoint, not that file
     capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(again / "checkpoint.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision_at_1"] == pytest.approx(results["precision_at_1"], abs=1e-9)
     missing = ["train", "--method", "toy_fixed", *TINY, "--backbone-weights", str(tmp_path / "nope.pt")]
     assert main(missing) == 2
     assert "weights file not found" in capsys.readouterr().err
