@@ -10,7 +10,10 @@ import os
 import method_cases
 import pytest
 import torch
-from training_toys import single_thread  # noqa: F401 - autouse fixture
+from training_toys import (
+    single_thread,  # noqa: F401 - autouse fixture
+    tiny,
+)
 
 from pml_anchors.bench import PREFIX, select_baselines
 from pml_anchors.cli import main
@@ -29,19 +32,13 @@ def _restore_pytorch_modes(monkeypatch):
     torch.backends.cudnn.benchmark = before[1]
 
 
-def _config(method, **kw):
-    values = dict(method=method, epochs=1, limit=96, test_limit=120, batch_size=32, device="cpu")
-    values["backbone_kwargs"] = {"width": 8}
-    return TrainConfig(**{**values, **kw})
-
-
 @pytest.mark.parametrize("name", [*METHODS, *BASELINES], ids=[*map(method_cases.method_id, METHODS), *BASELINES])
 def test_every_method_and_baseline_trains_under_deterministic_mode_and_repeats(name):
     torch.use_deterministic_algorithms(False)
-    first = run(_config(name, deterministic=True))
+    first = run(tiny(name, limit=96, deterministic=True))
     assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    again = run(_config(name, deterministic=True))
+    again = run(tiny(name, limit=96, deterministic=True))
     assert [h["loss"] for h in again["history"]] == [h["loss"] for h in first["history"]]
     assert again["precision_at_1"] == first["precision_at_1"] and first["config"]["deterministic"] is True
 
