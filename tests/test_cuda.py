@@ -20,6 +20,8 @@ IDS = [method_cases.method_id(n) for n in METHODS]
 BASELINES = [PREFIX + b for b in select_baselines("all")]
 #: digits, 2 epochs: the README's main job reaches P@1 0.97-0.99 on CPU with these settings
 DIGITS = dict(dataset="digits", epochs=2, seed=0, device="cuda")
+#: one epoch on 512 digits: for comparing two runs' loss curves
+SHORT = {**DIGITS, "epochs": 1, "limit": 512, "test_limit": 64}
 
 
 def _grads(module, x, y):
@@ -106,7 +108,7 @@ def test_compiled_models_train_every_method_on_cuda_like_eager_ones(name):
     torch._dynamo.reset()
     curves = {}
     for compiled in (False, True):
-        config = TrainConfig(method=name, compile=compiled, limit=512, test_limit=64, **{**DIGITS, "epochs": 1})
+        config = TrainConfig(method=name, compile=compiled, **SHORT)
         curves[compiled] = train(build(config)).iteration_losses
     assert len(curves[True]) == len(curves[False])
     torch.testing.assert_close(torch.tensor(curves[True]), torch.tensor(curves[False]), rtol=2e-2, atol=1e-3)
@@ -124,12 +126,7 @@ def test_deterministic_cuda_runs_repeat_bit_for_bit(name):
     """``deterministic=True`` on CUDA: two seeded runs give identical loss curves and weights (without it the
     GPU's kernels add up in varying order). The mode stays on for the process, so it is switched off after."""
     try:
-        sessions = [
-            train(
-                build(TrainConfig(method=name, deterministic=True, limit=512, test_limit=64, **{**DIGITS, "epochs": 1}))
-            )
-            for _ in range(2)
-        ]
+        sessions = [train(build(TrainConfig(method=name, deterministic=True, **SHORT))) for _ in range(2)]
     finally:
         torch.use_deterministic_algorithms(False)
     assert sessions[0].iteration_losses == sessions[1].iteration_losses
