@@ -66,6 +66,8 @@ def test_sgd_and_unknown_optimizer(toys):
 def test_compile_options_are_checked_when_the_config_is_made(toys):
     with pytest.raises(TypeError, match="compile must be True or False"):
         TrainConfig(method="toy_fixed", compile="yes")
+    with pytest.raises(TypeError, match="amp must be True or False, got 1"):
+        TrainConfig(method="toy_fixed", amp=1)
     with pytest.raises(ValueError, match=r"unknown compile_kwargs \['modes'\]; torch.compile options here: backend"):
         TrainConfig(method="toy_fixed", compile=True, compile_kwargs={"modes": "max-autotune"})
     with pytest.raises(ValueError, match="torch.compile rejected compile_kwargs .* Invalid backend: 'nope'"):
