@@ -254,7 +254,10 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         if embeddings.dtype in (torch.float16, torch.bfloat16):
             # 16-bit embeddings: compute and return the loss in float32 (every method alike; PML's reducers would
             # otherwise round multi-term losses to 16 bits). Gradients flow back in the embeddings' dtype.
+            same = ref_emb is embeddings  # PML's "ref_emb is the batch itself" must survive the cast
             embeddings = embeddings.float()
+            if same:
+                ref_emb = embeddings
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):

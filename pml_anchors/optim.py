@@ -14,7 +14,7 @@ def param_groups(module: Any, lr: float, lr_multipliers: Mapping[str, float] | A
     multiplier get ``lr``; frozen parameters are left out. A multiplier naming no parameter is a
     ``ValueError`` (it would otherwise be silently ignored).
 
-    >>> torch.optim.Adam(param_groups(loss, 1e-4, {"proxies": 100}))  # doctest: +SKIP
+    >>> torch.optim.Adam(param_groups(loss, 1e-4, {"anchors": 100}))  # proxy_anchor: proxies at 100x  # doctest: +SKIP
     """
     multipliers = dict(getattr(lr_multipliers, "lr_multipliers", lr_multipliers) or {})
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]

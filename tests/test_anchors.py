@@ -377,7 +377,7 @@ def test_polytope_margin():
     assert A.polytope_margin("orthoplex", 5) == pytest.approx(math.pi / 2)
     assert A.polytope_margin("cube", 4) == pytest.approx(math.pi / 3)
     assert A.polytope_margin("cube", 6) == pytest.approx(0.841069, abs=1e-6)
-    for name, k in [("simplex", 10), ("orthoplex", 10), ("cube", 10)]:
+    for name, k in [(p, k) for p in ("simplex", "orthoplex", "cube") for k in (2, 3, 4, 10)]:
         d = A.required_embedding_size(name, k)
         x = A.INITIALIZERS[name](k, d, dtype=F64)
         assert A.min_pairwise_angle(x) == pytest.approx(A.polytope_margin(name, d), abs=1e-6)

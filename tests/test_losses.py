@@ -134,6 +134,15 @@ def test_ref_emb_is_rejected_like_pml(batch):
         ToyCosineLoss(3, 4)(emb, labels, ref_emb=emb.detach().clone(), ref_labels=labels)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_ref_emb_that_is_the_batch_itself_is_accepted_like_pml(batch, dtype):
+    """PML accepts ``ref_emb=embeddings`` (the same tensor); the float32 cast of 16-bit inputs must keep that."""
+    emb, labels = batch
+    emb = emb.to(dtype)
+    loss = ToyCosineLoss(3, 4)
+    assert torch.equal(loss(emb, labels, ref_emb=emb, ref_labels=labels), loss(emb, labels))
+
+
 def test_indices_tuple_becomes_per_sample_weights(batch):
     emb, labels = batch
     loss = ToyCosineLoss(3, 4, reducer=SumReducer())

@@ -12,7 +12,8 @@ the anchor-only terms added once. The sum over y != y' counts every unordered pa
 cancels that, so L_R is the sum over unordered pairs.
 
 Cost: the attractor is O(B d) (no B x K matrix at all); L_N is O(K d). L_R over all K anchors is O(K^2 d) if
-computed directly: for K <= 256 it is (in row blocks, :func:`~pml_anchors_cam.repeller.repeller_blocked`);
+computed directly: for K <= 256 it is (a search in row blocks, then the close pairs from their differences,
+:func:`~pml_anchors_cam.repeller.repeller_blocked`);
 above, an exact Verlet neighbour list (:class:`~pml_anchors_cam.repeller.NeighborList`) keeps the pairs that
 can be closer than 2m and re-searches only anchors that moved, so a step costs O(K d + pairs * d) between
 (rare) rebuilds. With ``batch_classes_only`` the terms run over the batch's classes only (O(B^2 d)).
@@ -54,7 +55,7 @@ class ClassAnchorMarginLoss(AnchorLoss):
         them on the whole anchor set C. ``True``: only over the classes present in the batch.
     :param neighbor_list: how L_R over all K anchors is computed (same value and gradient either way):
         ``None`` (default) uses the exact neighbour list when K > 256, ``True`` always, ``False`` never
-        (every pair, in row blocks of the K x K distance matrix: O(K^2 d) per step, O(K) memory per row).
+        (every pair searched, in row blocks of the K x K Gram matrix: O(K^2 d) per step, O(K) memory per row).
     :param neighbor_skin: extra reach of the neighbour list (default: ``margin``): it lists pairs closer than
         2m + skin and re-searches an anchor once it moved 0.45 skin.
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options: ``anchors`` (default
@@ -211,10 +212,9 @@ class ClassAnchorMarginLoss(AnchorLoss):
             "target_min_distance": 2.0 * self.margin,
         }
         if anchors.shape[0] > 1:
-            i, j = torch.triu_indices(anchors.shape[0], anchors.shape[0], offset=1)
-            pairs = (anchors[i] - anchors[j]).norm(dim=1)
-            out["min_anchor_distance"] = float(pairs.min())
-            out["pairs_within_margin"] = int((pairs < 2.0 * self.margin).sum())
+            min_d2, within = _pair_distance_stats(anchors, 2.0 * self.margin)
+            out["min_anchor_distance"] = math.sqrt(min_d2)
+            out["pairs_within_margin"] = within
         return out
 
     def target_min_angle(self) -> None:
@@ -227,6 +227,25 @@ class ClassAnchorMarginLoss(AnchorLoss):
             f"batch_classes_only={self.batch_classes_only}"
             + ("" if self.neighbor_list is None else f", neighbor_list={self.neighbor_list}")
         )
+
+
+def _pair_distance_stats(anchors: torch.Tensor, reach: float, block_entries: int = 1 << 22) -> tuple[float, int]:
+    """(smallest squared distance between two rows, number of pairs closer than ``reach``) of float64 ``anchors``,
+    in row blocks of the Gram matrix of the centred rows: memory O(block_entries), not O(K^2 d)."""
+    k = anchors.shape[0]
+    centred = anchors - anchors.mean(dim=0, keepdim=True)
+    sq = centred.square().sum(dim=1)
+    cols = torch.arange(k, device=anchors.device)
+    min_d2, within = math.inf, 0
+    step = max(1, block_entries // k)
+    for start in range(0, k, step):
+        stop = min(k, start + step)
+        d2 = torch.addmm(sq.unsqueeze(0), centred[start:stop], centred.T, alpha=-2).add_(sq[start:stop].unsqueeze(1))
+        d2 = d2[cols > torch.arange(start, stop, device=anchors.device).unsqueeze(1)].clamp_min_(0)  # i < j
+        if d2.numel():
+            min_d2 = min(min_d2, float(d2.min()))
+            within += int((d2 < reach * reach).sum())
+    return min_d2, within
 
 
 def _non_negative(value: Any, name: str, note: str) -> float:

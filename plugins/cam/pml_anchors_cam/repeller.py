@@ -2,9 +2,12 @@
 
 Two exact ways to compute it (same value and gradient up to float rounding):
 
-* :func:`repeller_blocked`: all pairs, streamed over row blocks of the K x K distance matrix (one GEMM per
-  block, recomputed in backward): O(K^2 d) time, O(block * K) memory. Used for small K, for the present
-  classes only (``batch_classes_only``), and as the fallback.
+* :func:`repeller_blocked`: all pairs, streamed over row blocks of the K x K Gram matrix of the centred anchors
+  (one GEMM per block, recomputed in backward): O(K^2 d) time, O(block * K) memory. Used for small K, for the
+  present classes only (``batch_classes_only``), and as the fallback. The Gram form ||c||^2 + ||c'||^2 - 2 c.c'
+  cancels for nearly coincident anchors far from the centre (in float32 two anchors 1e-3 apart at norm 11 got
+  a 55 % too large gradient from it), so the few pairs whose Gram d^2 is within ``EXACT_BELOW_SLACKS``
+  rounding allowances of 0 are left out of it and summed from their differences instead.
 * :class:`NeighborList` + :func:`repeller_on_pairs`: a Verlet neighbour list. The hinge is zero for every pair
   at distance >= 2m, and anchors move little per optimizer step, so the list keeps the pairs whose
   *snapshot* positions S are closer than ``reach = 2m + skin`` and, every call, measures how far each anchor
@@ -13,8 +16,8 @@ Two exact ways to compute it (same value and gradient up to float rounding):
   than skin / 2: its hinge and its gradient are exactly 0, and the sum over the listed pairs *is* L_R.
   Anchors that moved further are re-snapshotted and their pairs searched again (O(moved * K * d)); when more
   than half moved, the whole list is rebuilt (O(K^2 d), in blocks). Per-call cost between rebuilds: O(K d +
-  pairs * d) instead of O(K^2 d). The search keeps a rounding allowance on top of ``reach`` (it only ever adds
-  pairs), and a list that would grow past ``max_pairs`` falls back to the blocked computation.
+  pairs * d) instead of O(K^2 d). A list that would grow past ``max_pairs`` falls back to the blocked
+  computation.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ __all__ = ["NeighborList", "repeller_blocked", "repeller_on_pairs"]
 
 #: Entries of one block of the K x K distance matrix (rows per block = this // K).
 BLOCK_ENTRIES = 1 << 24
+#: Pairs x width up to which :func:`repeller_blocked` sums cancelling pairs from their differences.
+EXACT_PAIR_ENTRIES = 1 << 24
+#: Pairs whose Gram d^2 lies below this many rounding allowances are summed from their differences; above, the
+#: Gram form's relative error in d^2 is below 1 / (8 * this) even in the worst case (typically far below).
+EXACT_BELOW_SLACKS = 128
 
 
 def _block_rows(k: int, block_entries: int = BLOCK_ENTRIES) -> int:
@@ -37,8 +45,20 @@ def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(torch.finfo(x.dtype).tiny).sqrt()
 
 
+def _centred(anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows minus their mean (Gram distances are translation invariant; this limits cancellation) and their
+    squared norms."""
+    centred = anchors - anchors.mean(dim=0, keepdim=True)
+    return centred, centred.square().sum(dim=1)
+
+
+def _rounding_slack(centred: torch.Tensor, max_sq: float) -> float:
+    """Allowance on Gram-based squared distances of centred rows: off by at most ~2 d u max||s||^2; 8x that."""
+    return 16 * centred.shape[1] * torch.finfo(centred.dtype).eps * max_sq
+
+
 def _block_hinge(centred, sq, start, stop, two_m):
-    """(d, hinge) for rows [start, stop) against all rows; the diagonal's hinge is 0."""
+    """(d2, d, hinge) for rows [start, stop) against all rows, from the Gram form; the diagonal's hinge is 0."""
     d2 = torch.addmm(sq.unsqueeze(0), centred[start:stop], centred.T, alpha=-2).add_(sq[start:stop].unsqueeze(1))
     d = _safe_sqrt(d2)
     hinge = (two_m - d).clamp_min_(0)
@@ -47,33 +67,56 @@ def _block_hinge(centred, sq, start, stop, two_m):
     return d2, d, hinge
 
 
+def _zero_pairs(block: torch.Tensor, pairs: torch.Tensor, start: int, stop: int) -> None:
+    """Zero the entries (i, j) and (j, i) of every pair (i, j) in ``pairs`` (2, P) that fall in rows [start, stop)."""
+    for first, second in ((pairs[0], pairs[1]), (pairs[1], pairs[0])):
+        inside = (first >= start) & (first < stop)
+        block[first[inside] - start, second[inside]] = 0
+
+
 class _BlockedRepeller(torch.autograd.Function):
-    """L_R over all pairs of rows, streamed over row blocks; backward recomputes each block.
+    """L_R over all pairs of rows but the cancelling ones, streamed over row blocks; backward recomputes each block.
 
     L_R = 1/2 sum_{i != j} h_ij^2, h_ij = max(0, 2m - d_ij); dL_R / dc_i = sum_j w_ij (c_i - c_j) with
     w_ij = -2 h_ij / d_ij (0 where d_ij^2 <= tiny: coincident anchors get a zero gradient, as ``_safe_sqrt``).
-    Distances come from the Gram matrix of the centred anchors (translation invariant; limits cancellation).
+    Distances come from the Gram matrix of the centred anchors, except where it cancels: pairs whose Gram d^2
+    is below ``EXACT_BELOW_SLACKS`` rounding allowances (at most ``limit`` of them) are left out, both ways
+    round, and returned as (2, P) pairs i < j for :func:`repeller_on_pairs` (their differences).
     """
 
     @staticmethod
-    def forward(ctx, anchors, two_m, block_rows):
-        centred = anchors - anchors.mean(dim=0, keepdim=True)
-        sq = centred.square().sum(dim=1)
+    def forward(ctx, anchors, two_m, block_rows, limit):
+        ctx.set_materialize_grads(False)
+        centred, sq = _centred(anchors)
+        slack = _rounding_slack(centred, float(sq.max()))
+        exact_below = min(EXACT_BELOW_SLACKS * slack, two_m * two_m + slack)
         total = anchors.new_zeros(())
         k = anchors.shape[0]
+        cols = torch.arange(k, device=anchors.device)
+        pairs = torch.empty(2, 0, dtype=torch.long, device=anchors.device)
         for start in range(0, k, block_rows):
-            _, _, hinge = _block_hinge(centred, sq, start, min(k, start + block_rows), two_m)
+            stop = min(k, start + block_rows)
+            d2, _, hinge = _block_hinge(centred, sq, start, stop, two_m)
+            room = limit - pairs.shape[1]
+            if room > 0:  # a pair is decided from its first row's block, then left out both ways round
+                upper = cols > torch.arange(start, stop, device=anchors.device).unsqueeze(1)
+                i, j = ((d2 < exact_below) & upper).nonzero(as_tuple=True)
+                pairs = torch.cat([pairs, torch.stack([i[:room] + start, j[:room]])], dim=1)
+            if pairs.shape[1]:
+                _zero_pairs(hinge, pairs, start, stop)
             total += hinge.square().sum()
-        ctx.save_for_backward(anchors)
+        ctx.save_for_backward(anchors, pairs)
         ctx.two_m, ctx.block_rows = two_m, block_rows
-        return total * 0.5
+        ctx.mark_non_differentiable(pairs)
+        return total * 0.5, pairs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
-        (anchors,) = ctx.saved_tensors
-        centred = anchors - anchors.mean(dim=0, keepdim=True)
-        sq = centred.square().sum(dim=1)
+    def backward(ctx, grad, _):
+        if grad is None:
+            return None, None, None, None
+        anchors, pairs = ctx.saved_tensors
+        centred, sq = _centred(anchors)
         out = torch.empty_like(anchors)
         k = anchors.shape[0]
         tiny = torch.finfo(anchors.dtype).tiny
@@ -81,15 +124,56 @@ class _BlockedRepeller(torch.autograd.Function):
             stop = min(k, start + ctx.block_rows)
             d2, d, hinge = _block_hinge(centred, sq, start, stop, ctx.two_m)
             w = hinge.div_(d).mul_(-2 * grad).masked_fill_(d2 <= tiny, 0)
+            if pairs.shape[1]:
+                _zero_pairs(w, pairs, start, stop)
             out[start:stop] = centred[start:stop] * w.sum(dim=1, keepdim=True) - w @ centred
-        return out, None, None
+        return out, None, None, None
 
 
 def repeller_blocked(anchors: torch.Tensor, margin: float, block_entries: int = BLOCK_ENTRIES) -> torch.Tensor:
-    """L_R over every pair of rows of ``anchors`` (K, d): exact, memory O((block_entries / K) * K)."""
+    """L_R over every pair of rows of ``anchors`` (K, d): memory O((block_entries / K) * K), time O(K^2 d).
+
+    From the Gram form in row blocks, except for the pairs where it cancels (nearly coincident anchors far from
+    the centre), which are summed from their differences (:func:`repeller_on_pairs`).
+    """
     if anchors.shape[0] < 2 or margin == 0:
         return anchors.sum() * 0
-    return _BlockedRepeller.apply(anchors, 2.0 * margin, _block_rows(anchors.shape[0], block_entries))
+    limit = max(1, EXACT_PAIR_ENTRIES // anchors.shape[1])
+    block_rows = _block_rows(anchors.shape[0], block_entries)
+    total, pairs = _BlockedRepeller.apply(anchors, 2.0 * margin, block_rows, limit)
+    return total + repeller_on_pairs(anchors, pairs, margin)
+
+
+def _pairs_within(
+    centred: torch.Tensor,
+    sq: torch.Tensor,
+    rows: torch.Tensor,
+    reach2: float,
+    limit: int | None = None,
+    block_entries: int = BLOCK_ENTRIES,
+    upper: bool = False,
+) -> torch.Tensor | None:
+    """Pairs (2, P), i < j, between ``rows`` (indices) and every row whose Gram-based squared distance is below
+    ``reach2``; ``None`` as soon as there are more than ``limit``. A pair of two listed rows appears twice,
+    unless ``upper`` (meant for all rows) keeps it only from its smaller end."""
+    k = centred.shape[0]
+    found, count = [], 0
+    step = _block_rows(k, block_entries)
+    for start in range(0, rows.shape[0], step):
+        idx = rows[start : start + step]
+        d2 = torch.addmm(sq.unsqueeze(0), centred[idx], centred.T, alpha=-2).add_(sq[idx].unsqueeze(1))
+        near = d2 < reach2
+        near[torch.arange(idx.shape[0], device=centred.device), idx] = False
+        i, j = near.nonzero(as_tuple=True)
+        if upper:
+            keep = j > idx[i]
+            i, j = i[keep], j[keep]
+        count += i.shape[0]
+        if limit is not None and count > limit:
+            return None
+        found.append(torch.stack([idx[i], j]))
+    pairs = torch.cat(found, dim=1) if found else torch.empty(2, 0, dtype=torch.long, device=centred.device)
+    return torch.stack([pairs.min(dim=0).values, pairs.max(dim=0).values]) if pairs.shape[1] else pairs
 
 
 def repeller_on_pairs(anchors: torch.Tensor, pairs: torch.Tensor, margin: float) -> torch.Tensor:
@@ -119,29 +203,16 @@ class NeighborList:
         self.list: torch.Tensor | None = None
         self.stats = {"rebuilds": 0, "partial": 0, "calls": 0}
 
-    def _reach2(self) -> float:
+    def _search(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Listed pairs (2, P), i < j, between snapshot ``rows`` (indices; None: all, each pair once) and every
+        snapshot row."""
         reach = self.two_m + self.skin
-        # Gram-based squared distances are off by at most ~2 d u max||s||^2 (u: unit roundoff); allow 8x that.
-        slack = 16 * self.snapshot.shape[1] * torch.finfo(self.snapshot.dtype).eps * float(self._max_sq)
-        return reach * reach + slack
-
-    def _search(self, rows: torch.Tensor) -> torch.Tensor:
-        """Listed pairs (2, P), i < j, between snapshot ``rows`` (indices) and every snapshot row."""
-        s = self.snapshot - self.center  # centred: limits cancellation in ||s_i||^2 + ||s_j||^2 - 2 s_i.s_j
-        sq = self._sq
-        k = s.shape[0]
-        reach2 = self._reach2()
-        found = []
-        step = _block_rows(k)
-        for start in range(0, rows.shape[0], step):
-            idx = rows[start : start + step]
-            d2 = torch.addmm(sq.unsqueeze(0), s[idx], s.T, alpha=-2).add_(sq[idx].unsqueeze(1))
-            near = d2 < reach2
-            near[torch.arange(idx.shape[0], device=s.device), idx] = False
-            i, j = near.nonzero(as_tuple=True)
-            found.append(torch.stack([idx[i], j]))
-        pairs = torch.cat(found, dim=1) if found else torch.empty(2, 0, dtype=torch.long, device=s.device)
-        return torch.stack([pairs.min(dim=0).values, pairs.max(dim=0).values]) if pairs.shape[1] else pairs
+        centred = self.snapshot - self.center
+        reach2 = reach * reach + _rounding_slack(centred, float(self._max_sq))
+        if rows is None:
+            rows = torch.arange(centred.shape[0], device=centred.device)
+            return _pairs_within(centred, self._sq, rows, reach2, upper=True)
+        return _pairs_within(centred, self._sq, rows, reach2)
 
     @staticmethod
     def _unique(pairs: torch.Tensor) -> torch.Tensor:
@@ -193,7 +264,7 @@ class NeighborList:
                 self.stats["partial"] += 1
         if stale:
             self._snap(anchors, None)
-            self.list = self._unique(self._search(torch.arange(anchors.shape[0], device=anchors.device)))
+            self.list = self._search()
             self.stats["rebuilds"] += 1
         if self.max_pairs is not None and self.list.shape[1] > self.max_pairs:
             return None

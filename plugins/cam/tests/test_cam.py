@@ -277,6 +277,22 @@ def test_geometry_diagnostics():
     assert oracle_loss().target_min_angle() is None
 
 
+def test_geometry_works_in_row_blocks_and_equals_the_direct_pair_distances():
+    """The epoch hook calls geometry(): it must not build all K^2 / 2 pair differences (K = 10k would need ~150 GB)."""
+    from pml_anchors_cam.cam_loss import _pair_distance_stats
+
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randn(300, 5, generator=g, dtype=torch.float64) * 3
+    i, j = torch.triu_indices(300, 300, offset=1)
+    direct = (anchors[i] - anchors[j]).norm(dim=1)
+    for block in (1 << 22, 7 * 300, 1):  # one block, several, one row each
+        min_d2, within = _pair_distance_stats(anchors, 4.0, block_entries=block)
+        assert math.sqrt(min_d2) == pytest.approx(float(direct.min()), rel=1e-9)
+        assert within == int((direct < 4.0).sum())
+    geo = make(300, 5, anchors=anchors.float()).geometry()
+    assert geo["pairs_within_margin"] == int((direct < 4.0).sum())
+
+
 # -- options, bad input, registry -------------------------------------------------------------------------------
 
 

@@ -2,8 +2,8 @@
 
 The anchors are a fixed buffer (Hao et al., arXiv 1804.08087, §3.2: "fixed during training"), so there is
 no ``metric_loss_optimizer``, no warm-up and no clipping. Each logged epoch records the anchors' smallest
-pairwise angle next to the loss's :meth:`~pml_anchors_ncm.ncm_loss.NCMLoss.target_min_angle`, which
-exposes anchors that changed (e.g. ``learnable=True`` or a checkpoint with other anchors).
+pairwise angle, measured, next to the loss's :meth:`~pml_anchors_ncm.ncm_loss.NCMLoss.target_min_angle` (the
+angle they were built with), so anchors that changed (``learnable=True``) show as a difference.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ with fixed anchors a_c and
 
 No scale, no margin, no bias. Prediction is the nearest anchor (eq. 3).
 
-The loss runs on :func:`pml_anchors.chunking.class_cross_entropy`: one GEMM, the logits transformed and reduced
-in place, the cross-entropy's backward written out (softmax minus one-hot, in the same buffer), and the fixed
-anchors' normalised copy (C-NCM) or squared norms (E-NCM) computed once and cached. ``chunk_size=`` streams the
+The loss runs on :func:`pml_anchors.chunking.class_cross_entropy` (C-NCM) or :func:`~pml_anchors.chunking.
+class_logsumexp` over the other classes plus the own class's exact distance (E-NCM): one GEMM, the logits
+transformed and reduced in place, the backward written out (in the same buffer), and the fixed anchors'
+normalised copy (C-NCM) or squared norms (E-NCM) computed once and cached. ``chunk_size=`` streams the
 classes in chunks (same values and gradients) for very large K.
 """
 
@@ -25,11 +26,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pml_anchors.anchors import min_pairwise_angle
-from pml_anchors.chunking import LinearLogits, NegEuclideanLogits, class_cross_entropy
+from pml_anchors.anchors import min_pairwise_angle, min_pairwise_angle_if_cheap
+from pml_anchors.chunking import (
+    LinearLogits,
+    NegEuclideanLogits,
+    class_cross_entropy,
+    class_logsumexp,
+    cross_entropy_from_lse,
+)
 from pml_anchors.losses import AnchorLoss
 
-from .tiered import ncm_tiered
+from .tiered import ncm_tier, ncm_tiered
 
 __all__ = ["CNCMLoss", "ENCMLoss", "NCMLoss"]
 
@@ -62,6 +69,23 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _design_min_angle(anchors: torch.Tensor, tiered: bool) -> float | None:
+    """Smallest pairwise angle of freshly built anchors: closed form for tiers 1-4, else measured if cheap
+    (``None``: measured when first asked)."""
+    k, d = anchors.shape
+    if k < 2:
+        return None
+    if tiered:
+        tier = ncm_tier(k, d)
+        if tier in ("one_hot", "orthoplex"):
+            return math.pi / 2
+        if tier == "polygon":
+            return 2 * math.pi / k
+        if tier == "simplex":
+            return math.acos(-1.0 / (k - 1))
+    return min_pairwise_angle_if_cheap(anchors)
+
+
 class NCMLoss(AnchorLoss):
     """Anchor-based NCM loss with a choice of metric; see :class:`ENCMLoss` and :class:`CNCMLoss`.
 
@@ -70,14 +94,13 @@ class NCMLoss(AnchorLoss):
     :param metric: ``"euclidean"`` (E-NCM, eq. 7) or ``"cosine"`` (C-NCM, eq. 8).
     :param squared: E-NCM only: use the squared distance (the GMM reading of §3.3) instead of the plain
         distance of eq. 7.
-    :param eps: smallest resolved norm/distance. C-NCM divides by ``max(||x||, eps)`` (as
-        ``F.normalize``) so a zero feature gives cos 0 and finite gradients. E-NCM takes
-        ``sqrt(max(d^2, eps^2 + 4u (||x||^2 + max_c ||a_c||^2)))`` with ``u`` the unit roundoff of the
-        matmul's dtype (d^2 is computed as ||x||^2 - 2 x.a + ||a||^2, one GEMM): below that floor d^2 is
-        rounding noise, so the distance is flat there and its gradient 0. A feature exactly on its anchor
-        gets a finite gradient (0 from its own term) instead of NaN, and near an anchor |dM/dx| stays close
-        to its exact value 1 instead of spiking. The flat radius is ~3e-3 ||x|| in float32, ~4e-8 in
-        float64 and ~0.2 ||x|| in bfloat16.
+    :param eps: smallest resolved norm/distance. C-NCM divides by ``max(||x||, eps)`` (as ``F.normalize``), so a
+        zero feature gives cos 0 and finite gradients. E-NCM computes the own class's distance from ``x - a_y``
+        itself (exact at any distance; clamped at ``eps``, so a feature exactly on its anchor gets a zero
+        gradient from it, not NaN) and the other classes' from one GEMM, ``d^2 = ||x||^2 - 2 x.a + ||a||^2``,
+        clamped at ``eps^2 + 4u (||x||^2 + max_c ||a_c||^2)`` (``u`` the unit roundoff of the GEMM's dtype, e.g.
+        bf16 under autocast): below that floor d^2 is rounding noise, so the distance to *another* anchor is flat
+        there (gradient 0) instead of spiking.
     :param anchors: default the tiered rule :func:`~pml_anchors_ncm.tiered.ncm_tiered` (seeded random
         class assignment); any registered geometry name, callable or (K, d) tensor works.
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors``, ``seed``, ``learnable``,
@@ -108,6 +131,7 @@ class NCMLoss(AnchorLoss):
         self.metric = metric
         self.squared = squared
         self.eps = float(eps)
+        self._design_angle = _design_min_angle(self.anchors, tiered=kwargs.get("anchors") is None)
 
     # -- scores ---------------------------------------------------------------------------------
     def _unit_features(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -145,8 +169,9 @@ class NCMLoss(AnchorLoss):
     def anchor_losses(self, embeddings, labels, anchors, weights):
         """Eq. 5 per sample: cross-entropy of softmax(-M) (eq. 4), times miner weights; mean by PML's reducer.
 
-        Same value and gradient as ``F.cross_entropy(self._logits(...), labels)``, computed by
-        :func:`~pml_anchors.chunking.class_cross_entropy` (one GEMM, reduced in place, hand-written backward).
+        Same value and gradient as ``F.cross_entropy(self._logits(...), labels)`` (one GEMM, reduced in place,
+        hand-written backward); E-NCM takes the own class's distance from ``x - a_y`` (see ``eps``), so it is
+        more accurate than that formula near the anchor.
         """
         acc = _accumulate_dtype(embeddings.dtype)
         if self.metric == "cosine":
@@ -167,8 +192,22 @@ class NCMLoss(AnchorLoss):
                         gemm_dtype = torch.mm(embeddings[:1].detach(), anchors[:1].detach().T).dtype
                 floor = (x_sq + a_sq_max).mul_(4 * torch.finfo(gemm_dtype).eps).add_(self.eps**2)
             fmap = NegEuclideanLogits(x_sq, a_sq, floor, self.squared)
+            # The own class's term from x - a_y itself, the others from the GEMM: near its anchor, where E-NCM
+            # drives every feature, the GEMM's d^2 = ||x||^2 - 2 x.a + ||a||^2 is rounding noise.
+            others, _ = class_logsumexp(x, rows, fmap, exclude=labels, chunk_size=self.chunk_size)
+            ce = cross_entropy_from_lse(others, self._own_logits(embeddings, anchors, labels))
+            return {"loss": self.element_loss(ce * weights.to(ce.dtype))}
         ce, _ = class_cross_entropy(x, rows, fmap, labels, chunk_size=self.chunk_size)
         return {"loss": self.element_loss(ce * weights.to(ce.dtype))}
+
+    def _own_logits(self, embeddings: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """-M(f(x_i), a_{y_i}) (B,) for E-NCM from the differences themselves (exact at any distance).
+
+        The distance is clamped at ``eps``: a feature exactly on its anchor gets a zero gradient from it, not NaN.
+        """
+        acc = _accumulate_dtype(embeddings.dtype)
+        d2 = (embeddings.to(acc) - anchors.to(acc)[labels]).square().sum(dim=1)
+        return d2.neg() if self.squared else d2.clamp_min(self.eps**2).sqrt().neg()
 
     def _anchor_sq_norms(self, embeddings, anchors) -> tuple[torch.Tensor, torch.Tensor]:
         """||a_c||^2 (K,) in the accumulation dtype and their max (constants; cached while anchors are fixed)."""
@@ -190,10 +229,17 @@ class NCMLoss(AnchorLoss):
         return self._logits(embeddings, self.cast_anchors(embeddings))
 
     def target_min_angle(self) -> float | None:
-        """The anchors' actual smallest pairwise angle (radians); None for a single class."""
+        """The smallest pairwise angle the anchors were built with (radians); None for a single class.
+
+        The tiered rule's first four tiers have it in closed form; other anchors are measured as built (or, when
+        K^2 d > 1e9, when first asked). Anchors that moved since (``learnable=True``) or were replaced by another
+        checkpoint's show as a measured ``min_anchor_angle_deg`` that differs from this.
+        """
         if self.anchors.shape[0] < 2:
             return None
-        return min_pairwise_angle(self.anchors)
+        if self._design_angle is None:
+            self._design_angle = min_pairwise_angle(self.anchors)
+        return self._design_angle
 
     def extra_repr(self) -> str:
         extra = f", squared={self.squared}" if self.metric == "euclidean" else ""

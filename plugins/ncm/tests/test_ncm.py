@@ -291,6 +291,32 @@ def test_dtypes_and_bf16_autocast(name):
     assert torch.isfinite(vh) and vh.item() == pytest.approx(ref.item(), rel=2e-2)
 
 
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("radius", [0.3, 1e-2, 1e-4])
+def test_e_ncm_is_exact_near_the_own_anchor(squared, radius):
+    """Where E-NCM drives features (onto their anchors) value and gradient match float64, in float32 and under
+    bf16 autocast: the own distance comes from x - a_y, not from the GEMM's cancelling ||x||^2 - 2x.a + ||a||^2
+    (which gave sign-flipped gradients under bf16 autocast and a flat float32 loss within ~1e-3 of the anchor)."""
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randn(10, 16, generator=g)  # norm ~4: the GEMM form cancels badly
+    loss = loss_of("e_ncm", 10, 16, anchors=anchors, squared=squared)
+    y = torch.arange(10).repeat(3)
+    x = anchors[y] + radius * F.normalize(torch.randn(30, 16, generator=g), dim=1)
+
+    def run(x, autocast=False):
+        x = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = loss(x, y)
+        value.backward()
+        return value.item(), x.grad.double()
+
+    v64, g64 = run(x.double())
+    for autocast, tol in ((False, 1e-5), (True, 0.1)):
+        value, grad = run(x, autocast)
+        assert value == pytest.approx(v64, rel=tol / 10)
+        assert ((grad - g64).norm(dim=1) / g64.norm(dim=1)).max() < tol
+
+
 # -- prediction ------------------------------------------------------------------------------------
 def test_predict_is_nearest_anchor_in_each_metric():
     a = torch.tensor([[1.0, 0.0], [3.0, 0.3]])
@@ -325,3 +351,22 @@ def test_hooks_log_min_angle_against_target():
     assert record["min_anchor_angle_deg"] == pytest.approx(math.degrees(math.acos(-1 / 9)), abs=1e-3)
     assert record["target_min_angle_deg"] == pytest.approx(record["min_anchor_angle_deg"], abs=1e-3)
     assert record["mean_anchor_norm"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("anchors", [None, "spread"])
+def test_hooks_show_anchors_that_moved_against_the_built_angle(anchors):
+    loss = loss_of("e_ncm", 10, 5, anchors=anchors, learnable=True)  # None: tier 4, the orthoplex (90 deg)
+    built = loss.target_min_angle()
+    with torch.no_grad():
+        loss.anchors[1] = loss.anchors[0] + 0.01  # what a learnable run's optimizer may do
+    hooks = NCMTrainerHooks(log_geometry_every=1)
+    hooks.end_of_epoch_hook(_Trainer(loss, 1))
+    (record,) = hooks.history
+    assert record["target_min_angle_deg"] == pytest.approx(math.degrees(built))
+    assert record["min_anchor_angle_deg"] < 2.0 < record["target_min_angle_deg"]
+
+
+@pytest.mark.parametrize(("k", "d"), [(2, 1), (5, 2), (3, 2), (7, 6), (9, 5), (4, 8)])
+def test_closed_form_built_angle_is_the_measured_one(k, d):
+    loss = loss_of("c_ncm", k, d)
+    assert loss.target_min_angle() == pytest.approx(geometry.min_pairwise_angle(loss.anchors), abs=1e-6)

@@ -106,7 +106,7 @@ class _ProxyAnchorTerms(torch.autograd.Function):
     feeding the GEMM's backward. Outputs: ``pos`` (K) = log(1 + sum_{x in X+_p} e^{pos_logit}) (0 without
     positives) and ``neg`` (K) = log(1 + sum_{x in X-_p} e^{neg_logit}); both are stable log-sum-exps with an
     implicit zero logit (finite in fp16/bf16 at alpha = 32), accumulated and returned in float32 for fp16/bf16
-    logits (PML's reducers then round the total to the embeddings' dtype).
+    logits (the loss itself is float32 for 16-bit embeddings, see ``AnchorLoss.forward``).
     """
 
     @staticmethod

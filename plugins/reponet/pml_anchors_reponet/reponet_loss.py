@@ -113,14 +113,17 @@ class RePoNetLoss(AnchorLoss):
         if not isinstance(self.distance, CosineSimilarity):  # cosine-based, like PML's ArcFaceLoss
             raise TypeError(f"RePoNetLoss works on cosines; distance must be a CosineSimilarity, got {self.distance!r}")
         self.num_rows = self.anchors.shape[0]
-        self._phi = geometry.polytope_margin(polytope, self.polytope_width) if self.uses_polytope else None
+        if self.uses_polytope:
+            self._phi = geometry.polytope_margin(polytope, self.polytope_width)
+        else:  # custom anchors: measured as built (when first asked if that is expensive, K^2 d > 1e9)
+            self._phi = geometry.min_pairwise_angle_if_cheap(self.anchors)
         self.margin = self.phi if margin_value is None else margin_value
         self.add_to_recordable_attributes(list_of_names=["margin", "scale", "num_rows"], is_stat=False)
 
     # -- geometry -------------------------------------------------------------------------------
     @property
     def phi(self) -> float:
-        """The smallest angle between two classifier rows (radians); for custom anchors computed on first use."""
+        """The smallest angle between two classifier rows (radians) as built; custom anchors are measured."""
         if self._phi is None:
             self._phi = geometry.min_pairwise_angle(self.anchors) if self.num_rows > 1 else math.pi
         return self._phi

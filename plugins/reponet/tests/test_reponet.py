@@ -102,6 +102,16 @@ def test_target_min_angle_is_phi():
         assert pml_anchors.anchors.min_pairwise_angle(loss.anchors) == pytest.approx(loss.margin, abs=1e-6)
 
 
+def test_custom_anchors_phi_is_their_angle_as_built():
+    """With a numeric margin, phi (the geometry target) is still the custom anchors' angle at construction."""
+    anchors = pml_anchors.anchors.simplex(6, 5)
+    loss = make(6, 5, anchors=anchors, margin=0.3, learnable=True)
+    with torch.no_grad():
+        loss.anchors[1] = loss.anchors[0] + 0.01  # a learnable run's drift
+    assert loss.margin == 0.3
+    assert loss.phi == loss.target_min_angle() == pytest.approx(math.acos(-1 / 5), abs=1e-6)
+
+
 # -- PML parity -----------------------------------------------------------------------------------------
 
 
