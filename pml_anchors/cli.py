@@ -98,7 +98,8 @@ def run_plugins(args) -> int:
         if r["hooks"]:
             print(f"    hooks: {', '.join(r['hooks'])}")
         if r["error"]:
-            print(f"    error: {r['error']}")
+            label = "note" if r["status"] in ("disabled", "skipped") else "error"  # switched off, not broken
+            print(f"    {label}: {r['error']}")
         for conflict in r.get("conflicts") or []:
             print(f"    conflict: {conflict}")
     return 0
@@ -118,6 +119,12 @@ def run_methods(args) -> int:
     if args.json:
         print(json.dumps([s.as_dict() for s in specs], indent=2))
         return 0
+    if not specs:
+        print(
+            "no methods registered: no plugin loaded (see `pml-anchors plugins --all`, and PML_ANCHORS_LOAD_PLUGINS / "
+            "PML_ANCHORS_DISABLE_PLUGINS)",
+            file=sys.stderr,
+        )
     for s in specs:
         aliases = f" (aliases: {', '.join(s.aliases)})" if s.aliases else ""
         version = f" {s.plugin_version}" if s.plugin_version else ""

@@ -37,6 +37,11 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
         p.add_argument("--data-root", help="dataset folder (mnist: torchvision root; imagefolder: the images)")
         p.add_argument("--protocol", choices=PROTOCOLS, help="same_class (default) or open_set (unseen test classes)")
+        p.add_argument(
+            "--download",
+            action="store_true",
+            help="mnist: let torchvision download it into --data-root if it is not there (needs internet)",
+        )
     p.add_argument("--epochs", type=int, help="number of epochs (train: 10; bench: 2)")
     p.add_argument(
         "--embedding-size",
@@ -143,8 +148,12 @@ def _given(args: argparse.Namespace) -> dict:
     given = {
         field: getattr(args, attr) for field, attr in _CONFIG_ARGS.items() if getattr(args, attr, None) is not None
     }
+    if "data_root" in given:  # stored in the checkpoint: `eval` and `--resume` may run from another directory
+        given["data_root"] = os.path.abspath(os.path.expanduser(given["data_root"]))
     if getattr(args, "backbone_weights", None):
-        given["backbone_kwargs"] = {"weights_path": args.backbone_weights}
+        given["backbone_kwargs"] = {"weights_path": os.path.abspath(os.path.expanduser(args.backbone_weights))}
+    if getattr(args, "download", False):
+        given["dataset_kwargs"] = {"download": True}
     if getattr(args, "compile", None) is not None:
         given["compile"] = True
         given["compile_kwargs"] = {} if args.compile == "default" else {"mode": args.compile}
@@ -209,11 +218,23 @@ def run_train(args) -> int:
     _setup_output(args)
     from .training import TrainConfig, load_checkpoint, run
 
-    values = dict(load_checkpoint(args.resume)["config"]) if args.resume else {}  # resume: keeps its output
-    if "backbone_kwargs" in given:  # --backbone-weights adds to the checkpoint's backbone options
-        given["backbone_kwargs"] = {**values.get("backbone_kwargs", {}), **given["backbone_kwargs"]}
+    values, done = {}, None
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume)
+        values, done = dict(checkpoint["config"]), int(checkpoint["epoch"])
+        if values.get("output") is not None:  # the run's folder is where its checkpoint is, wherever we are
+            values["output"] = os.path.dirname(os.path.abspath(args.resume))
+    for key in ("backbone_kwargs", "dataset_kwargs"):  # e.g. --backbone-weights adds to the checkpoint's options
+        if key in given:
+            given[key] = {**values.get(key, {}), **given[key]}
     values.update(given)
     config = TrainConfig.from_dict(values)
+    if done is not None and done >= config.epochs:
+        print(
+            f"nothing left to train: the checkpoint finished epoch {done} of {config.epochs}; evaluating it again "
+            "(pass a larger --epochs to train on)",
+            file=sys.stderr,
+        )
     if args.nproc != 1:
         from .launch import launch  # N processes, DDP + DistributedLoss (pml_anchors/launch.py)
 
@@ -233,7 +254,8 @@ def run_train(args) -> int:
 
 def _summary(r: dict) -> str:
     return (
-        f"{r['method']} on {r['dataset']} [{r['protocol']}], {r['epochs']} epochs, {r['seconds']:.1f} s on {r['device']}: "
+        f"{r['method']} on {r['dataset']} [{r['protocol']}], {r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}, "
+        f"{r['seconds']:.1f} s on {r['device']}: "
         f"P@1 {_fmt(r['precision_at_1'])}, MAP@R {_fmt(r['mean_average_precision_at_r'])}, "
         f"R-precision {_fmt(r['r_precision'])}, mAP {_fmt(r['mean_average_precision'])}, "
         f"nearest-anchor acc {_fmt(r['nearest_anchor_accuracy'])}"

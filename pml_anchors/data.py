@@ -423,7 +423,8 @@ def _mnist_missing_message(root: Path) -> str:
     msg = (
         f"MNIST not found: expected the uncompressed IDX files {', '.join(MNIST_FILES)} in {raw}. "
         "Prepare that root offline with pml_anchors.data.prepare_mnist_root(idx_dir, root) from a folder of "
-        "(gzipped) IDX files, or pass download=True to let torchvision download MNIST (needs internet)."
+        "(gzipped) IDX files, or pass download=True (the CLI's --download) to let torchvision download MNIST "
+        "(needs internet)."
     )
     if root.is_dir() and any((root / f).exists() or (root / (f + ".gz")).exists() for f in MNIST_FILES):
         msg += (
@@ -518,7 +519,10 @@ def _build_imagefolder(
         )
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"ImageFolder root {root} does not exist or is not a directory")
+        raise FileNotFoundError(
+            f"ImageFolder root {root} does not exist or is not a directory (pass the image folder as data_root, "
+            "or --data-root on the command line)"
+        )
     from torchvision import datasets
 
     train_tf, eval_tf = _imagefolder_transforms(int(image_size), augment)

@@ -37,7 +37,8 @@ class TrainedModel(torch.nn.Module):
     :ivar epoch: the epoch the checkpoint was written after; :ivar class_names: the name of each label
     :meth:`predict` returns (e.g. an image folder's class folders); :ivar data_info: the training data's
     ``DatasetSplits.info`` (for ``digits``/``mnist`` the ``mean`` and ``std`` the inputs were normalised with).
-    Both are empty for checkpoints written before they were saved.
+    Both are empty for checkpoints written before they were saved. :ivar input_shape: the shape of one input,
+    e.g. ``(1, 8, 8)`` for ``digits``: :meth:`embed` and :meth:`predict` take ``(N, *input_shape)``.
     """
 
     def __init__(
@@ -51,11 +52,13 @@ class TrainedModel(torch.nn.Module):
         epoch: int,
         class_names: tuple[str, ...] = (),
         data_info: dict[str, Any] | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
         self.trunk, self.embedder, self.loss = trunk, embedder, loss
         self.method, self.config, self.epoch = method, config, epoch
         self.class_names, self.data_info = tuple(class_names), dict(data_info or {})
+        self.input_shape = None if input_shape is None else tuple(int(n) for n in input_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``embedder(trunk(x))``, (N, d)."""
@@ -66,6 +69,14 @@ class TrainedModel(torch.nn.Module):
         """Embeddings of ``x`` in eval mode without gradients, ``batch_size`` inputs at a time."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not torch.is_tensor(x):
+            raise TypeError(f"inputs must be a torch.Tensor of shape (N, *input_shape), got {type(x).__name__}")
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            shape = ", ".join(map(str, self.input_shape))
+            raise ValueError(
+                f"inputs must have shape (N, {shape}) like the training data, got {tuple(x.shape)}"
+                + (" (reshape flat digits with x.view(-1, 1, 8, 8))" if self.input_shape == (1, 8, 8) else "")
+            )
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
@@ -123,6 +134,7 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         epoch=int(checkpoint["epoch"]),
         class_names=tuple(checkpoint.get("class_names", ())),
         data_info=checkpoint.get("data_info"),
+        input_shape=tuple(checkpoint["input_shape"]),
     )
     return model.eval()
 

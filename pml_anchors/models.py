@@ -239,7 +239,8 @@ def resnet(name: str = "resnet18", weights_path: str | os.PathLike | None = None
 
 def _load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        what = "is not a regular file" if os.path.exists(path) else "not found"
+        raise FileNotFoundError(f"weights file {what}: {path} (expected a state dict saved with torch.save)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

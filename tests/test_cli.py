@@ -45,3 +45,26 @@ def test_console_script_help_is_fast_and_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False")
+
+
+def _cli(*argv, **env):
+    import os
+
+    code = f"from pml_anchors.cli import main; raise SystemExit(main({list(argv)!r}))"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
+
+
+def test_a_disabled_plugin_is_listed_with_a_note_not_an_error():
+    proc = _cli("plugins", "--all", PML_ANCHORS_DISABLE_PLUGINS="pml-anchors-ncm")
+    assert proc.returncode == 0, proc.stderr
+    block = proc.stdout.split("pml-anchors-ncm", 1)[1].split("\n\n")[0]
+    assert "[disabled]" in block and "note: disabled by PML_ANCHORS_DISABLE_PLUGINS" in block
+    assert "error:" not in block.split("\npml-anchors-", 1)[0]
+
+
+def test_methods_says_so_when_nothing_is_registered():
+    proc = _cli("methods", PML_ANCHORS_LOAD_PLUGINS="")
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert "no methods registered" in proc.stderr

@@ -72,6 +72,34 @@ def test_train_writes_results_and_checkpoint_and_eval_reproduces(toys, tmp_path,
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
 
 
+def test_resume_from_another_directory_continues_the_run_in_its_own_folder(toys, tmp_path, monkeypatch, capsys):
+    """A relative --output is where the checkpoint was written, not where a later resume happens to run."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--method", "toy_fixed", *TINY, "--output", "runs/a", "--no-progress"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(tmp_path / "runs/a/checkpoint.pt"), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "runs/a/results.json").read_text())["epochs"] == 2
+    assert not (elsewhere / "runs").exists()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "runs/a/checkpoint.pt"), "--epochs", "2", "--no-progress"]) == 0
+    assert "nothing left to train: the checkpoint finished epoch 2 of 2" in capsys.readouterr().err
+
+
+def test_relative_paths_are_stored_absolute_and_download_reaches_the_dataset(tmp_path, monkeypatch):
+    import argparse
+
+    from pml_anchors.cli_train import _given
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(data_root="imgs", backbone_weights="w.pt", download=True, compile=None)
+    given = _given(args)
+    assert given["data_root"] == str(tmp_path / "imgs")
+    assert given["backbone_kwargs"] == {"weights_path": str(tmp_path / "w.pt")}
+    assert given["dataset_kwargs"] == {"download": True}
+
+
 def test_workers_load_training_and_evaluation_batches_without_changing_the_results(toys, tmp_path, monkeypatch):
     import pml_anchors.evaluation as evaluation
 

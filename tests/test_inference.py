@@ -94,3 +94,15 @@ def test_the_readmes_digits_preprocessing_gives_the_training_inputs(toys, tmp_pa
     for i in range(5):
         item = splits.test[i][0]
         assert (prepared - item).abs().amax(dim=(1, 2, 3)).min() < 1e-5, f"test item {i} is not a prepared digit"
+
+
+def test_inputs_of_the_wrong_shape_get_a_clear_error(toys, tmp_path):
+    _, _, path = _trained(tmp_path, "toy_fixed")
+    model = load_trained(path)
+    assert model.input_shape == (1, 8, 8)
+    flat = torch.zeros(3, 64)  # sklearn's load_digits().data
+    with pytest.raises(ValueError, match=r"shape \(N, 1, 8, 8\).*got \(3, 64\).*view\(-1, 1, 8, 8\)"):
+        model.predict(flat)
+    assert model.predict(flat.view(-1, 1, 8, 8)).shape == (3,)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model.embed(flat.numpy())
