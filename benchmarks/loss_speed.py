@@ -31,6 +31,11 @@ It comes in three variants, all measured in the same run as the losses:
 * ``floor_cs`` -- ``floor`` with ``weight`` of C*s rows (s = 4 sub-centres per class, fixed): the reference
   of ``fsc`` (F-SC, C*s sub-classes) and of PML's ``SoftTripleLoss`` (``centers_per_class=4``, frozen).
 
+Which floor a loss gets is read off the built loss object, not its name (``floor_of``), so a plugin's method is
+matched the same way: anchors of shape (C, s, d) or PML's ``centers_per_class > 1`` -> ``floor_cs``; any
+parameter with ``requires_grad`` (learnable anchors, proxies or classifier weights) -> ``floor_w``; else ``floor``.
+Only the floors that the selected losses need (and ``floor``) are run.
+
 Ratios ``x floor`` are time / time of the matching floor, and ``x PML`` is time / time of the PML loss doing
 the same job (``proxy_anchor`` - ``ProxyAnchorLoss``; ``reponet`` - ``ArcFaceLoss``; ``c_ncm`` and
 ``e_ncm`` - ``NormalizedSoftmaxLoss``; ``fsc`` - ``SoftTripleLoss``; ``cam`` has none; it has no B x C matrix at all and its timed steps run on an up-to-date neighbour list, see
@@ -62,7 +67,10 @@ profile_memory=True)``, which records every allocation and free of torch's CPU a
 time stamp; ``peak`` is the maximum of the running sum of those signed sizes (this is what
 ``torch.profiler``'s memory timeline does; allocations outside torch, e.g. by BLAS workspaces, are not
 seen). ``/BC4`` is peak / (B * C * 4 bytes), i.e. in units of one float32 B x C matrix. The profiled step
-is separate from the timed ones.
+is separate from the timed ones. The profiler's native backend (Kineto) writes ``USDT: ... profiler_start`` /
+``profiler_stop`` lines, and on a machine without a GPU one ``ERROR: ... gpuGetDeviceCount failed with code 35``,
+straight to file descriptor 2; the script points that descriptor at /dev/null while the profiler runs, so they
+do not mix into the table. They are harmless: nothing is measured on a GPU.
 
 PML parity
 ----------
@@ -105,14 +113,6 @@ PML_PAIRS = {
 }
 PML_LOSSES = ("ProxyAnchorLoss", "ArcFaceLoss", "NormalizedSoftmaxLoss", "SoftTripleLoss")
 FLOORS = ("floor", "floor_w", "floor_cs")
-#: Which floor each method / PML loss is compared with (default: "floor").
-FLOOR_OF = {
-    "proxy_anchor": "floor_w",
-    "cam": "floor_w",
-    "fsc": "floor_cs",
-    "ProxyAnchorLoss": "floor_w",
-    "SoftTripleLoss": "floor_cs",
-}
 METHOD_KWARGS = {
     "reponet": ({"anchors": "spread", "margin": 0.5, "scale": 30.0}, "anchors=spread, m=0.5 rad, s=30"),
     "fsc": ({"sub_centers": SUB_CENTERS}, f"s={SUB_CENTERS}"),
@@ -131,6 +131,7 @@ class Contestant:
     params: list[torch.Tensor] = field(default_factory=list)
     setup: str = ""
     module: Any = None
+    floor: str | None = None  # the floor it is compared with (None for the floors themselves)
 
     def reset(self) -> None:
         self.embeddings.grad = None
@@ -142,6 +143,24 @@ class Contestant:
 
 
 # -- building the contestants -------------------------------------------------------------------------------
+
+
+def floor_of(loss: torch.nn.Module) -> str:
+    """The floor a loss is compared with, read off the loss object (not its name), so that plugins fit too.
+
+    * ``"floor_cs"`` for sub-centre losses, whose class scores come from C*s rows: anchors of shape
+      (C, s, d) (``fsc``) or PML's ``centers_per_class > 1`` (``SoftTripleLoss``);
+    * ``"floor_w"`` when any of the loss's parameters requires grad: learnable anchors (``proxy_anchor``,
+      ``cam``, a plugin's learnable centres) or PML's learnable proxies / classifier weights;
+    * ``"floor"`` otherwise (fixed anchors, frozen weights).
+    """
+    anchors = getattr(loss, "anchors", None)
+    if (isinstance(anchors, torch.Tensor) and anchors.dim() == 3) or getattr(loss, "centers_per_class", 1) > 1:
+        return "floor_cs"
+    learnable = getattr(loss, "learnable", False) is True
+    if learnable or any(p.requires_grad for p in loss.parameters()):
+        return "floor_w"
+    return "floor"
 
 
 def _inputs(batch: int, d: int, c: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +195,7 @@ def _method(name: str, x: torch.Tensor, y: torch.Tensor, c: int, chunk_size: int
     params = [p for p in loss.parameters() if p.requires_grad]
     kind = "learnable anchors" if params else "fixed anchors"
     setup = f"{kind}, {setup}".rstrip(", ")
-    return Contestant(name, "method", loss, x.clone().requires_grad_(), y, params, setup, loss)
+    return Contestant(name, "method", loss, x.clone().requires_grad_(), y, params, setup, loss, floor_of(loss))
 
 
 def _pml(name: str, x: torch.Tensor, y: torch.Tensor, c: int, learnable: bool) -> Contestant:
@@ -198,26 +217,28 @@ def _pml(name: str, x: torch.Tensor, y: torch.Tensor, c: int, learnable: bool) -
     for p in params:
         p.requires_grad_(learnable)
     setup = "learnable weights" if learnable else "weights frozen"
-    return Contestant(name, "pml", loss, x.clone().requires_grad_(), y, params if learnable else [], setup, loss)
+    params = params if learnable else []
+    return Contestant(name, "pml", loss, x.clone().requires_grad_(), y, params, setup, loss, floor_of(loss))
 
 
 def build_contestants(
     names: list[str], batch: int, d: int, c: int, device: torch.device, seed: int, chunk_size: int | None
 ) -> list[Contestant]:
+    """The losses named in ``names``, preceded by the floors they need (``floor_of``), ``"floor"`` and any floor
+    named in ``names``, in the order of ``FLOORS``."""
     x, y = _inputs(batch, d, c, device, seed)
-    out = []
+    losses = []
     for name in names:
-        if name == "floor":
-            out.append(_floor(name, x, y, c, False, seed))
-        elif name == "floor_w":
-            out.append(_floor(name, x, y, c, True, seed))
-        elif name == "floor_cs":
-            out.append(_floor(name, x, y, c * SUB_CENTERS, False, seed))
-        elif name in PML_LOSSES:
-            out.append(_pml(name, x, y, c, learnable=name == "ProxyAnchorLoss"))
+        if name in FLOORS:
+            continue
+        if name in PML_LOSSES:
+            losses.append(_pml(name, x, y, c, learnable=name == "ProxyAnchorLoss"))
         else:
-            out.append(_method(name, x, y, c, chunk_size))
-    return out
+            losses.append(_method(name, x, y, c, chunk_size))
+    wanted = {"floor", *(n for n in names if n in FLOORS), *(con.floor for con in losses)}
+    rows = {"floor": c, "floor_w": c, "floor_cs": c * SUB_CENTERS}
+    floors = [_floor(f, x, y, rows[f], f == "floor_w", seed) for f in FLOORS if f in wanted]
+    return floors + losses
 
 
 # -- measuring ---------------------------------------------------------------------------------------------
@@ -254,6 +275,35 @@ def _cpu_allocations(prof) -> list[tuple[int, int]]:
     return events
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the duration (Python's ``sys.stderr`` included).
+
+    The profiler's native backend (Kineto) writes ``USDT: ... profiler_start`` / ``profiler_stop`` lines on every
+    start and stop, and, on a machine without a GPU, ``ERROR: ... gpuGetDeviceCount failed with code 35`` once,
+    straight to the process's stderr: ``contextlib.redirect_stderr`` does not catch them. Nothing else runs
+    inside, so nothing of ours is lost; if the descriptor cannot be swapped the lines are simply left through."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_step_bytes(c: Contestant, device: torch.device) -> int:
     """Largest extra bytes allocated during one forward + backward (see the module docstring)."""
     c.reset()
@@ -266,7 +316,7 @@ def peak_step_bytes(c: Contestant, device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device) - base)
     from torch.profiler import ProfilerActivity, profile
 
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+    with _native_stderr_silenced():
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             c.step()
     running = peak = 0
@@ -337,7 +387,7 @@ def measure_size(
             "iqr_ms": q[2] - q[0],
             "first_ms": first[con.name],
             "times_ms": ts,
-            "floor": None if con.kind == "floor" else FLOOR_OF.get(con.name, "floor"),
+            "floor": con.floor,
             "pml": PML_PAIRS.get(con.name) if con.kind == "method" else None,
         }
         if memory:
@@ -401,16 +451,15 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def select_names(methods: str | None, registered: list[str]) -> list[str]:
-    """Floors first, then our methods, then PML's losses; ``methods`` filters (floors always run)."""
+    """Our methods, then PML's losses; ``methods`` filters. The floors each loss needs are added when the losses
+    are built (``build_contestants``); floors named in ``methods`` are kept."""
     wanted = registered + list(PML_LOSSES)
     if methods:
         wanted = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = [m for m in wanted if m not in registered and m not in PML_LOSSES and m not in FLOORS]
         if unknown:
             raise SystemExit(f"unknown method(s) {unknown}; registered: {registered}, PML: {list(PML_LOSSES)}")
-    wanted = [m for m in wanted if m not in FLOORS]
-    floors = sorted({FLOOR_OF.get(m, "floor") for m in wanted} | {"floor"}, key=FLOORS.index)
-    return floors + wanted
+    return wanted
 
 
 def main(argv: list[str] | None = None) -> int:

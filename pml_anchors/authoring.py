@@ -196,7 +196,10 @@ def next_steps(names: PluginNames, target: Path) -> str:
             "  python -m pip install -e .          # registers the pml_anchors entry point",
             f"  pml-anchors plugins                  # lists {names.distribution} as [ok]",
             f"  python -m pytest                     # check_method({names.method!r}) and a closed-form test",
-            f"  edit {names.package}/loss.py to implement your method (docs/plugins/tutorial.md)",
+            f"  edit {names.package}/loss.py to implement your method, then replace the placeholder's",
+            f"  tests in tests/test_{names.underscored}.py (keep test_conformance) with tests of your method",
+            "",
+            "Walk-through: docs/plugins/tutorial.md in the pml-anchors source repository (not in the installed package).",
         ]
     )
 

@@ -1,5 +1,6 @@
 """Every registered method, built the same way by the reliability tests (dtypes, checkpoints, bad input,
-distributed). Tests parametrize over :func:`method_names`, so a newly installed method plugin joins them."""
+distributed). Tests parametrize over :func:`method_names`, so an installed method plugin joins them once it is
+loaded: the root conftest.py loads only the built-ins unless ``PML_ANCHORS_LOAD_PLUGINS`` names it too."""
 
 from __future__ import annotations
 

@@ -578,3 +578,47 @@ def test_train_step_quick_reports_the_loss_share_eager_and_compiled():
     assert all(0 < r["share"] < 1 and r["step_ms"] > r["loss_ms"] > 0 for r in rows)
     assert all(r["x_eager"] == (1.0 if r["models"] == "eager" else r["x_eager"]) > 0 for r in rows)
     assert "| C | method | trunk + embedder |" in proc.stderr
+
+
+def _loss_speed_module(monkeypatch):
+    """``benchmarks/loss_speed.py`` imported as a module (it imports ``_bench_common`` from its own folder)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("_loss_speed_under_test", ROOT / "benchmarks" / "loss_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loss_speed_floor_follows_the_loss_not_its_name(monkeypatch):
+    """Learnable anchors -> ``floor_w``, fixed -> ``floor``, sub-centres (C x s x d anchors) -> ``floor_cs``,
+    whatever the method is called; PML's losses by their parameters / ``centers_per_class``."""
+    from pytorch_metric_learning import losses
+
+    floor_of = _loss_speed_module(monkeypatch).floor_of
+    cases = [
+        ("proxy_anchor", {}, "floor_w"),
+        ("cam", {}, "floor_w"),
+        ("c_ncm", {}, "floor"),
+        ("reponet", {"anchors": "spread"}, "floor"),
+        ("fsc", {"sub_centers": 4}, "floor_cs"),
+        ("c_ncm", {"learnable": True}, "floor_w"),  # same name, learnable anchors
+        ("proxy_anchor", {"learnable": False}, "floor"),  # same name, fixed anchors
+    ]
+    for name, kwargs, expected in cases:
+        assert floor_of(pml_anchors.get_loss(name, 10, 9, **kwargs)) == expected, (name, kwargs)
+    assert floor_of(losses.ProxyAnchorLoss(10, 9)) == "floor_w"
+    frozen = losses.NormalizedSoftmaxLoss(10, 9).requires_grad_(False)
+    assert floor_of(frozen) == "floor"
+    assert floor_of(losses.SoftTripleLoss(10, 9, centers_per_class=4).requires_grad_(False)) == "floor_cs"
+
+
+def test_loss_speed_floor_of_a_third_party_plugin_with_learnable_anchors(monkeypatch, pml_registry):
+    """The worked example's ``center_loss`` (learnable centres), unknown to the script, gets ``floor_w``."""
+    import pml_anchors_center_loss
+
+    pml_registry.add_plugin(pml_anchors_center_loss, name="pml-anchors-center-loss")
+    floor_of = _loss_speed_module(monkeypatch).floor_of
+    assert floor_of(pml_anchors.get_loss("center_loss", 10, 9)) == "floor_w"
