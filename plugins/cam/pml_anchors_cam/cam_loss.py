@@ -32,7 +32,7 @@ from pytorch_metric_learning.distances import LpDistance
 from pml_anchors.losses import AnchorLoss
 
 from .initializers import standard_normal
-from .repeller import NeighborList, repeller_blocked, repeller_on_pairs
+from .repeller import NeighborList, _centred, _gram_d2, repeller_blocked, repeller_on_pairs
 
 #: Above this many anchors L_R uses the neighbour list by default.
 NEIGHBOR_LIST_MIN_CLASSES = 256
@@ -233,14 +233,13 @@ def _pair_distance_stats(anchors: torch.Tensor, reach: float, block_entries: int
     """(smallest squared distance between two rows, number of pairs closer than ``reach``) of float64 ``anchors``,
     in row blocks of the Gram matrix of the centred rows: memory O(block_entries), not O(K^2 d)."""
     k = anchors.shape[0]
-    centred = anchors - anchors.mean(dim=0, keepdim=True)
-    sq = centred.square().sum(dim=1)
+    centred, sq = _centred(anchors)
     cols = torch.arange(k, device=anchors.device)
     min_d2, within = math.inf, 0
     step = max(1, block_entries // k)
     for start in range(0, k, step):
         stop = min(k, start + step)
-        d2 = torch.addmm(sq.unsqueeze(0), centred[start:stop], centred.T, alpha=-2).add_(sq[start:stop].unsqueeze(1))
+        d2 = _gram_d2(centred, sq, slice(start, stop))
         d2 = d2[cols > torch.arange(start, stop, device=anchors.device).unsqueeze(1)].clamp_min_(0)  # i < j
         if d2.numel():
             min_d2 = min(min_d2, float(d2.min()))

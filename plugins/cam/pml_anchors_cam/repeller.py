@@ -57,9 +57,15 @@ def _rounding_slack(centred: torch.Tensor, max_sq: float) -> float:
     return 16 * centred.shape[1] * torch.finfo(centred.dtype).eps * max_sq
 
 
+def _gram_d2(centred: torch.Tensor, sq: torch.Tensor, rows) -> torch.Tensor:
+    """Squared distances from ``centred[rows]`` (a slice or an index tensor) to every row, by the Gram form
+    ||s_i||^2 + ||s_j||^2 - 2 s_i.s_j (one GEMM; may be slightly negative from rounding)."""
+    return torch.addmm(sq.unsqueeze(0), centred[rows], centred.T, alpha=-2).add_(sq[rows].unsqueeze(1))
+
+
 def _block_hinge(centred, sq, start, stop, two_m):
     """(d2, d, hinge) for rows [start, stop) against all rows, from the Gram form; the diagonal's hinge is 0."""
-    d2 = torch.addmm(sq.unsqueeze(0), centred[start:stop], centred.T, alpha=-2).add_(sq[start:stop].unsqueeze(1))
+    d2 = _gram_d2(centred, sq, slice(start, stop))
     d = _safe_sqrt(d2)
     hinge = (two_m - d).clamp_min_(0)
     rows = torch.arange(stop - start, device=centred.device)
@@ -161,7 +167,7 @@ def _pairs_within(
     step = _block_rows(k, block_entries)
     for start in range(0, rows.shape[0], step):
         idx = rows[start : start + step]
-        d2 = torch.addmm(sq.unsqueeze(0), centred[idx], centred.T, alpha=-2).add_(sq[idx].unsqueeze(1))
+        d2 = _gram_d2(centred, sq, idx)
         near = d2 < reach2
         near[torch.arange(idx.shape[0], device=centred.device), idx] = False
         i, j = near.nonzero(as_tuple=True)

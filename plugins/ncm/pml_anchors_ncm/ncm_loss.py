@@ -175,13 +175,13 @@ class NCMLoss(AnchorLoss):
         """
         acc = _accumulate_dtype(embeddings.dtype)
         if self.metric == "cosine":
-            x, fmap = self._unit_features(embeddings), LinearLogits()
             if anchors.requires_grad:  # learnable anchors: normalise the (differentiable) cast copy
                 rows = F.normalize(anchors.to(acc), dim=1, eps=self.eps).to(anchors.dtype)
             else:
                 rows = self._unit_anchors(embeddings)
+            x = self._unit_features(embeddings)
+            ce, _ = class_cross_entropy(x, rows, LinearLogits(), labels, chunk_size=self.chunk_size)
         else:
-            x, rows = embeddings, anchors
             x_sq = embeddings.detach().to(acc).square().sum(dim=1)  # its gradient is in the map's backward
             a_sq, a_sq_max = self._anchor_sq_norms(embeddings, anchors)
             floor = None
@@ -194,10 +194,8 @@ class NCMLoss(AnchorLoss):
             fmap = NegEuclideanLogits(x_sq, a_sq, floor, self.squared)
             # The own class's term from x - a_y itself, the others from the GEMM: near its anchor, where E-NCM
             # drives every feature, the GEMM's d^2 = ||x||^2 - 2 x.a + ||a||^2 is rounding noise.
-            others, _ = class_logsumexp(x, rows, fmap, exclude=labels, chunk_size=self.chunk_size)
+            others, _ = class_logsumexp(embeddings, anchors, fmap, exclude=labels, chunk_size=self.chunk_size)
             ce = cross_entropy_from_lse(others, self._own_logits(embeddings, anchors, labels))
-            return {"loss": self.element_loss(ce * weights.to(ce.dtype))}
-        ce, _ = class_cross_entropy(x, rows, fmap, labels, chunk_size=self.chunk_size)
         return {"loss": self.element_loss(ce * weights.to(ce.dtype))}
 
     def _own_logits(self, embeddings: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
