@@ -45,6 +45,7 @@ _LAZY = {
     "chain_hooks": "pml_anchors.trainer_hooks",
     "load_trained": "pml_anchors.inference",
     "param_groups": "pml_anchors.optim",
+    "RecallAtKCalculator": "pml_anchors.recall_at_k",
 }
 
 
@@ -64,6 +65,7 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "PluginLoadWarning",
+    "RecallAtKCalculator",
     "TrainerHooks",
     "UnknownMethodError",
     "chain_hooks",

@@ -3,7 +3,7 @@
 :func:`bench` trains each run with :mod:`pml_anchors.training` (evaluating after every epoch) and
 writes, under ``output``:
 
-* ``results.md``: one row per run (P@1, MAP@R, R-precision, mAP, nearest-anchor accuracy, seconds);
+* ``results.md``: one row per run (P@1, Recall@K, MAP@R, R-precision, mAP, nearest-anchor accuracy, seconds);
 * ``results.json``: the settings and every run's full results (including per-epoch history);
 * ``accuracy_vs_time.png``: test P@1 after each epoch against training time (no evaluation time),
   in the style of Proxy Anchor's Figure 1;
@@ -24,6 +24,7 @@ import torch
 
 from .baselines import BASELINES, PREFIX
 from .evaluation import METRICS, anchor_rows, embed
+from .recall_at_k import recall_metrics_in
 from .training import (
     TrainConfig,
     build,
@@ -147,22 +148,23 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines = [
         f"# pml-anchors bench: {summary['dataset']} ({summary['protocol']})",
         "",
-        f"{summary['epochs']} epochs, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']}, seed {summary['seed']}, "
+        f"{summary['epochs']} epoch{'' if summary['epochs'] == 1 else 's'}, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']}, seed {summary['seed']}, "
         f"backbone {s['backbone'] or 'default'}, device {summary['device']}. Retrieval metrics: PML AccuracyCalculator "
-        "(test set against itself); seconds: training time without evaluation.",
+        "(test set against itself), R@K: Recall@K (P@1 is R@1); seconds: training time without evaluation.",
         "",
-        "| method | d | P@1 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    recalls = sorted({kn for r in summary["runs"] for kn in recall_metrics_in(r) if kn[0] > 1})  # R@1 is P@1
+    metrics = [METRICS[0], *(name for _, name in recalls), *METRICS[1:], "nearest_anchor_accuracy"]
+    header = ["method", "d", "P@1", *(f"R@{k}" for k, _ in recalls), "MAP@R", "R-precision", "mAP"]
+    header += ["nearest-anchor acc", "seconds"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary["runs"]:
         name = r["method"] + (" (PML baseline)" if r.get("baseline") else "")
         if "error" in r:
-            lines.append(f"| {name} | | failed: {r['error'].splitlines()[0]} | | | | | |")
+            lines.append(f"| {name} | | failed: {r['error'].splitlines()[0]} |" + " |" * (len(header) - 3))
             continue
-        cells = [_fmt(r.get(m)) for m in METRICS]
-        lines.append(
-            f"| {name} | {r.get('embedding_size', '')} | {' | '.join(cells)} | {_fmt(r.get('nearest_anchor_accuracy'))} | {_fmt(r.get('seconds'), 1)} |"
-        )
+        cells = [name, str(r.get("embedding_size", "")), *(_fmt(r.get(m)) for m in metrics), _fmt(r.get("seconds"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

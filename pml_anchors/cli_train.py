@@ -25,11 +25,25 @@ def _json_arg(text: str) -> dict:
     return value
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole epochs such as 10,20, got {text!r}") from exc
+def _int_list(what: str):
+    """An argparse type: comma-separated ints, e.g. ``10,20``; the error names ``what`` (with an example)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(part) for part in text.split(",") if part.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from exc
+
+    return parse
+
+
+def _add_recall_at(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recall-at",
+        type=_int_list("whole numbers such as 1,2,4,8"),
+        metavar="K1,K2,...",
+        help="the Ks of the Recall@K metrics reported beside PML's (default 1,2,4,8; SOP papers use 1,10,100,1000)",
+    )
 
 
 def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -60,7 +74,7 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     )
     p.add_argument(
         "--lr-milestones",
-        type=_int_list,
+        type=_int_list("whole epochs such as 10,20"),
         metavar="E1,E2,...",
         help="step schedule: epochs after which the lr is multiplied by --lr-gamma, e.g. 10,20,30",
     )
@@ -95,6 +109,7 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         help="compile the trunk and embedder with torch.compile (MODE: default, reduce-overhead, max-autotune, ...); "
         "the first batches take seconds to compile",
     )
+    _add_recall_at(p)
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often fastest for tiny models)"
     )
@@ -140,6 +155,7 @@ _CONFIG_ARGS = {
     "eval_every_epoch": "eval_every_epoch",
     "loss_kwargs": "loss_kwargs",
     "hook_kwargs": "hook_kwargs",
+    "recall_at": "recall_at",
 }
 
 
@@ -174,6 +190,13 @@ def _setup_output(args: argparse.Namespace) -> None:
 
 def _fmt(value) -> str:
     return "–" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def _recall_text(r: dict) -> str:
+    """``R@2 0.9900, R@4 0.9950, `` for the Recall@K metrics in ``r`` beyond K = 1 (which is P@1)."""
+    from .recall_at_k import recall_metrics_in
+
+    return "".join(f"R@{k} {_fmt(r[name])}, " for k, name in recall_metrics_in(r) if k > 1)
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -256,7 +279,7 @@ def _summary(r: dict) -> str:
     return (
         f"{r['method']} on {r['dataset']} [{r['protocol']}], {r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}, "
         f"{r['seconds']:.1f} s on {r['device']}: "
-        f"P@1 {_fmt(r['precision_at_1'])}, MAP@R {_fmt(r['mean_average_precision_at_r'])}, "
+        f"P@1 {_fmt(r['precision_at_1'])}, {_recall_text(r)}MAP@R {_fmt(r['mean_average_precision_at_r'])}, "
         f"R-precision {_fmt(r['r_precision'])}, mAP {_fmt(r['mean_average_precision'])}, "
         f"nearest-anchor acc {_fmt(r['nearest_anchor_accuracy'])}"
     )
@@ -276,6 +299,7 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
     p.add_argument("--device", help="auto, cpu or cuda (default: the checkpoint's)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: the checkpoint's)")
+    _add_recall_at(p)
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_output_flags(p)
@@ -294,24 +318,20 @@ def run_eval(args) -> int:
         test_limit=args.test_limit,
         device=args.device,
         dataloader_num_workers=args.workers,
+        recall_at=args.recall_at,
     )
     if args.output:
         write_json(results, args.output)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:
+        from .recall_at_k import recall_metrics_in
+
+        names = ("precision_at_1", *(name for _, name in recall_metrics_in(results)), "mean_average_precision_at_r")
+        names += ("r_precision", "mean_average_precision", "nearest_anchor_accuracy")
         print(
             f"{results['method']} (epoch {results['epoch']}) on {results['dataset']} [{results['protocol']}]: "
-            + ", ".join(
-                f"{k} {_fmt(results[k])}"
-                for k in (
-                    "precision_at_1",
-                    "mean_average_precision_at_r",
-                    "r_precision",
-                    "mean_average_precision",
-                    "nearest_anchor_accuracy",
-                )
-            )
+            + ", ".join(f"{k} {_fmt(results[k])}" for k in names)
         )
     return 0
 

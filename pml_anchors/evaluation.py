@@ -2,7 +2,8 @@
 
 * Retrieval: PML's ``GlobalEmbeddingSpaceTester`` with
   ``AccuracyCalculator(k="max_bin_count", include=METRICS)`` (faiss kNN), the test split queried
-  against itself (query = gallery, the query itself excluded). Embeddings are L2-normalised
+  against itself (query = gallery, the query itself excluded), plus Recall@K (``recall_at_1``,
+  ``recall_at_2``, ...; :mod:`pml_anchors.recall_at_k`, the calculator's subclass that adds them). Embeddings are L2-normalised
   before the kNN iff ``spec.normalize_embeddings`` (CAM and E-NCM are evaluated on raw Euclidean
   distances). Results use PML's metric names (``precision_at_1``, ...).
 * ``nearest_anchor_accuracy``: the loss used as a classifier (``loss.predict``, else the argmax of
@@ -22,7 +23,8 @@ from typing import Any
 
 import torch
 from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
-from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from .recall_at_k import DEFAULT_RECALL_AT, RecallAtKCalculator, check_recall_at, recall_metric
 
 #: the AccuracyCalculator metrics reported, under PML's names
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "mean_average_precision")
@@ -61,11 +63,18 @@ class RecordingTester(GlobalEmbeddingSpaceTester):
 
 
 def make_tester(
-    normalize_embeddings: bool = True, device: Any = "auto", batch_size: int = 256, num_workers: int = 0
+    normalize_embeddings: bool = True,
+    device: Any = "auto",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    recall_at: Any = DEFAULT_RECALL_AT,
 ) -> RecordingTester:
-    """The tester every method is evaluated with (faiss kNN, ``k="max_bin_count"``)."""
+    """The tester every method is evaluated with (faiss kNN, ``k="max_bin_count"``; :data:`METRICS` and
+    ``recall_at_<K>`` for each K in ``recall_at``)."""
     device = resolve_device(device)
-    calculator = AccuracyCalculator(include=METRICS, k="max_bin_count", device=device)
+    ks = check_recall_at(recall_at)
+    include = (*METRICS, *map(recall_metric, ks))
+    calculator = RecallAtKCalculator(include=include, recall_at=ks, k="max_bin_count", device=device)
     return RecordingTester(
         normalize_embeddings=normalize_embeddings,
         batch_size=batch_size,
@@ -148,6 +157,7 @@ def evaluate(
     normalize_embeddings: bool | None = None,
     geometry: bool = True,
     num_workers: int = 0,
+    recall_at: Any = DEFAULT_RECALL_AT,
 ) -> dict[str, Any]:
     """Retrieval metrics, nearest-anchor accuracy and geometry on ``splits.test`` (query = gallery).
 
@@ -156,7 +166,8 @@ def evaluate(
     :param spec: the method's :class:`~pml_anchors.MethodSpec`; its ``normalize_embeddings``
         decides the kNN space unless ``normalize_embeddings`` is given.
     :param num_workers: the tester's DataLoader worker processes (0: the main process).
-    :returns: a JSON-friendly dict: the :data:`METRICS` under PML's names,
+    :param recall_at: the Ks of the ``recall_at_<K>`` metrics (:mod:`pml_anchors.recall_at_k`).
+    :returns: a JSON-friendly dict: the :data:`METRICS` under PML's names, ``recall_at_<K>``,
         ``nearest_anchor_accuracy`` (``None`` under ``open_set``), the geometry diagnostics,
         ``normalize_embeddings``, ``protocol`` and ``num_queries``.
     """
@@ -164,9 +175,10 @@ def evaluate(
     if normalize_embeddings is None:
         normalize_embeddings = True if spec is None else bool(spec.normalize_embeddings)
     protocol = getattr(splits, "protocol", "same_class")
-    tester = make_tester(normalize_embeddings, device, batch_size, num_workers)
+    tester = make_tester(normalize_embeddings, device, batch_size, num_workers, recall_at)
     accuracies = tester.test({"test": splits.test}, epoch, trunk, embedder)["test"]
-    result: dict[str, Any] = {m: float(accuracies[f"{m}_level0"]) for m in METRICS}
+    names = (*METRICS, *map(recall_metric, tester.accuracy_calculator.recall_at))
+    result: dict[str, Any] = {m: float(accuracies[f"{m}_level0"]) for m in names}
     raw, labels = tester.raw_embeddings["test"]
     labels = labels[:, 0]
     result["nearest_anchor_accuracy"] = None

@@ -55,6 +55,8 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from .evaluation import evaluate, resolve_device
 from .lr_schedules import check_schedule, load_scheduler_state, make_lr_schedulers, step_plateau
 from .optim import param_groups
+from .recall_at_k import DEFAULT_RECALL_AT, check_recall_at
+from .recall_at_k import PREFIX as RECALL_PREFIX
 from .registry import MethodSpec, build_loss, build_trainer_hooks
 from .trainer_hooks import chain_hooks
 
@@ -108,6 +110,8 @@ class TrainConfig:
     :param dataloader_num_workers: DataLoader worker processes for training and evaluation (PML's
         trainer and tester); 0 loads in the main process. Without random transforms the results do
         not depend on it.
+    :param recall_at: the Ks of the ``recall_at_<K>`` metrics evaluated beside PML's (default 1, 2, 4, 8, the
+        Proxy Anchor paper's CUB/Cars columns; SOP's are 1, 10, 100, 1000); see :mod:`pml_anchors.recall_at_k`.
     """
 
     method: str
@@ -144,6 +148,7 @@ class TrainConfig:
     compile: bool = False
     compile_kwargs: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = False
+    recall_at: list[int] = field(default_factory=lambda: list(DEFAULT_RECALL_AT))
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -167,6 +172,7 @@ class TrainConfig:
         from .models import check_compile_kwargs
 
         self.compile_kwargs = check_compile_kwargs(self.compile_kwargs)
+        self.recall_at = list(check_recall_at(self.recall_at))
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 
@@ -598,6 +604,7 @@ def evaluate_session(session: Session, **options: Any) -> dict[str, Any]:
         "epoch": session.epoch,
         "batch_size": config.eval_batch_size,
         "num_workers": config.dataloader_num_workers,
+        "recall_at": config.recall_at,
         **options,
     }
     return evaluate(
@@ -810,9 +817,9 @@ def results_dict(session: Session, metrics: Mapping[str, Any], wall_seconds: flo
     from .plugins import get_plugins
 
     config = session.config
-    keep = (*METRICS, "nearest_anchor_accuracy", "intra_class_spread", "intra_class_distance")
-    keep += ("inter_class_distance", "min_anchor_angle_deg", "target_min_anchor_angle_deg")
-    keep += ("normalize_embeddings", "num_queries")
+    keep = (*METRICS, *(k for k in metrics if k.startswith(RECALL_PREFIX)), "nearest_anchor_accuracy")
+    keep += ("intra_class_spread", "intra_class_distance", "inter_class_distance")
+    keep += ("min_anchor_angle_deg", "target_min_anchor_angle_deg", "normalize_embeddings", "num_queries")
     return {
         "method": session.spec.name,
         "qualified_method": session.spec.qualified_name,

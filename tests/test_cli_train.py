@@ -227,7 +227,8 @@ def test_bench_two_methods_two_baselines_writes_md_json_png(toys, tmp_path, caps
     assert [r["method"] for r in summary["runs"]] == ["toy_fixed", "pml_proxy", "cross_entropy", "pml_contrastive"]
     assert all(len(r["history"]) == 1 and "precision_at_1" in r["history"][0] for r in summary["runs"])
     table = (out / "results.md").read_text()
-    assert "| method | d | P@1 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |" in table
+    header = "| method | d | P@1 | R@2 | R@4 | R@8 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |"
+    assert header in table
     assert "cross_entropy (PML baseline)" in table and "| toy_fixed |" in table
     for png in ("accuracy_vs_time.png", "embeddings.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
