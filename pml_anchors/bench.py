@@ -148,8 +148,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines = [
         f"# pml-anchors bench: {summary['dataset']} ({summary['protocol']})",
         "",
-        f"{summary['epochs']} epoch{'' if summary['epochs'] == 1 else 's'}, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']}, seed {summary['seed']}, "
-        f"backbone {s['backbone'] or 'default'}, device {summary['device']}. Retrieval metrics: PML AccuracyCalculator "
+        f"{summary['epochs']} epoch{'' if summary['epochs'] == 1 else 's'}, batch {s['batch_size']}, "
+        f"{s['optimizer']} lr {s['lr']}, seed {summary['seed']}, backbone {s['backbone'] or 'default'}, "
+        f"device {summary['device']}. Retrieval metrics: PML AccuracyCalculator "
         "(test set against itself), R@K: Recall@K (P@1 is R@1); seconds: training time without evaluation.",
         "",
     ]

@@ -3,9 +3,9 @@
 * Retrieval: PML's ``GlobalEmbeddingSpaceTester`` with
   ``AccuracyCalculator(k="max_bin_count", include=METRICS)`` (faiss kNN), the test split queried
   against itself (query = gallery, the query itself excluded), plus Recall@K (``recall_at_1``,
-  ``recall_at_2``, ...; :mod:`pml_anchors.recall_at_k`, the calculator's subclass that adds them). Embeddings are L2-normalised
-  before the kNN iff ``spec.normalize_embeddings`` (CAM and E-NCM are evaluated on raw Euclidean
-  distances). Results use PML's metric names (``precision_at_1``, ...).
+  ``recall_at_2``, ...; :mod:`pml_anchors.recall_at_k`, the calculator's subclass that adds them).
+  Embeddings are L2-normalised before the kNN iff ``spec.normalize_embeddings`` (CAM and E-NCM are
+  evaluated on raw Euclidean distances). Results use PML's metric names (``precision_at_1``, ...).
 * ``nearest_anchor_accuracy``: the loss used as a classifier (``loss.predict``, else the argmax of
   ``loss.get_logits``) on the raw test embeddings; ``None`` under ``open_set`` (the test classes
   have no anchors) or for losses without anchors.
