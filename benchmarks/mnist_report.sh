@@ -173,6 +173,16 @@ stage_seeds() {  # each method and its PML counterpart at seeds $SEEDS (seed 0: 
   done
 }
 
+stage_seeds_all() {  # every method and every PML baseline in one run per seed (d = 128) + reponet / ArcFace at d = 9:
+  # the whole 5-seed table from one code version (seed 0 is stages same_class and reponet_d9)
+  for seed in $SEEDS; do
+    timed "seed$seed" "$PML" bench "${COMMON[@]}" --methods all --baselines all --epochs 3 --embedding-size 128 \
+      --seed "$seed" --no-plots --output "$OUT/seed$seed"
+    timed "seed${seed}_reponet_d9" "$PML" bench "${COMMON[@]}" --methods reponet --baselines pml_arcface --epochs 3 \
+      --embedding-size 9 --seed "$seed" --no-plots --output "$OUT/seed${seed}_reponet_d9"
+  done
+}
+
 stage_seeds_ce() {  # plain cross-entropy, e_ncm's counterpart (the NCM paper's SoftMax), at seeds $SEEDS
   for seed in $SEEDS; do
     timed "seed${seed}_ce" "$PML" bench "${COMMON[@]}" --methods none --baselines cross_entropy --epochs 3 \
