@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from pml_anchors.recall_at_k import recall_metric, recall_metrics_in
+
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision")
 # method -> its PML counterpart in the same run: one baseline per method, the closest in kind (e_ncm: the NCM
 # paper's own comparison, softmax cross-entropy; c_ncm: the cosine softmax)
@@ -73,8 +75,11 @@ def retrieval_table(
 ) -> str:
     runs = ok_runs(data) + list(extra)
     by_name = {r["method"]: r for r in runs}
-    head = "| method | d | P@1 | MAP@R | R-precision |"
-    sep = "|---|---|---|---|---|"
+    # Recall@K beyond K = 1 (= P@1), where every run has it (runs from before it was reported do not)
+    ks = sorted(set.intersection(*({k for k, _ in recall_metrics_in(r) if k > 1} for r in runs)) if runs else ())
+    metrics = (METRICS[0], *(recall_metric(k) for k in ks), *METRICS[1:])
+    head = "| method | d | P@1 | " + "".join(f"R@{k} | " for k in ks) + "MAP@R | R-precision |"
+    sep = "|---|---|---|" + "---|" * len(ks) + "---|---|"
     if anchor_acc:
         head += " nearest-anchor acc |"
         sep += "---|"
@@ -86,7 +91,7 @@ def retrieval_table(
     lines = [head, sep]
     for r in runs:
         name = r["method"] + (" (PML)" if r.get("baseline") else "") + r.get("note", "")
-        cells = [name, str(r["embedding_size"]), *(pct(r[m]) for m in METRICS)]
+        cells = [name, str(r["embedding_size"]), *(pct(r[m]) for m in metrics)]
         if anchor_acc:
             cells.append(pct(r.get("nearest_anchor_accuracy")))
         cells.append(f"{r['seconds']:.0f}")
