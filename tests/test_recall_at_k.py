@@ -158,3 +158,23 @@ def test_cli_rejects_a_bad_recall_at_with_the_expected_form(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--method", "c_ncm", "--recall-at", "1,x"])
     assert "expected comma-separated whole numbers such as 1,2,4,8, got '1,x'" in capsys.readouterr().err
+
+
+def test_drops_into_a_plain_pml_tester_under_pmls_key_names():
+    """docs/evaluation.md: RecallAtKCalculator in place of AccuracyCalculator in PML's own tester."""
+    from pytorch_metric_learning import testers
+
+    import pml_anchors
+
+    torch.manual_seed(4)
+    labels = classes(6, 10)
+    x = torch.randn(len(labels), 5) + 2 * torch.randn(6, 5)[labels]
+    calculator = pml_anchors.RecallAtKCalculator(k="max_bin_count", recall_at=(1, 2, 4, 8), device=CPU)
+    tester = testers.GlobalEmbeddingSpaceTester(
+        accuracy_calculator=calculator, data_device=CPU, dataloader_num_workers=0
+    )
+    dataset = torch.utils.data.TensorDataset(x, labels)
+    got = tester.test({"val": dataset}, 0, torch.nn.Identity())["val"]
+    expected = brute_force_recall(torch.nn.functional.normalize(x), labels, 4).mean().item()  # the tester normalises
+    assert got["recall_at_4_level0"] == pytest.approx(expected)
+    assert got["recall_at_1_level0"] == got["precision_at_1_level0"]
