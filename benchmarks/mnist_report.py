@@ -181,7 +181,38 @@ def report(out: Path) -> str:
     table = seed_table(out, seeds)
     if table:
         parts.append(f"## P@1 over seeds {', '.join(map(str, seeds[128]))}\n\n" + table + "\n")
+    recall = recall_table(out, seeds[128])
+    if recall:
+        parts.append(recall + "\n")
     return "\n".join(parts)
+
+
+def recall_table(out: Path, seeds: list[int]) -> str:
+    """Mean Recall@K (%) per method at d = 128 over the seeds whose runs report it (runs made before pml-anchors
+    reported Recall@K do not), methods in the order of the runs."""
+    import statistics
+
+    by_seed = {seed: _runs_by_method(out, *seed_stages(seed, 128)) for seed in seeds}
+    with_recall = [
+        seed
+        for seed, runs in by_seed.items()
+        if runs and all(recall_metrics_in(r) for r in runs.values() if r["embedding_size"] == 128)
+    ]
+    if not with_recall:
+        return ""
+    runs = [by_seed[seed] for seed in with_recall]
+    methods = [m for m in runs[0] if all(m in r and r[m]["embedding_size"] == 128 for r in runs)]
+    ks = sorted(set.intersection(*({k for k, _ in recall_metrics_in(r[m])} for r in runs for m in methods)))
+    lines = [
+        f"## Recall@K at d=128, mean over seeds {', '.join(map(str, with_recall))}",
+        "",
+        "| method | " + " | ".join(f"R@{k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    for m in methods:
+        means = [100 * statistics.mean(r[m][recall_metric(k)] for r in runs) for k in ks]
+        lines.append(f"| {m} | " + " | ".join(f"{v:.2f}" for v in means) + " |")
+    return "\n".join(lines)
 
 
 def _runs_by_method(out: Path, *stages: str) -> dict[str, dict]:
