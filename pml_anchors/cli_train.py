@@ -89,6 +89,12 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         help="local state dict for the trunk, e.g. ImageNet ResNet weights saved once with torch.save (never "
         "downloaded); marks the trunk as pretrained for recipes that depend on it",
     )
+    p.add_argument(
+        "--backbone-kwargs",
+        type=_json_arg,
+        help='JSON object of trunk options, e.g. \'{"pooling": "avg+max"}\' (ResNets: GAP + GMP as in Proxy '
+        "Anchor's official code) or '{\"width\": 64}' (small_cnn)",
+    )
     p.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--limit", type=int, help="train on this many items (class-balanced subsample)")
@@ -166,8 +172,11 @@ def _given(args: argparse.Namespace) -> dict:
     }
     if "data_root" in given:  # stored in the checkpoint: `eval` and `--resume` may run from another directory
         given["data_root"] = os.path.abspath(os.path.expanduser(given["data_root"]))
+    if getattr(args, "backbone_kwargs", None) is not None:
+        given["backbone_kwargs"] = dict(args.backbone_kwargs)
     if getattr(args, "backbone_weights", None):
-        given["backbone_kwargs"] = {"weights_path": os.path.abspath(os.path.expanduser(args.backbone_weights))}
+        weights = os.path.abspath(os.path.expanduser(args.backbone_weights))
+        given["backbone_kwargs"] = {**given.get("backbone_kwargs", {}), "weights_path": weights}
     if getattr(args, "download", False):
         given["dataset_kwargs"] = {"download": True}
     if getattr(args, "compile", None) is not None:

@@ -27,7 +27,9 @@ from torch import nn
 __all__ = [
     "BACKBONES",
     "EmbeddingHead",
+    "GlobalAvgMaxPool",
     "GlobalAvgPool",
+    "GlobalMaxPool",
     "LeNetPP",
     "NCMNet",
     "SmallCNN",
@@ -76,6 +78,26 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3), keepdim=True)
+
+
+class GlobalMaxPool(nn.Module):
+    """Maximum over the spatial dimensions (GMP), ``(N, C, H, W) -> (N, C, 1, 1)``; ``amax`` has a deterministic
+    CUDA backward, unlike ``nn.AdaptiveMaxPool2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3), keepdim=True)
+
+
+class GlobalAvgMaxPool(nn.Module):
+    """GAP + GMP, summed, ``(N, C, H, W) -> (N, C, 1, 1)``: the pooling of the embedding network in the Proxy
+    Anchor paper's official code (Kim et al., CVPR 2020), common to later DML baselines."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True) + x.amax(dim=(2, 3), keepdim=True)
+
+
+#: ``pooling`` of :func:`resnet` → the global pooling layer before the embedding head
+POOLINGS: dict[str, Callable[[], nn.Module]] = {"avg": GlobalAvgPool, "max": GlobalMaxPool, "avg+max": GlobalAvgMaxPool}
 
 
 class SmallCNN(nn.Module):
@@ -202,9 +224,17 @@ class NCMNet(nn.Module):
 _RESNET_DIMS = {"resnet18": 512, "resnet50": 2048}
 
 
-def resnet(name: str = "resnet18", weights_path: str | os.PathLike | None = None, in_channels: int = 3) -> nn.Module:
+def resnet(
+    name: str = "resnet18",
+    weights_path: str | os.PathLike | None = None,
+    in_channels: int = 3,
+    pooling: str = "avg",
+) -> nn.Module:
     """torchvision ResNet-18/50 (He et al., "Deep Residual Learning for Image Recognition",
     CVPR 2016) as a trunk: ``fc`` replaced by ``Identity``, ``out_features`` 512 / 2048.
+
+    ``pooling`` is the global pooling before the embedding head (:data:`POOLINGS`): ``"avg"`` as in torchvision,
+    ``"max"``, or ``"avg+max"`` as in Proxy Anchor's official code (``--backbone-kwargs '{"pooling": "avg+max"}'``).
 
     The network is always built with ``weights=None`` — nothing is ever downloaded. Pass
     ``weights_path`` to load a local state dict (e.g. ImageNet weights saved once with
@@ -217,13 +247,15 @@ def resnet(name: str = "resnet18", weights_path: str | os.PathLike | None = None
 
     if name not in _RESNET_DIMS:
         raise ValueError(f"Unknown resnet {name!r}; choose one of {sorted(_RESNET_DIMS)}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, got {pooling!r}")
     model = getattr(torchvision.models, name)(weights=None)
     if in_channels != 3:
         old = model.conv1
         model.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.fc = nn.Identity()
-    model.avgpool = GlobalAvgPool()  # the same values; deterministic on CUDA
+    model.avgpool = POOLINGS[pooling]()  # "avg": AdaptiveAvgPool2d(1)'s values, deterministic on CUDA
     if weights_path is not None:
         state = _load_state_dict(weights_path)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -335,19 +367,22 @@ def build_backbone(
         ignored; other trunks: loaded strictly). Never downloads anything.
     :param normalize: L2-normalise the embeddings in the head.
     :param trunk_kwargs: extra keyword arguments for the trunk (e.g. ``width`` for ``small_cnn``,
-        ``dropout`` for ``ncm_cnn``).
+        ``dropout`` for ``ncm_cnn``, ``pooling`` for the ResNets); one the trunk does not take is a
+        ``TypeError`` naming the backbone.
     """
     if name not in BACKBONES:
         close = difflib.get_close_matches(name, BACKBONES, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"Unknown backbone {name!r}.{hint} Available: {', '.join(sorted(BACKBONES))}")
     factory = BACKBONES[name]
-    if name.startswith("resnet"):
-        trunk = factory(in_channels, input_size, weights_path=weights_path, **trunk_kwargs)
-    else:
-        trunk = factory(in_channels, input_size, **trunk_kwargs)
-        if weights_path is not None:
-            trunk.load_state_dict(_load_state_dict(weights_path), strict=True)
+    resnet_like = name.startswith("resnet")
+    try:
+        extra = {"weights_path": weights_path} if resnet_like else {}
+        trunk = factory(in_channels, input_size, **extra, **trunk_kwargs)
+    except TypeError as exc:  # an option this trunk does not take: say which backbone it was given to
+        raise TypeError(f"backbone {name!r}: {exc} (got options {sorted(trunk_kwargs)})") from exc
+    if not resnet_like and weights_path is not None:
+        trunk.load_state_dict(_load_state_dict(weights_path), strict=True)
     embedder = EmbeddingHead(trunk.out_features, embedding_size, normalize=normalize)
     return trunk, embedder
 

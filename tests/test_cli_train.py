@@ -98,6 +98,22 @@ def test_relative_paths_are_stored_absolute_and_download_reaches_the_dataset(tmp
     assert given["data_root"] == str(tmp_path / "imgs")
     assert given["backbone_kwargs"] == {"weights_path": str(tmp_path / "w.pt")}
     assert given["dataset_kwargs"] == {"download": True}
+    args.backbone_kwargs = {"pooling": "avg+max"}  # --backbone-kwargs and --backbone-weights together
+    assert _given(args)["backbone_kwargs"] == {"pooling": "avg+max", "weights_path": str(tmp_path / "w.pt")}
+
+
+def test_backbone_kwargs_flag_builds_the_trunk_and_the_checkpoint_rebuilds_it(toys, tmp_path, capsys):
+    import pml_anchors
+    from pml_anchors.models import GlobalAvgMaxPool
+
+    out = tmp_path / "run"
+    argv = ["train", "--method", "toy_fixed", *TINY, "--epochs", "0", "--backbone", "resnet18", "--output", str(out)]
+    assert main([*argv, "--backbone-kwargs", '{"pooling": "avg+max"}']) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["backbone_kwargs"] == {"pooling": "avg+max"}
+    assert isinstance(pml_anchors.load_trained(out / "checkpoint.pt").trunk.avgpool, GlobalAvgMaxPool)
+    capsys.readouterr()
+    assert main([*argv, "--backbone-kwargs", '{"pooling": "gem"}']) == 2
+    assert "pooling must be one of 'avg', 'max', 'avg+max', got 'gem'" in capsys.readouterr().err
 
 
 def test_workers_load_training_and_evaluation_batches_without_changing_the_results(toys, tmp_path, monkeypatch):

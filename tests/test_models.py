@@ -230,3 +230,38 @@ def test_global_average_pooling_is_adaptive_pooling_with_a_deterministic_backwar
     for trunk in (SmallCNN(), resnet("resnet18")):
         assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in trunk.modules())
         assert any(isinstance(m, GlobalAvgPool) for m in trunk.modules())
+
+
+def test_resnet_pooling_gap_gmp_as_in_proxy_anchors_official_code():
+    """pooling="max" / "avg+max": the adaptive max pooling's values and gradients (no ties in random inputs), summed
+    with GAP for "avg+max"; the same parameters in every mode, so weights load across them."""
+    from pml_anchors.models import GlobalAvgMaxPool, GlobalAvgPool, GlobalMaxPool
+
+    x = torch.randn(4, 6, 5, 3, requires_grad=True)
+    adaptive = torch.nn.AdaptiveMaxPool2d(1)(x)
+    torch.testing.assert_close(GlobalMaxPool()(x), adaptive)
+    g = torch.randn_like(adaptive)
+    ours_grad = torch.autograd.grad(GlobalMaxPool()(x), x, g)[0]
+    torch.testing.assert_close(ours_grad, torch.autograd.grad(adaptive, x, g)[0])
+    torch.testing.assert_close(GlobalAvgMaxPool()(x), GlobalAvgPool()(x) + adaptive)
+
+    plain, both = resnet("resnet18"), resnet("resnet18", pooling="avg+max")
+    assert isinstance(both.avgpool, GlobalAvgMaxPool) and isinstance(
+        resnet("resnet50", pooling="max").avgpool, GlobalMaxPool
+    )
+    assert both.state_dict().keys() == plain.state_dict().keys()
+    both.load_state_dict(plain.state_dict())
+    both.eval(), plain.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = plain.layer4(
+            plain.layer3(plain.layer2(plain.layer1(plain.maxpool(plain.relu(plain.bn1(plain.conv1(images)))))))
+        )
+        torch.testing.assert_close(both(images), features.mean((2, 3)) + features.amax((2, 3)))
+    with pytest.raises(ValueError, match="pooling must be one of 'avg', 'max', 'avg\\+max', got 'gem'"):
+        resnet("resnet18", pooling="gem")
+
+
+def test_a_trunk_option_the_backbone_does_not_take_names_the_backbone():
+    with pytest.raises(TypeError, match="backbone 'small_cnn': .*pooling.*got options \\['pooling'\\]"):
+        build_backbone("small_cnn", in_channels=1, input_size=28, embedding_size=4, pooling="avg+max")
