@@ -56,6 +56,12 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
             action="store_true",
             help="mnist: let torchvision download it into --data-root if it is not there (needs internet)",
         )
+        p.add_argument(
+            "--dataset-kwargs",
+            type=_json_arg,
+            help='JSON object of dataset options, e.g. \'{"image_size": 224, "augment": true}\' (imagefolder: '
+            "ImageNet-sized crops, random resized crops + flips for training), num_train_classes, test_fraction",
+        )
     p.add_argument("--epochs", type=int, help="number of epochs (train: 10; bench: 2)")
     p.add_argument(
         "--embedding-size",
@@ -177,8 +183,10 @@ def _given(args: argparse.Namespace) -> dict:
     if getattr(args, "backbone_weights", None):
         weights = os.path.abspath(os.path.expanduser(args.backbone_weights))
         given["backbone_kwargs"] = {**given.get("backbone_kwargs", {}), "weights_path": weights}
+    if getattr(args, "dataset_kwargs", None) is not None:
+        given["dataset_kwargs"] = dict(args.dataset_kwargs)
     if getattr(args, "download", False):
-        given["dataset_kwargs"] = {"download": True}
+        given["dataset_kwargs"] = {**given.get("dataset_kwargs", {}), "download": True}
     if getattr(args, "compile", None) is not None:
         given["compile"] = True
         given["compile_kwargs"] = {} if args.compile == "default" else {"mode": args.compile}

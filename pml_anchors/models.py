@@ -380,6 +380,8 @@ def build_backbone(
         extra = {"weights_path": weights_path} if resnet_like else {}
         trunk = factory(in_channels, input_size, **extra, **trunk_kwargs)
     except TypeError as exc:  # an option this trunk does not take: say which backbone it was given to
+        if not any(f"'{option}'" in str(exc) for option in trunk_kwargs):
+            raise
         raise TypeError(f"backbone {name!r}: {exc} (got options {sorted(trunk_kwargs)})") from exc
     if not resnet_like and weights_path is not None:
         trunk.load_state_dict(_load_state_dict(weights_path), strict=True)

@@ -100,6 +100,19 @@ def test_relative_paths_are_stored_absolute_and_download_reaches_the_dataset(tmp
     assert given["dataset_kwargs"] == {"download": True}
     args.backbone_kwargs = {"pooling": "avg+max"}  # --backbone-kwargs and --backbone-weights together
     assert _given(args)["backbone_kwargs"] == {"pooling": "avg+max", "weights_path": str(tmp_path / "w.pt")}
+    args.dataset_kwargs = {"image_size": 224}  # --dataset-kwargs and --download together
+    assert _given(args)["dataset_kwargs"] == {"image_size": 224, "download": True}
+
+
+def test_dataset_kwargs_flag_reaches_the_dataset(toys, tmp_path, capsys):
+    argv = ["train", "--method", "toy_fixed", "--epochs", "0", "--batch-size", "32", "--device", "cpu", "--json"]
+    assert main([*argv, "--dataset-kwargs", '{"test_fraction": 0.5}']) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["config"]["dataset_kwargs"] == {"test_fraction": 0.5}
+    assert results["test_size"] in (898, 899) and results["train_size"] + results["test_size"] == 1797  # digits
+    assert main([*argv, "--dataset-kwargs", '{"image_size": 224}']) == 2  # an image-folder option
+    err = capsys.readouterr().err
+    assert "dataset 'digits'" in err and "'image_size'" in err and "got options ['image_size']" in err
 
 
 def test_backbone_kwargs_flag_builds_the_trunk_and_the_checkpoint_rebuilds_it(toys, tmp_path, capsys):
