@@ -469,11 +469,11 @@ def _build_mnist(
     )
 
 
-def _imagefolder_transforms(image_size: int, augment: bool):
+def _imagefolder_transforms(image_size: int, augment: bool, resize_size: int):
     from torchvision import transforms as T
 
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    eval_tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *norm])
+    eval_tf = T.Compose([T.Resize(resize_size), T.CenterCrop(image_size), *norm])
     if not augment:
         return eval_tf, eval_tf
     train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm])
@@ -495,15 +495,18 @@ def _build_imagefolder(
     download: bool = False,
     image_size: int = 64,
     augment: bool = False,
+    resize_size: int | None = None,
     test_fraction: float = 0.25,
     num_train_classes: int | None = None,
     open_set_test: str | None = None,
 ) -> DatasetSplits:
     """torchvision ``ImageFolder``: ``root/{train,test}/<class>/*`` or ``root/<class>/*``.
 
-    Images are resized (shorter side) and centre-cropped to ``image_size`` (64 by default for
-    CPU; pass 224 for ImageNet ResNets), converted with ToTensor and ImageNet-normalised;
-    ``augment=True`` uses RandomResizedCrop + horizontal flip for training.
+    Images are resized (shorter side) to ``resize_size`` (default ``image_size``) and centre-cropped to
+    ``image_size`` (64 by default for CPU; pass 224 for ImageNet ResNets), converted with ToTensor and
+    ImageNet-normalised; ``augment=True`` uses RandomResizedCrop + horizontal flip for training. The Proxy Anchor
+    paper's official ResNet transforms are ``image_size=224, resize_size=256, augment=True``. The splits' ``info``
+    records the sizes and the normalisation (``model.data_info`` of :func:`pml_anchors.load_trained`).
 
     Single-folder layout: ``same_class`` splits every class ``test_fraction`` / rest by ``seed``;
     ``open_set`` trains on all images of the first half of the classes (sorted by folder name)
@@ -525,8 +528,13 @@ def _build_imagefolder(
         )
     from torchvision import datasets
 
-    train_tf, eval_tf = _imagefolder_transforms(int(image_size), augment)
+    resize_size = int(image_size) if resize_size is None else int(resize_size)
+    if resize_size < int(image_size):
+        raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size}), the centre crop")
+    train_tf, eval_tf = _imagefolder_transforms(int(image_size), augment, resize_size)
     shape = (3, int(image_size), int(image_size))
+    sizes = {"image_size": int(image_size), "resize_size": resize_size, "augment": bool(augment)}
+    sizes.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
     split_layout = (root / "train").is_dir() and (root / "test").is_dir()
     common = dict(name="imagefolder", protocol=protocol, seed=seed, input_shape=shape)
     if split_layout:
@@ -543,13 +551,13 @@ def _build_imagefolder(
             class_names=names,
             num_train_classes=num_train_classes,
             open_set_test=open_set_test or "test",
-            info={"root": str(root), "layout": "train/test"},
+            info={"root": str(root), "layout": "train/test", **sizes},
             **common,
         )
     train_ds = datasets.ImageFolder(str(root), transform=train_tf)
     eval_ds = train_ds if train_tf is eval_tf else datasets.ImageFolder(str(root), transform=eval_tf)
     labels = torch.as_tensor(train_ds.targets, dtype=torch.long)
-    info = {"root": str(root), "layout": "single"}
+    info = {"root": str(root), "layout": "single", **sizes}
     if protocol == "same_class":
         tr_idx, te_idx = _stratified_split(labels, test_fraction, seed)
         train_pool, test_pool = subset(train_ds, tr_idx), subset(eval_ds, te_idx)

@@ -12,7 +12,8 @@ Nothing is read from the dataset and no backbone weights file is needed (the che
 
 ``images`` must be preprocessed as the training data was: ``digits`` (values 0..16 divided by 16) and ``mnist``
 (0..255 divided by 255) normalised with the ``mean`` and ``std`` in ``model.data_info``, an image folder with the
-evaluation transform (resize, centre crop, ImageNet normalisation). ``model.class_names[label]`` names a label.
+evaluation transform (shorter side resized to ``data_info["resize_size"]``, centre crop ``data_info["image_size"]``,
+ImageNet normalisation). ``model.class_names[label]`` names a label.
 """
 
 from __future__ import annotations

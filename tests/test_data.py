@@ -259,6 +259,30 @@ def test_imagefolder_disjoint_folders(tmp_path):
         load_dataset("imagefolder", data_root=tmp_path, image_size=8)
 
 
+def test_imagefolder_eval_resize_before_the_centre_crop_as_in_proxy_anchors_official_transforms(tmp_path):
+    """resize_size: the shorter side is resized to it, then centre-cropped to image_size (official ResNet
+    transforms: 256 then 224); the sizes and the normalisation are recorded in the splits' info."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    _make_folder(tmp_path, ["a", "b"], 2)
+    s = load_dataset("imagefolder", data_root=tmp_path, image_size=16, resize_size=20, augment=True)
+    assert s.info["image_size"] == 16 and s.info["resize_size"] == 20 and s.info["augment"] is True
+    norm = (s.info["mean"], s.info["std"])
+    assert norm == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    x, y = s.test[0]  # one of its class's images, through the evaluation transform
+    assert x.shape == (3, 16, 16)
+    expected = [
+        TF.normalize(TF.to_tensor(TF.center_crop(TF.resize(Image.open(p).convert("RGB"), 20), 16)), *norm)
+        for p in sorted((tmp_path / s.class_names[y]).glob("*.png"))
+    ]
+    assert any(torch.allclose(x, e) for e in expected)
+    plain = load_dataset("imagefolder", data_root=tmp_path, image_size=16)
+    assert plain.info["resize_size"] == 16  # default: resized to the crop itself
+    with pytest.raises(ValueError, match="resize_size \\(8\\) must be at least image_size \\(16\\)"):
+        load_dataset("imagefolder", data_root=tmp_path, image_size=16, resize_size=8)
+
+
 def test_imagefolder_missing_root(tmp_path):
     with pytest.raises(ValueError, match="needs data_root"):
         load_dataset("imagefolder")
