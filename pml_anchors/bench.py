@@ -25,14 +25,8 @@ import torch
 from .baselines import BASELINES, PREFIX
 from .evaluation import METRICS, anchor_rows, embed
 from .recall_at_k import recall_metrics_in
-from .training import (
-    TrainConfig,
-    build,
-    evaluate_session,
-    results_dict,
-    train,
-    write_json,
-)
+from .results import results_dict, write_json
+from .training import TrainConfig, build, evaluate_session, train
 
 
 def select_methods(methods: str | Sequence[str]) -> list[str]:

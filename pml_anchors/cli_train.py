@@ -256,7 +256,8 @@ def run_train(args) -> int:
     if not args.resume and "method" not in given:
         raise ValueError("--method is required (see `pml-anchors methods`), unless --resume is given")
     _setup_output(args)
-    from .training import TrainConfig, load_checkpoint, run
+    from .checkpoints import load_checkpoint
+    from .training import TrainConfig, run
 
     values, done = {}, None
     if args.resume:
@@ -325,7 +326,8 @@ def add_eval_parser(subparsers) -> None:
 
 def run_eval(args) -> int:
     _setup_output(args)
-    from .training import evaluate_checkpoint, write_json
+    from .results import write_json
+    from .training import evaluate_checkpoint
 
     results = evaluate_checkpoint(
         args.checkpoint,

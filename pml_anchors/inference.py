@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from .training import TrainConfig, build_models, config_for_checkpoint, load_checkpoint, resolve_method
+from .checkpoints import load_checkpoint
+from .training import TrainConfig, build_models, config_for_checkpoint, resolve_method
 
 __all__ = ["TrainedModel", "load_trained"]
 

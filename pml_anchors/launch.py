@@ -148,16 +148,10 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
     if rank != 0:
         os.environ["TQDM_DISABLE"] = "1"  # one progress bar, rank 0's
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    from .checkpoints import save_checkpoint
     from .evaluation import resolve_device
-    from .training import (
-        TrainConfig,
-        evaluate_session,
-        results_dict,
-        save_checkpoint,
-        set_verbosity,
-        train,
-        write_json,
-    )
+    from .results import results_dict, write_json
+    from .training import TrainConfig, evaluate_session, set_verbosity, train
     from .training import build as build_session
 
     set_verbosity(verbose)

@@ -26,8 +26,9 @@ writes ``results.json`` and ``checkpoint.pt``.
 * **Learning-rate schedule**: ``lr_schedule`` ``"cosine"`` (per iteration, to 0 over the run), ``"step"``
   (``lr_milestones``, ``lr_gamma``) or ``"plateau"`` (on the training loss; ``lr_gamma``, ``lr_patience``),
   one scheduler per optimizer under PML's ``lr_schedulers`` keys (:mod:`pml_anchors.lr_schedules`).
-* **Checkpoints**: a dict of plain ``state_dict``\\ s (trunk, embedder, loss, optimizers, lr
-  schedulers, grad scaler) with the config and epoch; loadable with ``torch.load(weights_only=True)``.
+* **Checkpoints** (:mod:`pml_anchors.checkpoints`): a dict of plain ``state_dict``\\ s (trunk, embedder, loss,
+  optimizers, lr schedulers, grad scaler) with the config and epoch; loadable with
+  ``torch.load(weights_only=True)``. ``results.json``: :mod:`pml_anchors.results`.
 * **Baselines**: ``method="baseline:<name>"`` (:mod:`pml_anchors.baselines`), or pass any PML loss
   (instance or factory ``f(num_classes, embedding_size)``) as ``loss=`` to :func:`run`.
 """
@@ -35,9 +36,7 @@ writes ``results.json`` and ``checkpoint.pt``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import random
 import time
@@ -52,19 +51,18 @@ import torch
 from pytorch_metric_learning import trainers
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from .checkpoints import load_checkpoint, plain, save_checkpoint
 from .evaluation import evaluate, resolve_device
 from .lr_schedules import check_schedule, load_scheduler_state, make_lr_schedulers, step_plateau
 from .optim import param_groups
 from .recall_at_k import DEFAULT_RECALL_AT, check_recall_at
-from .recall_at_k import PREFIX as RECALL_PREFIX
 from .registry import MethodSpec, build_loss, build_trainer_hooks
+from .results import results_dict, write_json
 from .trainer_hooks import chain_hooks
 
 #: embedding width used when neither the config nor the loss sets one
 DEFAULT_EMBEDDING_SIZE = 64
 OPTIMIZERS = ("adam", "adamw", "sgd")
-CHECKPOINT_FORMAT = "pml-anchors/checkpoint"
-CHECKPOINT_VERSION = 1
 #: config fields a resumed run must share with its checkpoint
 RESUME_KEYS = (
     "method",
@@ -612,71 +610,7 @@ def evaluate_session(session: Session, **options: Any) -> dict[str, Any]:
     )
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    """``value`` if ``torch.load(weights_only=True)`` can read it back, else its ``repr``."""
-    if value is None or isinstance(value, (bool, int, float, str)) or torch.is_tensor(value):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return repr(value)
-
-
-def checkpoint_dict(session: Session) -> dict[str, Any]:
-    """The checkpoint: plain state_dicts + config + epoch (``torch.load(weights_only=True)``-safe)."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "config": _plain(session.config.to_dict()),
-        "epoch": int(session.epoch),
-        "method": session.spec.qualified_name,
-        "plugin_version": session.spec.plugin_version,
-        "num_classes": session.num_classes,
-        "embedding_size": session.embedding_size,
-        "backbone": session.backbone,
-        "input_shape": [int(x) for x in session.splits.input_shape],
-        "class_names": list(session.splits.train_class_names),  # label -> name, for inference
-        "data_info": _plain(session.splits.info),  # e.g. the inputs' normalisation (mean, std)
-        "trunk": session.trunk.state_dict(),
-        "embedder": session.embedder.state_dict(),
-        "loss": session.loss.state_dict(),
-        "optimizers": {k: v.state_dict() for k, v in session.optimizers.items()},
-        "lr_schedulers": {k: v.state_dict() for k, v in (session.trainer.lr_schedulers or {}).items()}
-        if session.trainer is not None
-        else {},
-        "scaler": session.scaler.state_dict() if session.scaler is not None else None,
-        "train_seconds": float(session.train_seconds),
-        "history": _plain(session.history),
-    }
-
-
-def save_checkpoint(session: Session, path: str | os.PathLike) -> Path:
-    """Write :func:`checkpoint_dict` atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint_dict(session), tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` and check its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    data = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a pml-anchors checkpoint (written by `pml-anchors train`)")
-    if data.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path} has checkpoint format {data['format_version']}; this pml-anchors reads up to {CHECKPOINT_VERSION}"
-        )
-    return data
-
-
+# -- resuming from a checkpoint (its format: pml_anchors.checkpoints) --------------------------------
 def _field_default(name: str) -> Any:
     """A :class:`TrainConfig` field's default: the value of a field a checkpoint from an older version lacks."""
     f = TrainConfig.__dataclass_fields__[name]
@@ -688,7 +622,7 @@ def _check_resume(config: TrainConfig, checkpoint: Mapping[str, Any]) -> None:
     diff = [
         f"{k}={saved[k]!r} (checkpoint) vs {getattr(config, k)!r}"
         for k in RESUME_KEYS
-        if saved[k] != _plain(getattr(config, k))
+        if saved[k] != plain(getattr(config, k))
     ]
     if diff:
         raise ValueError("cannot resume: the config differs from the checkpoint's: " + "; ".join(diff))
@@ -806,72 +740,3 @@ def run(
         save_checkpoint(session, out / "checkpoint.pt")
         write_json(results, out / "results.json")
     return results
-
-
-def results_dict(session: Session, metrics: Mapping[str, Any], wall_seconds: float | None = None) -> dict[str, Any]:
-    """The JSON results of a run: identity, budget, metrics, diagnostics, history, versions."""
-    import pytorch_metric_learning
-
-    from . import __version__
-    from .evaluation import METRICS
-    from .plugins import get_plugins
-
-    config = session.config
-    keep = (*METRICS, *(k for k in metrics if k.startswith(RECALL_PREFIX)), "nearest_anchor_accuracy")
-    keep += ("intra_class_spread", "intra_class_distance", "inter_class_distance")
-    keep += ("min_anchor_angle_deg", "target_min_anchor_angle_deg", "normalize_embeddings", "num_queries")
-    return {
-        "method": session.spec.name,
-        "qualified_method": session.spec.qualified_name,
-        "dataset": config.dataset,
-        "protocol": config.protocol,
-        "epochs": session.epoch,
-        "seconds": session.train_seconds,
-        "wall_seconds": wall_seconds,
-        "device": str(session.device),
-        "amp": config.amp,
-        "seed": config.seed,
-        "backbone": session.backbone,
-        "embedding_size": session.embedding_size,
-        "num_classes": session.num_classes,
-        "train_size": len(session.splits.train),
-        "test_size": len(session.splits.test),
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "optimizer": config.optimizer,
-        "lr_multipliers": dict(session.spec.lr_multipliers),
-        **{k: metrics.get(k) for k in keep},
-        "history": session.history,
-        "hook_history": _plain(getattr(session.hooks, "history", [])),
-        "hook_recipe": _plain(getattr(session.hooks, "recipe", {})),
-        "config": _plain(config.to_dict()),
-        "plugins": [
-            {"name": p["name"], "version": p["version"], "status": p["status"], "methods": p["methods"]}
-            for p in get_plugins(all=True)
-        ],
-        "versions": {
-            "pml_anchors": __version__,
-            "pytorch_metric_learning": pytorch_metric_learning.__version__,
-            "torch": torch.__version__,
-        },
-    }
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if torch.is_tensor(value):
-        return _json_safe(value.tolist())
-    return value
-
-
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """``data`` as strict JSON (NaN/Inf → null) at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
-    return path

@@ -1,0 +1,85 @@
+"""A run's ``results.json``: identity, budget, metrics, diagnostics, history and versions, as strict JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import plain
+from .evaluation import METRICS
+from .recall_at_k import PREFIX as RECALL_PREFIX
+
+
+def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float | None = None) -> dict[str, Any]:
+    """The JSON results of a :class:`pml_anchors.training.Session` evaluated to ``metrics``: identity, budget,
+    metrics, diagnostics, history, versions."""
+    import pytorch_metric_learning
+
+    from . import __version__
+    from .plugins import get_plugins
+
+    config = session.config
+    keep = (*METRICS, *(k for k in metrics if k.startswith(RECALL_PREFIX)), "nearest_anchor_accuracy")
+    keep += ("intra_class_spread", "intra_class_distance", "inter_class_distance")
+    keep += ("min_anchor_angle_deg", "target_min_anchor_angle_deg", "normalize_embeddings", "num_queries")
+    return {
+        "method": session.spec.name,
+        "qualified_method": session.spec.qualified_name,
+        "dataset": config.dataset,
+        "protocol": config.protocol,
+        "epochs": session.epoch,
+        "seconds": session.train_seconds,
+        "wall_seconds": wall_seconds,
+        "device": str(session.device),
+        "amp": config.amp,
+        "seed": config.seed,
+        "backbone": session.backbone,
+        "embedding_size": session.embedding_size,
+        "num_classes": session.num_classes,
+        "train_size": len(session.splits.train),
+        "test_size": len(session.splits.test),
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "optimizer": config.optimizer,
+        "lr_multipliers": dict(session.spec.lr_multipliers),
+        **{k: metrics.get(k) for k in keep},
+        "history": session.history,
+        "hook_history": plain(getattr(session.hooks, "history", [])),
+        "hook_recipe": plain(getattr(session.hooks, "recipe", {})),
+        "config": plain(config.to_dict()),
+        "plugins": [
+            {"name": p["name"], "version": p["version"], "status": p["status"], "methods": p["methods"]}
+            for p in get_plugins(all=True)
+        ],
+        "versions": {
+            "pml_anchors": __version__,
+            "pytorch_metric_learning": pytorch_metric_learning.__version__,
+            "torch": torch.__version__,
+        },
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if torch.is_tensor(value):
+        return _json_safe(value.tolist())
+    return value
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """``data`` as strict JSON (NaN/Inf → null) at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+    return path
