@@ -81,8 +81,9 @@ class GlobalAvgPool(nn.Module):
 
 
 class GlobalMaxPool(nn.Module):
-    """Maximum over the spatial dimensions (GMP), ``(N, C, H, W) -> (N, C, 1, 1)``; ``amax`` has a deterministic
-    CUDA backward, unlike ``nn.AdaptiveMaxPool2d``."""
+    """Maximum over the spatial dimensions (GMP), ``(N, C, H, W) -> (N, C, 1, 1)``: ``nn.AdaptiveMaxPool2d(1)``'s
+    values, through ``amax``, whose CUDA backward ``torch.use_deterministic_algorithms`` allows (the adaptive
+    pooling's raises there)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.amax(dim=(2, 3), keepdim=True)

@@ -133,3 +133,18 @@ def test_deterministic_cuda_runs_repeat_bit_for_bit(name):
     for a, b in zip(sessions[0].trunk.state_dict().values(), sessions[1].trunk.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(sessions[0].loss.anchors, sessions[1].loss.anchors)
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg+max"])
+def test_resnet_pooling_trains_under_deterministic_cuda(pooling):
+    """GMP / GAP + GMP (Proxy Anchor's embedding network) is allowed by PyTorch's deterministic mode on CUDA, unlike
+    nn.AdaptiveMaxPool2d, and repeats bit for bit."""
+    config = TrainConfig(
+        method="proxy_anchor", backbone="resnet18", backbone_kwargs={"pooling": pooling}, deterministic=True, **SHORT
+    )
+    try:
+        sessions = [train(build(config)) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert sessions[0].iteration_losses == sessions[1].iteration_losses
+    assert all(math.isfinite(v) for v in sessions[0].iteration_losses)
