@@ -19,6 +19,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "plugins": "pml_anchors.cli",
     "methods": "pml_anchors.cli",
+    "validate": "pml_anchors.cli_validate",
     "new-plugin": "pml_anchors.authoring",
     "train": "pml_anchors.cli_train",
     "eval": "pml_anchors.cli_train",
@@ -68,8 +69,22 @@ def _add_plugins_dirs(dirs: Sequence[str]) -> None:
 def add_plugins_parser(subparsers) -> None:
     p = subparsers.add_parser("plugins", help="list installed plugins, their status and methods")
     p.add_argument("--all", action="store_true", help="include the core and the built-in method plugins")
+    p.add_argument("--hook", metavar="NAME", help="only plugins that implement this hook (e.g. register_initializers)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--requirements",
+        action="store_true",
+        help="print the loaded plugin distributions as pip requirements (dist==version, core included), to pin a "
+        "run's plugins; --all is implied",
+    )
     p.set_defaults(func=run_plugins)
+
+
+def _hook_names() -> list[str]:
+    from . import hookspecs
+
+    marker = f"{hookspecs.PROJECT_NAME}_spec"  # the attribute pluggy's HookspecMarker sets
+    return sorted(name for name, value in vars(hookspecs).items() if hasattr(value, marker))
 
 
 def run_plugins(args) -> int:
@@ -77,9 +92,15 @@ def run_plugins(args) -> int:
 
     from .plugins import get_plugins
 
+    if args.hook is not None and args.hook not in _hook_names():
+        raise ValueError(f"unknown hook {args.hook!r}; hooks: {', '.join(_hook_names())}")
     with warnings.catch_warnings():  # failures are part of the report below
         warnings.simplefilter("ignore")
-        reports = get_plugins(all=args.all)
+        reports = get_plugins(all=args.all or args.requirements)
+    if args.hook is not None:
+        reports = [r for r in reports if args.hook in r["hooks"]]
+    if args.requirements:
+        return _print_requirements(reports)
     if args.json:
         print(json.dumps(reports, indent=2))
         return 0
@@ -105,17 +126,38 @@ def run_plugins(args) -> int:
     return 0
 
 
+def _print_requirements(reports: list[dict]) -> int:
+    """``dist==version`` for each loaded distribution; a comment for what pip cannot pin (a file, a failed load)."""
+    for r in reports:
+        if r["status"] == "ok" and r["source"] in ("core", "entry_point") and r["version"]:
+            print(f"{r['name']}=={r['version']}")
+        elif r["status"] == "ok":
+            where = f": {r['module']}" if r["source"] == "plugins_dir" else ""
+            print(f"# {r['name']} ({r['source']}{where}) is not an installed distribution; pin it by hand")
+        elif r["status"] != "disabled":
+            print(f"# {r['name']} {r['version'] or ''} was not loaded ({r['status']})".replace("  ", " "))
+    return 0
+
+
 # -- methods ------------------------------------------------------------------------------------
 def add_methods_parser(subparsers) -> None:
     p = subparsers.add_parser("methods", help="list registered methods")
+    p.add_argument("--plugin", metavar="DIST", help="only the methods of this plugin distribution")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_methods)
 
 
 def run_methods(args) -> int:
+    from .plugins import get_plugins, normalize_dist_name
     from .registry import list_methods
 
     specs = list_methods()
+    if args.plugin is not None:
+        key = normalize_dist_name(args.plugin)
+        known = {normalize_dist_name(r["name"]) for r in get_plugins(all=True)}
+        if key not in known:
+            raise LookupError(f"no plugin {args.plugin!r}; plugins: {', '.join(sorted(known))}")
+        specs = [s for s in specs if normalize_dist_name(s.plugin or "") == key]
     if args.json:
         print(json.dumps([s.as_dict() for s in specs], indent=2))
         return 0
@@ -151,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, LookupError, FileNotFoundError, PluginError) as exc:  # PluginLoadError when strict
         print(f"pml-anchors {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`pml-anchors methods | head`): stop quietly, like other tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,3 +68,55 @@ def test_methods_says_so_when_nothing_is_registered():
     proc = _cli("methods", PML_ANCHORS_LOAD_PLUGINS="")
     assert proc.returncode == 0 and proc.stdout == ""
     assert "no methods registered" in proc.stderr
+
+
+def test_plugins_requirements_pin_every_loaded_distribution(capsys):
+    """`plugins --requirements`: pip lines to pin a run's plugins (datasette#2133), core and built-ins included."""
+    from importlib.metadata import version
+
+    assert main(["plugins", "--requirements"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"pml-anchors=={version('pml-anchors')}" in lines
+    assert f"pml-anchors-cam=={version('pml-anchors-cam')}" in lines
+    assert all("==" in line or line.startswith("# ") for line in lines)
+
+
+def test_requirements_comment_what_pip_cannot_pin(folder, capsys):
+    (folder / "bad_import.py").write_text("import not_a_real_package_xyz\n")
+    assert main(["plugins", "--requirements"]) == 0
+    out = capsys.readouterr().out
+    assert f"# folder_method (plugins_dir: {folder / 'folder_method.py'}) is not an installed distribution" in out
+    assert "# bad_import was not loaded (failed)" in out
+
+
+def test_plugins_hook_filter_and_methods_plugin_filter(capsys):
+    assert main(["plugins", "--all", "--hook", "register_methods", "--json"]) == 0
+    names = {r["name"] for r in json.loads(capsys.readouterr().out)}
+    assert "pml-anchors-cam" in names and "pml-anchors" not in names  # the core registers initializers only
+    assert main(["plugins", "--hook", "register_things"]) == 2
+    assert "unknown hook 'register_things'; hooks: register_initializers, register_methods" in capsys.readouterr().err
+
+    assert main(["methods", "--plugin", "pml_anchors_ncm", "--json"]) == 0  # spelled as the import name works too
+    assert sorted(m["name"] for m in json.loads(capsys.readouterr().out)) == ["c_ncm", "e_ncm"]
+    assert main(["methods", "--plugin", "pml-anchors-nope"]) == 2
+    assert "no plugin 'pml-anchors-nope'; plugins: pml-anchors, " in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """`pml-anchors methods | head -1`: a reader that went away ends the command quietly (status 141), without a
+    BrokenPipeError traceback. The pipe's read end is closed before the command writes, so every write fails."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pml_anchors.cli", "plugins", "--all", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and "Traceback" not in result.stderr, result.stderr

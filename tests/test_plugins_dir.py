@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from folder_plugins import PLUGIN
 from training_toys import single_thread  # noqa: F401 - autouse fixture
 
 import pml_anchors
@@ -17,57 +18,7 @@ from pml_anchors.cli import main
 from pml_anchors.plugins import ENV_DISABLE, ENV_LOAD, ENV_PLUGINS_DIR, ENV_STRICT
 from pml_anchors.testing import check_method
 
-PLUGIN = '''
-"""A method that lives in a plain file: cosine softmax over learnable anchors."""
-from __future__ import annotations  # string annotations: dataclasses need this module in sys.modules
-
-import dataclasses
-
-import torch
-import torch.nn.functional as F
-
-from pml_anchors import MethodSpec, hookimpl
-from pml_anchors.losses import AnchorLoss
-
-
-@dataclasses.dataclass
-class Options:
-    scale: float = 10.0
-
-
-class FolderCosineLoss(AnchorLoss):
-    learnable_anchors = True
-    default_anchors = "kaiming_normal"
-
-    def __init__(self, num_classes, embedding_size=None, scale: float = Options().scale, **kwargs):
-        super().__init__(num_classes, embedding_size, **kwargs)
-        self.scale = scale
-
-    def get_logits(self, embeddings):
-        return self.scale * F.normalize(embeddings, dim=1) @ F.normalize(self.cast_anchors(embeddings), dim=1).T
-
-    def anchor_losses(self, embeddings, labels, anchors, weights):
-        logits = self.scale * F.normalize(embeddings, dim=1) @ F.normalize(anchors, dim=1).T
-        return {"loss": self.element_loss(F.cross_entropy(logits, labels, reduction="none") * weights)}
-
-
-@hookimpl
-def register_methods(register):
-    register(MethodSpec(name="folder_cosine", loss=FolderCosineLoss, lr_multipliers={"anchors": 10.0}))
-'''
-
-
-@pytest.fixture
-def folder(pml_registry, tmp_path, monkeypatch):
-    """A plugins folder holding folder_method.py (and a helper that must not load); the env var names it."""
-    d = tmp_path / "plugins"
-    d.mkdir()
-    (d / "folder_method.py").write_text(PLUGIN)
-    (d / "_helper.py").write_text("raise RuntimeError('files starting with _ are not plugins')\n")
-    (d / "notes.txt").write_text("not python\n")
-    monkeypatch.setenv(ENV_PLUGINS_DIR, str(d))
-    pml_anchors.reset()
-    return d
+# the `folder` fixture (tests/conftest.py): an isolated registry + a plugins folder with folder_method.py (PLUGIN)
 
 
 def report() -> dict:

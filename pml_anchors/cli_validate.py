@@ -1,0 +1,129 @@
+"""``pml-anchors validate [NAME ...] [--run]``: check installed methods without writing a test.
+
+For each method (every registered one, or those named: a method name, alias or ``dist:method``, or a plugin
+distribution for all of its methods) it resolves what registration leaves lazy (the loss class, the initializer,
+the trainer hooks) and, with ``--run``, runs the conformance check every plugin's own tests run
+(:func:`pml_anchors.conformance.check_method`: forward/backward, anchors, ``state_dict``, PML's ``MetricLossOnly``
+with the method's hooks, on the CPU). A plugin that failed to load, is incompatible or clashes counts as a failure.
+The exit status is 1 when anything failed, so plugin CI and deployment scripts can call it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from typing import Any
+
+
+def add_validate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "validate",
+        help="check that installed methods resolve (and, with --run, pass the conformance check)",
+        description="Resolve each method's loss class, initializer and trainer hooks; with --run also run the "
+        "conformance check of pml_anchors.testing.check_method on the CPU (forward/backward, anchors, state_dict, a "
+        "few iterations of PML's MetricLossOnly with the method's hooks). Exit status 1 if anything fails.",
+    )
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="a method (name, alias or dist:method) or a plugin distribution (all its methods); default: every method",
+    )
+    p.add_argument("--run", action="store_true", help="also run the conformance check (a few seconds per method)")
+    p.add_argument("--num-classes", type=int, default=6, help="--run: classes of the check's loss (default 6)")
+    p.add_argument(
+        "--embedding-size",
+        type=int,
+        default=8,
+        help="--run: embedding width of the check's loss (default 8; 0 lets the loss derive it, e.g. a polytope's)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_validate)
+
+
+def run_validate(args) -> int:
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is first imported: no bars from the trainer runs
+    from .plugins import get_plugins, normalize_dist_name
+    from .registry import get_method, list_methods
+
+    with warnings.catch_warnings():  # load failures are reported below, as failures
+        warnings.simplefilter("ignore")
+        plugins = {normalize_dist_name(r["name"]): r for r in get_plugins(all=True)}
+        specs = list_methods()
+    rows: list[dict[str, Any]] = []
+    chosen = []
+    names = args.names or [name for name, r in plugins.items() if r["status"] != "ok" or r.get("conflicts")]
+    if not args.names:
+        chosen = list(specs)
+    for name in names:
+        plugin = plugins.get(normalize_dist_name(name))
+        if plugin is not None:
+            if plugin["status"] != "ok" or plugin.get("conflicts"):
+                rows.append(_plugin_row(plugin))
+            if plugin["status"] == "ok":
+                chosen += [s for s in specs if normalize_dist_name(s.plugin or "") == normalize_dist_name(name)]
+        else:
+            try:
+                chosen.append(get_method(name))
+            except LookupError as exc:  # UnknownMethodError (close matches, failed plugins): add the plugin names
+                raise LookupError(f"{exc} Plugins: {', '.join(sorted(plugins))}.") from exc
+    unique = {spec.qualified_name: spec for spec in reversed(chosen)}  # each method once, first mention first
+    for spec in reversed(unique.values()):
+        rows.append(_check(spec, args.run, args.num_classes, args.embedding_size or None))
+    failed = [r for r in rows if r["status"] != "ok"]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in rows:
+            where = f"[{r['plugin']}{' ' + r['version'] if r.get('version') else ''}]"
+            detail = r["error"] if r["status"] != "ok" else r.get("detail", "")
+            print(f"{'ok' if r['status'] == 'ok' else 'FAILED':6}  {r['method'] or r['plugin']}  {where}  {detail}")
+        what = (
+            "method"
+            if len(rows) == 1
+            else "methods and plugins"
+            if any(r["method"] is None for r in rows)
+            else "methods"
+        )
+        summary = f"{len(rows)} {what} checked{' (with --run)' if args.run else ''}, {len(failed)} failed"
+        print(summary, file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
+
+
+def _plugin_row(plugin: dict[str, Any]) -> dict[str, Any]:
+    problems = [plugin["error"]] if plugin["error"] else []
+    problems += [f"conflict: {c}" for c in plugin.get("conflicts") or []]
+    error = f"plugin is {plugin['status']}" + (": " + "; ".join(problems) if problems else "")
+    if plugin["status"] == "ok":
+        error = "; ".join(problems)
+    return {"method": None, "plugin": plugin["name"], "version": plugin["version"], "status": "failed", "error": error}
+
+
+def _check(spec: Any, run: bool, num_classes: int, embedding_size: int | None) -> dict[str, Any]:
+    """Resolve ``spec``'s lazy parts (and run the conformance check): a row of the report."""
+    from .conformance import check_method
+    from .registry import build_trainer_hooks, resolve_initializer, resolve_object
+
+    row = {"method": spec.name, "plugin": spec.plugin, "version": spec.plugin_version, "status": "ok"}
+    try:
+        cls = spec.resolve_loss()
+        if isinstance(spec.initializer, str):
+            resolve_initializer(spec.initializer)
+        else:
+            resolve_object(spec.initializer, what=f"initializer of method {spec.name!r}")
+        hooks = build_trainer_hooks(spec)
+        row["detail"] = f"loss {cls.__module__}.{cls.__qualname__}, hooks {type(hooks).__name__}"
+        if run:
+            with warnings.catch_warnings():  # PML's trainer formats its loss tensor for the (hidden) progress bar
+                warnings.simplefilter("ignore", UserWarning)
+                report = check_method(spec, num_classes=num_classes, embedding_size=embedding_size)
+            row["report"] = report
+            row["detail"] += (
+                f"; conformance passed (loss {report['loss']:.4g}, in PML's trainer {report['trainer_loss']:.4g})"
+            )
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row of the report
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    return row
