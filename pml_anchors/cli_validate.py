@@ -54,51 +54,46 @@ def run_validate(args) -> int:
         plugins = {normalize_dist_name(r["name"]): r for r in get_plugins(all=True)}
         specs = list_methods()
     rows: list[dict[str, Any]] = []
-    chosen = []
-    names = args.names or [name for name, r in plugins.items() if r["status"] != "ok" or r.get("conflicts")]
-    if not args.names:
-        chosen = list(specs)
+    chosen = [] if args.names else list(specs)
+    # without names: every method, and every plugin that is broken (a switched-off one is not: that was chosen)
+    names = args.names or [n for n, r in plugins.items() if r["status"] in BROKEN or r["conflicts"]]
     for name in names:
         plugin = plugins.get(normalize_dist_name(name))
-        if plugin is not None:
-            if plugin["status"] != "ok" or plugin.get("conflicts"):
-                rows.append(_plugin_row(plugin))
-            if plugin["status"] == "ok":
-                chosen += [s for s in specs if normalize_dist_name(s.plugin or "") == normalize_dist_name(name)]
-        else:
+        if plugin is None:
             try:
                 chosen.append(get_method(name))
             except LookupError as exc:  # UnknownMethodError (close matches, failed plugins): add the plugin names
                 raise LookupError(f"{exc} Plugins: {', '.join(sorted(plugins))}.") from exc
-    unique = {spec.qualified_name: spec for spec in reversed(chosen)}  # each method once, first mention first
-    for spec in reversed(unique.values()):
-        rows.append(_check(spec, args.run, args.num_classes, args.embedding_size or None))
+            continue
+        if plugin["status"] != "ok" or plugin["conflicts"]:
+            rows.append(_plugin_row(plugin))
+        chosen += [s for s in specs if normalize_dist_name(s.plugin or "") == normalize_dist_name(name)]
+    unique: dict[str, Any] = {}
+    for spec in chosen:  # each method once, in the order first named
+        unique.setdefault(spec.qualified_name, spec)
+    rows += [_check(spec, args.run, args.num_classes, args.embedding_size or None) for spec in unique.values()]
     failed = [r for r in rows if r["status"] != "ok"]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-    else:
-        for r in rows:
-            where = f"[{r['plugin']}{' ' + r['version'] if r.get('version') else ''}]"
-            detail = r["error"] if r["status"] != "ok" else r.get("detail", "")
-            print(f"{'ok' if r['status'] == 'ok' else 'FAILED':6}  {r['method'] or r['plugin']}  {where}  {detail}")
-        what = (
-            "method"
-            if len(rows) == 1
-            else "methods and plugins"
-            if any(r["method"] is None for r in rows)
-            else "methods"
-        )
-        summary = f"{len(rows)} {what} checked{' (with --run)' if args.run else ''}, {len(failed)} failed"
-        print(summary, file=sys.stderr if failed else sys.stdout)
+        return 1 if failed else 0
+    for r in rows:
+        where = f"[{r['plugin']}{' ' + r['version'] if r['version'] else ''}]"
+        detail = r["detail"] if r["status"] == "ok" else r["error"]
+        print(f"{'ok' if r['status'] == 'ok' else 'FAILED':6}  {r['method'] or r['plugin']}  {where}  {detail}")
+    summary = f"{len(rows)} checked{' (with --run)' if args.run else ''}, {len(failed)} failed"
+    print(summary, file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0
 
 
+#: plugin statuses that count as failures (``disabled`` and ``skipped`` are the user's choice)
+BROKEN = ("failed", "incompatible")
+
+
 def _plugin_row(plugin: dict[str, Any]) -> dict[str, Any]:
+    """A failed row for a plugin that did not load, or loaded with a method name another plugin also uses."""
     problems = [plugin["error"]] if plugin["error"] else []
-    problems += [f"conflict: {c}" for c in plugin.get("conflicts") or []]
-    error = f"plugin is {plugin['status']}" + (": " + "; ".join(problems) if problems else "")
-    if plugin["status"] == "ok":
-        error = "; ".join(problems)
+    problems += [f"conflict: {c}" for c in plugin["conflicts"]]
+    error = "; ".join(problems) if plugin["status"] == "ok" else f"plugin is {plugin['status']}: {'; '.join(problems)}"
     return {"method": None, "plugin": plugin["name"], "version": plugin["version"], "status": "failed", "error": error}
 
 
@@ -107,7 +102,7 @@ def _check(spec: Any, run: bool, num_classes: int, embedding_size: int | None) -
     from .conformance import check_method
     from .registry import build_trainer_hooks, resolve_initializer, resolve_object
 
-    row = {"method": spec.name, "plugin": spec.plugin, "version": spec.plugin_version, "status": "ok"}
+    row = {"method": spec.name, "plugin": spec.plugin, "version": spec.plugin_version, "status": "ok", "detail": ""}
     try:
         cls = spec.resolve_loss()
         if isinstance(spec.initializer, str):

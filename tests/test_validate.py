@@ -73,7 +73,7 @@ def test_broken_lazy_and_nonconforming_plugins_fail_and_set_the_exit_status(mixe
     assert main(["validate", "detached_anchors", "--run"]) == 1
     out, err = capsys.readouterr()
     assert out.startswith("FAILED  detached_anchors  [no_gradient]  ConformanceError: ")
-    assert "learnable anchors received no gradient" in out and "1 method checked (with --run), 1 failed" in err
+    assert "learnable anchors received no gradient" in out and "1 checked (with --run), 1 failed" in err
 
     assert main(["validate", "folder_method", "--run"]) == 0  # a plugin name: its methods
     out = capsys.readouterr().out
@@ -89,3 +89,15 @@ def test_check_method_raises_conformance_error_not_a_bare_assert(mixed):
     with pytest.raises(ConformanceError, match="detached_anchors'.*learnable anchors received no gradient"):
         check_method("detached_anchors")
     assert issubclass(ConformanceError, AssertionError)
+
+
+def test_a_switched_off_plugin_is_not_a_failure(folder, monkeypatch, capsys):
+    from pml_anchors.plugins import ENV_DISABLE
+
+    (folder / "bad_import.py").write_text("import not_a_real_package_xyz\n")
+    monkeypatch.setenv(ENV_DISABLE, "bad_import")  # disabled on purpose: not loaded, not broken
+    pml_anchors.reset()
+    assert main(["validate"]) == 0
+    assert "1 checked, 0 failed" in capsys.readouterr().out
+    assert main(["validate", "bad_import"]) == 1  # named explicitly, it cannot be checked
+    assert "plugin is disabled" in capsys.readouterr().out
