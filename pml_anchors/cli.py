@@ -135,7 +135,8 @@ def _print_requirements(reports: list[dict]) -> int:
             where = f": {r['module']}" if r["source"] == "plugins_dir" else ""
             print(f"# {r['name']} ({r['source']}{where}) is not an installed distribution; pin it by hand")
         elif r["status"] != "disabled":
-            print(f"# {r['name']} {r['version'] or ''} was not loaded ({r['status']})".replace("  ", " "))
+            label = " ".join(x for x in (r["name"], r["version"]) if x)
+            print(f"# {label} was not loaded ({r['status']})")
     return 0
 
 
