@@ -143,7 +143,7 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epo
 
     from .optim import param_groups
     from .trainer_hooks import chain_hooks
-    from .training import attach_hooks
+    from .training import attach_hooks, pml_progress_warning_hidden
 
     generator = torch.Generator().manual_seed(1)
     n = 16 * num_classes
@@ -186,7 +186,8 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epo
         end_of_epoch_hook=method_epoch_hook,
     )
     attach_hooks(hooks, trainer)  # the same call pml_anchors.training makes (attach is optional)
-    trainer.train(num_epochs=epochs)
+    with pml_progress_warning_hidden():
+        trainer.train(num_epochs=epochs)
     if stopped_after:
         raise ConformanceError(
             f"{where}: end_of_epoch_hook returned False after epoch {stopped_after[0]} of {epochs}, which stops "

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from .errors import naming_rejected_options
 from .mnist_idx import MNIST_FILES, prepare_mnist_root
 
 __all__ = [
@@ -618,12 +619,8 @@ def load_dataset(
         close = difflib.get_close_matches(str(protocol), PROTOCOLS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"Unknown protocol {protocol!r}.{hint} Available: {', '.join(PROTOCOLS)}")
-    try:
+    with naming_rejected_options(f"dataset {key!r}", kwargs):
         splits = DATASETS[key](data_root=data_root, protocol=protocol, seed=seed, download=download, **kwargs)
-    except TypeError as exc:
-        if not any(f"'{option}'" in str(exc) for option in kwargs):
-            raise
-        raise TypeError(f"dataset {key!r}: {exc} (got options {sorted(kwargs)})") from exc
     if limit is not None:
         splits.train = subset(splits.train, _balanced_limit(splits.train_labels, int(limit), seed))
     if test_limit is not None:

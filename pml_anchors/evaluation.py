@@ -177,7 +177,7 @@ def evaluate(
     protocol = getattr(splits, "protocol", "same_class")
     tester = make_tester(normalize_embeddings, device, batch_size, num_workers, recall_at)
     accuracies = tester.test({"test": splits.test}, epoch, trunk, embedder)["test"]
-    names = (*METRICS, *map(recall_metric, tester.accuracy_calculator.recall_at))
+    names = (*METRICS, *tester.accuracy_calculator.recall_metrics)
     result: dict[str, Any] = {m: float(accuracies[f"{m}_level0"]) for m in names}
     raw, labels = tester.raw_embeddings["test"]
     labels = labels[:, 0]

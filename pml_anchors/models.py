@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import naming_rejected_options
+
 __all__ = [
     "BACKBONES",
     "EmbeddingHead",
@@ -377,13 +379,9 @@ def build_backbone(
         raise ValueError(f"Unknown backbone {name!r}.{hint} Available: {', '.join(sorted(BACKBONES))}")
     factory = BACKBONES[name]
     resnet_like = name.startswith("resnet")
-    try:
-        extra = {"weights_path": weights_path} if resnet_like else {}
+    extra = {"weights_path": weights_path} if resnet_like else {}
+    with naming_rejected_options(f"backbone {name!r}", trunk_kwargs):
         trunk = factory(in_channels, input_size, **extra, **trunk_kwargs)
-    except TypeError as exc:  # an option this trunk does not take: say which backbone it was given to
-        if not any(f"'{option}'" in str(exc) for option in trunk_kwargs):
-            raise
-        raise TypeError(f"backbone {name!r}: {exc} (got options {sorted(trunk_kwargs)})") from exc
     if not resnet_like and weights_path is not None:
         trunk.load_state_dict(_load_state_dict(weights_path), strict=True)
     embedder = EmbeddingHead(trunk.out_features, embedding_size, normalize=normalize)

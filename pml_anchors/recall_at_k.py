@@ -45,8 +45,11 @@ def recall_metric(k: int) -> str:
 
 def recall_metrics_in(results: Mapping[str, Any]) -> list[tuple[int, str]]:
     """``(K, name)`` of the ``recall_at_<K>`` entries of a results dict, by K."""
-    ks = (name[len(PREFIX) :] for name in results if name.startswith(PREFIX))
-    return sorted((int(k), recall_metric(int(k))) for k in ks if k.isdigit())
+    return sorted(
+        (int(name[len(PREFIX) :]), name)
+        for name in results
+        if name.startswith(PREFIX) and name[len(PREFIX) :].isdigit()
+    )
 
 
 def check_recall_at(ks: Any) -> tuple[int, ...]:

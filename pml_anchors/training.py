@@ -35,13 +35,14 @@ writes ``results.json`` and ``checkpoint.pt``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -578,6 +579,15 @@ def _loss_width(loss: Any, width: int | None) -> int:
     return int(rows.shape[1]) if rows is not None else DEFAULT_EMBEDDING_SIZE
 
 
+@contextlib.contextmanager
+def pml_progress_warning_hidden() -> Iterator[None]:
+    """Hide the ``UserWarning`` PML's trainers raise every iteration by formatting the loss tensor for their
+    progress bar ("Converting a tensor with requires_grad=True to a scalar"); nothing else is filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+        yield
+
+
 def train(session: Session) -> Session:
     """Train from ``session.start_epoch`` to ``config.epochs`` (nothing if already there)."""
     config, trainer = session.config, session.trainer
@@ -587,8 +597,7 @@ def train(session: Session) -> Session:
         return session
     seed_everything(epoch_seed(config.seed, session.start_epoch))
     trainer.bookkeeper.restart_clock()
-    with warnings.catch_warnings():  # PML formats the loss tensor for its progress bar every iteration
-        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+    with pml_progress_warning_hidden():
         trainer.train(start_epoch=session.start_epoch, num_epochs=config.epochs)
     session.start_epoch = session.epoch + 1
     return session
