@@ -128,3 +128,13 @@ def test_param_groups_apply_lr_multipliers():
     with pytest.raises(ValueError, match="proxies"):
         param_groups(loss, 1e-3, {"proxies": 100})
     assert param_groups(ToyCosineLoss(3, 4), 1e-3) == []
+
+
+def test_check_method_runs_pmls_trainer_without_its_progress_bar_warning():
+    """PML's trainer warns every iteration while formatting its loss for the progress bar; check_method (and so
+    `pml-anchors validate --run`) hides exactly that warning, as pml_anchors.training.train does."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        check_method(MethodSpec(name="toy", loss=ToyCosineLoss, initializer="one_hot"))
