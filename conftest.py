@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from pml_anchors.plugins import BUILTIN_DISTRIBUTIONS, ENV_LOAD, ENV_PLUGINS_DIR
+from pml_anchors.plugin.manager import BUILTIN_DISTRIBUTIONS
+from pml_anchors.plugin.settings import ENV_LOAD, ENV_PLUGINS_DIR
 
 # Stray plugins installed in the environment must not leak into our tests (llm/datasette do the same).
 os.environ.setdefault(ENV_LOAD, ",".join(sorted(BUILTIN_DISTRIBUTIONS)))

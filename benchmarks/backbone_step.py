@@ -7,7 +7,7 @@ Usage::
     python benchmarks/backbone_step.py --quick          # 2 rounds, batch 32, for a smoke test
     python benchmarks/backbone_step.py --json out.json  # machine-readable results ('-': stdout)
 
-Each case is ``pml_anchors.models.build_backbone(name, in_channels=1, input_size=28, embedding_size=d,
+Each case is ``pml_anchors.app.models.build_backbone(name, in_channels=1, input_size=28, embedding_size=d,
 channels_last=...)`` with an SGD optimizer over trunk and head; a step is ``zero_grad``, forward, a mean-square
 loss on the embeddings, backward and ``optimizer.step()`` on a fixed batch of MNIST-sized random images. The two
 formats of one trunk start from the same weights. Rounds interleave all cases (rotating order) so that load noise
@@ -28,7 +28,7 @@ BACKBONES = ("small_cnn", "ncm_cnn")
 
 class Case:
     def __init__(self, backbone: str, channels_last: bool, batch: int, dim: int, device: torch.device, seed: int):
-        from pml_anchors.models import build_backbone
+        from pml_anchors.app.models import build_backbone
 
         torch.manual_seed(seed)
         self.backbone, self.channels_last, self.device = backbone, channels_last, device

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from pml_anchors.recall_at_k import recall_metric, recall_metrics_in
+from pml_anchors.evaluation.recall_at_k import recall_metric, recall_metrics_in
 
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision")
 # method -> its PML counterpart in the same run: one baseline per method, the closest in kind (e_ncm: the NCM
@@ -267,7 +267,8 @@ def seed_table(out: Path, seeds_by_width: dict[int, list[int]]) -> str:
 
 def eval_both_ways(checkpoint: str) -> dict:
     """Evaluate a checkpoint's test embeddings with raw and with L2-normalised embeddings (same model)."""
-    from pml_anchors.training import evaluate_session, session_from_checkpoint
+    from pml_anchors.app.reload import session_from_checkpoint
+    from pml_anchors.app.session import evaluate_session
 
     session = session_from_checkpoint(checkpoint)
     results = {}

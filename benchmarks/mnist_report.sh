@@ -25,7 +25,7 @@ SEEDS="${SEEDS:-1 2 3 4}"                           # extra seeds for stages see
 COMMON=(--dataset mnist --data-root "$DATA" --threads 1 --no-progress)
 
 mkdir -p "$OUT"
-"$PY" -c "from pml_anchors.data import prepare_mnist_root as p; p('$MNIST_IDX', '$DATA')"
+"$PY" -c "from pml_anchors.app.data import prepare_mnist_root as p; p('$MNIST_IDX', '$DATA')"
 
 # timed NAME CMD...: run CMD, log to $OUT/NAME.log, record the wall-clock seconds in $OUT/NAME.seconds
 timed() {

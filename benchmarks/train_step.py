@@ -8,7 +8,7 @@ Usage::
     python benchmarks/train_step.py --json out.json    # machine-readable results ('-': stdout)
     python benchmarks/train_step.py --compile          # also each step with torch.compile'd trunk + embedder
 
-For every method the model is ``pml_anchors.models.build_backbone("small_cnn", in_channels=1,
+For every method the model is ``pml_anchors.app.models.build_backbone("small_cnn", in_channels=1,
 input_size=28, embedding_size=d)`` (the small MNIST CNN + a linear embedding head), the loss is
 ``pml_anchors.get_loss(method, C, d)`` (``reponet`` with ``anchors="spread", margin=0.5``, as in
 ``loss_speed.py``, since its polytopes force d from C), and one Adam optimizer holds the model's and the
@@ -23,7 +23,7 @@ images (B x 1 x 28 x 28, standard normal) with uniformly random labels.
 * ``share`` -- loss / step.
 
 With ``--compile`` every method is also measured with its trunk and embedder compiled
-(:func:`pml_anchors.models.compile_models`, inductor; ``pml-anchors train --compile``), in the same rounds as the
+(:func:`pml_anchors.app.models.compile_models`, inductor; ``pml-anchors train --compile``), in the same rounds as the
 eager models; ``x eager`` is its step time over the eager step's. Compiling happens in the warm-up (the first
 step, seconds), which is not timed.
 
@@ -51,7 +51,7 @@ class Case:
         self, name: str, classes: int, dim: int, batch: int, device: torch.device, seed: int, compiled: bool = False
     ):
         import pml_anchors
-        from pml_anchors.models import build_backbone, compile_models
+        from pml_anchors.app.models import build_backbone, compile_models
 
         torch.manual_seed(seed)
         self.name, self.device, self.compiled = name, device, compiled

@@ -21,8 +21,8 @@ from pytorch_metric_learning import losses, testers, trainers  # noqa: F401 - `l
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 import pml_anchors
-from pml_anchors.data import load_dataset
-from pml_anchors.models import build_backbone
+from pml_anchors.app.data import load_dataset
+from pml_anchors.app.models import build_backbone
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,5 +1,9 @@
 """pml-anchors: anchor- and proxy-based metric learning methods as plugins for pytorch-metric-learning.
 
+The layers, each importing only those below it (``docs/architecture.md``): :mod:`pml_anchors.cli` →
+:mod:`pml_anchors.app` → :mod:`pml_anchors.evaluation` / :mod:`pml_anchors.testing` → :mod:`pml_anchors.losses` →
+:mod:`pml_anchors.anchors` → :mod:`pml_anchors.plugin` → :mod:`pml_anchors.errors` / :mod:`pml_anchors.validators`.
+
 Importing this package is cheap: it imports neither torch nor any plugin. Plugins are loaded the
 first time the registry is touched (``list_methods``, ``get_method``, ``get_loss``, ...).
 
@@ -21,31 +25,33 @@ from .errors import (
     PluginLoadWarning,
     UnknownMethodError,
 )
-from .hookspecs import hookimpl, hookspec
-from .plugins import get_plugins, load_plugins, register_plugin, reset, unregister_plugin
-from .registry import (
+from .plugin import (
     MethodSpec,
+    TrainerHooks,
+    chain_hooks,
     get_initializer,
     get_loss,
     get_method,
+    get_plugins,
     get_trainer_hooks,
+    hookimpl,
+    hookspec,
     list_initializers,
     list_methods,
+    load_plugins,
+    register_plugin,
+    reset,
+    unregister_plugin,
 )
+from .version import PLUGIN_API_VERSION, __version__
 
-__version__ = "0.1.0"
-#: Version of the plugin contract (hookspecs + MethodSpec fields). Plugins may depend on
-#: ``pml-anchors>=0.1,<0.2``; hooks added later must be implemented with ``optionalhook=True``.
-PLUGIN_API_VERSION = "0.1"
-
-# Heavy (torch/PML) objects are imported on first attribute access.
+# Heavy (torch/PML) objects are imported on first attribute access, by name: the package root sits below every
+# layer (docs/architecture.md), so it names the modules above it instead of importing them.
 _LAZY = {
     "AnchorLoss": "pml_anchors.losses",
-    "TrainerHooks": "pml_anchors.trainer_hooks",
-    "chain_hooks": "pml_anchors.trainer_hooks",
-    "load_trained": "pml_anchors.inference",
-    "param_groups": "pml_anchors.optim",
-    "RecallAtKCalculator": "pml_anchors.recall_at_k",
+    "param_groups": "pml_anchors.losses",
+    "RecallAtKCalculator": "pml_anchors.evaluation",
+    "load_trained": "pml_anchors.app.inference",
 }
 
 
@@ -56,6 +62,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "__version__",
     "AnchorLoss",
     "DuplicateMethodError",
     "IncompatiblePluginError",

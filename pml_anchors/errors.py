@@ -1,22 +1,6 @@
-"""Exceptions raised by the registry and the plugin loader, and :func:`naming_rejected_options`."""
+"""Exceptions raised by the registry and the plugin loader."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
-
-
-@contextmanager
-def naming_rejected_options(what: str, options: Mapping[str, Any]) -> Iterator[None]:
-    """Restate a ``TypeError`` about one of ``options`` (e.g. "unexpected keyword argument 'pooling'") raised in the
-    block so that it names ``what`` was given them (``"backbone 'small_cnn'"``); any other error passes unchanged."""
-    try:
-        yield
-    except TypeError as exc:
-        if not any(f"'{option}'" in str(exc) for option in options):
-            raise
-        raise TypeError(f"{what}: {exc} (got options {sorted(options)})") from exc
 
 
 class PluginError(Exception):

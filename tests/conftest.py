@@ -5,7 +5,7 @@ from folder_plugins import PLUGIN
 from training_toys import add_toys
 
 import pml_anchors
-from pml_anchors.plugins import ENV_PLUGINS_DIR
+from pml_anchors.plugin.settings import ENV_PLUGINS_DIR
 
 
 @pytest.fixture

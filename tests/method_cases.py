@@ -38,7 +38,8 @@ def build(name: str, num_classes: int = NUM_CLASSES, embedding_size: int | None 
 
 def builtin_method_names() -> list[str]:
     """:func:`method_names` of the distributions in this repository's ``plugins/`` only."""
-    from pml_anchors.plugins import BUILTIN_DISTRIBUTIONS, normalize_dist_name
+    from pml_anchors.plugin.manager import BUILTIN_DISTRIBUTIONS
+    from pml_anchors.plugin.settings import normalize_dist_name
 
     return [
         spec.qualified_name

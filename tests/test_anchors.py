@@ -9,7 +9,10 @@ from collections import Counter
 import pytest
 import torch
 
+import pml_anchors
 from pml_anchors import anchors as A
+from pml_anchors.anchors import default_plugin
+from pml_anchors.anchors import well_spread as spread_module
 
 F64 = torch.float64
 RANDOM = ["spread", "gaussian_subcenters", "kaiming_normal"]
@@ -273,11 +276,11 @@ def test_spread_refinement_over_budget_warns():
 
 
 def test_spread_tiers():
-    assert A._spread_plan(7, 2, 16, A.SPREAD_FLOP_BUDGET)[0] == "polygon"
-    assert A._spread_plan(20, 3, 16, A.SPREAD_FLOP_BUDGET)[0] == "meshgrid"
-    assert A._spread_plan(2000, 64, 16, A.SPREAD_FLOP_BUDGET)[0] == "gaussian"
-    assert A._spread_plan(100_000, 128, 16, A.SPREAD_FLOP_BUDGET)[0] == "random"
-    assert A._spread_plan(1_000_000, 128, 16, A.SPREAD_FLOP_BUDGET)[0] == "random"
+    assert spread_module.spread_plan(7, 2, 16, A.SPREAD_FLOP_BUDGET)[0] == "polygon"
+    assert spread_module.spread_plan(20, 3, 16, A.SPREAD_FLOP_BUDGET)[0] == "meshgrid"
+    assert spread_module.spread_plan(2000, 64, 16, A.SPREAD_FLOP_BUDGET)[0] == "gaussian"
+    assert spread_module.spread_plan(100_000, 128, 16, A.SPREAD_FLOP_BUDGET)[0] == "random"
+    assert spread_module.spread_plan(1_000_000, 128, 16, A.SPREAD_FLOP_BUDGET)[0] == "random"
     # each forced tier still gives unit, deterministic rows
     for budget in (1e9, 1e5, 1e3):
         x = A.spread(40, 5, budget=budget, dtype=F64)
@@ -287,11 +290,11 @@ def test_spread_tiers():
 
 
 def test_hyperspherical_meshgrid():
-    g = A._hyperspherical_meshgrid(4, 3)
+    g = spread_module.hyperspherical_meshgrid(4, 3)
     assert g.shape == (32, 3)
     assert_unit_rows(g)
     assert torch.unique(torch.round(g, decimals=9), dim=0).shape[0] == 32
-    assert A._meshgrid_resolution(20, 3) == 4 and A._meshgrid_resolution(33, 3) == 5
+    assert spread_module.meshgrid_resolution(20, 3) == 4 and spread_module.meshgrid_resolution(33, 3) == 5
 
 
 def test_spread_large_problem_runs():
@@ -397,7 +400,7 @@ def test_required_embedding_size():
 
 def test_register_initializers():
     calls = []
-    A.register_initializers(lambda name, fn: calls.append((name, fn)))
+    default_plugin.register_initializers(lambda name, fn: calls.append((name, fn)))
     assert [n for n, _ in calls] == list(A.INITIALIZERS)
     assert dict(calls) == A.INITIALIZERS
     assert set(A.INITIALIZERS) == {
@@ -413,9 +416,10 @@ def test_register_initializers():
 
 
 def test_register_initializers_is_a_hookimpl():
-    from pml_anchors.hookspecs import PROJECT_NAME
+    from pml_anchors.plugin.hookspecs import PROJECT_NAME
 
-    assert hasattr(A.register_initializers, f"{PROJECT_NAME}_impl")
+    assert hasattr(default_plugin.register_initializers, f"{PROJECT_NAME}_impl")
+    assert pml_anchors.get_plugins()[0]["module"] == "pml_anchors.anchors.default_plugin"  # the core's own plugin
 
 
 @pytest.mark.parametrize("name", RANDOM)

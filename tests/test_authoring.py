@@ -1,4 +1,4 @@
-"""`pml-anchors new-plugin` and the plugin template (pml_anchors/plugin_template, pml_anchors/authoring.py).
+"""`pml-anchors new-plugin` and the plugin template (pml_anchors/plugin/plugin_template, pml_anchors/plugin/template.py).
 
 The end-to-end proof (install the rendered plugin, list it, train it) is tests/test_authoring_e2e.py.
 """
@@ -12,7 +12,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from pml_anchors import PLUGIN_API_VERSION
-from pml_anchors.authoring import (
+from pml_anchors.cli import main
+from pml_anchors.plugin.template import (
     PLACEHOLDER,
     TemplateError,
     derive_names,
@@ -22,7 +23,6 @@ from pml_anchors.authoring import (
     render_text,
     template_files,
 )
-from pml_anchors.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pml-anchors-center-loss"
@@ -97,7 +97,7 @@ def test_template_files_are_invisible_to_tooling():
     """Every template file ends in .tmpl, so pytest, ruff and setuptools never read the placeholders as code."""
     paths = [p for p, _ in template_files()]
     assert paths and all(p.name.endswith(".tmpl") for p in paths)
-    on_disk = [p for p in (ROOT / "pml_anchors" / "plugin_template").rglob("*") if p.is_file()]
+    on_disk = [p for p in (ROOT / "pml_anchors" / "plugin" / "plugin_template").rglob("*") if p.is_file()]
     assert all(p.name.endswith(".tmpl") or "__pycache__" in p.parts for p in on_disk)
 
 
@@ -170,7 +170,7 @@ def test_new_plugin_works_from_an_installed_wheel(tmp_path):
         [sys.executable, *wheel_cmd, "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True
     )
     (wheel,) = (tmp_path / "dist").glob("pml_anchors-*.whl")
-    expected = {f"pml_anchors/plugin_template/{p}" for p, _ in template_files()}
+    expected = {f"pml_anchors/plugin/plugin_template/{p}" for p, _ in template_files()}
     assert expected <= set(zipfile.ZipFile(wheel).namelist())
 
     python = make_plugin_env(tmp_path / "env")

@@ -90,7 +90,7 @@ def test_resume_from_another_directory_continues_the_run_in_its_own_folder(toys,
 def test_relative_paths_are_stored_absolute_and_download_reaches_the_dataset(tmp_path, monkeypatch):
     import argparse
 
-    from pml_anchors.cli_train import _given
+    from pml_anchors.cli.options import given_config as _given
 
     monkeypatch.chdir(tmp_path)
     args = argparse.Namespace(data_root="imgs", backbone_weights="w.pt", download=True, compile=None)
@@ -117,7 +117,7 @@ def test_dataset_kwargs_flag_reaches_the_dataset(toys, tmp_path, capsys):
 
 def test_backbone_kwargs_flag_builds_the_trunk_and_the_checkpoint_rebuilds_it(toys, tmp_path, capsys):
     import pml_anchors
-    from pml_anchors.models import GlobalAvgMaxPool
+    from pml_anchors.app.models import GlobalAvgMaxPool
 
     out = tmp_path / "run"
     argv = ["train", "--method", "toy_fixed", *TINY, "--epochs", "0", "--backbone", "resnet18", "--output", str(out)]
@@ -130,7 +130,7 @@ def test_backbone_kwargs_flag_builds_the_trunk_and_the_checkpoint_rebuilds_it(to
 
 
 def test_workers_load_training_and_evaluation_batches_without_changing_the_results(toys, tmp_path, monkeypatch):
-    import pml_anchors.evaluation as evaluation
+    import pml_anchors.evaluation.tester as evaluation
 
     tester_workers = []
     make_tester = evaluation.make_tester
@@ -154,7 +154,7 @@ def test_compile_trains_the_compiled_models_to_the_eager_results(toys, tmp_path)
     and the checkpoint's state dicts are the plain modules' (loadable without compiling)."""
     import torch
 
-    from pml_anchors.models import build_backbone
+    from pml_anchors.app.models import build_backbone
 
     results = {}
     for flag in ([], ["--compile"]):
@@ -205,7 +205,8 @@ def test_backbone_weights_flag_loads_the_trunk(toys, tmp_path, capsys):
 def test_resume_with_backbone_weights_keeps_the_checkpoints_backbone_options(toys, tmp_path):
     import torch
 
-    from pml_anchors.training import TrainConfig, run
+    from pml_anchors.app.config import TrainConfig
+    from pml_anchors.app.session import run
 
     out = tmp_path / "run"
     config = TrainConfig(
@@ -234,7 +235,7 @@ def test_eval_every_epoch_puts_each_epochs_metrics_in_history_and_checkpoint(toy
     assert [h["epoch"] for h in each["history"]] == [1, 2]
     assert all(0.0 <= h["precision_at_1"] <= 1.0 for h in each["history"])
     assert each["history"][-1]["precision_at_1"] == each["precision_at_1"] == plain["precision_at_1"]
-    from pml_anchors.training import load_checkpoint
+    from pml_anchors.app.checkpoints import load_checkpoint
 
     saved = load_checkpoint(str(out / "checkpoint.pt"))
     assert saved["config"]["eval_every_epoch"] is True  # a resumed run keeps evaluating every epoch
@@ -297,7 +298,7 @@ def test_example_pipeline_runs_with_a_registered_method(toys, capsys):
 
 
 def _registered_methods() -> list:
-    from pml_anchors.registry import list_methods
+    from pml_anchors.plugin.api import list_methods
 
     try:
         return sorted({spec.name for spec in list_methods()})

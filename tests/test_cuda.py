@@ -9,9 +9,13 @@ import method_cases
 import pytest
 import torch
 
-from pml_anchors.bench import PREFIX, bench, select_baselines
-from pml_anchors.evaluation import resolve_device
-from pml_anchors.training import TrainConfig, build, evaluate_checkpoint, load_checkpoint, run, train
+from pml_anchors.app.baselines import PREFIX
+from pml_anchors.app.bench import bench, select_baselines
+from pml_anchors.app.checkpoints import load_checkpoint
+from pml_anchors.app.config import TrainConfig
+from pml_anchors.app.reload import evaluate_checkpoint
+from pml_anchors.app.session import build, run, train
+from pml_anchors.devices import resolve_device
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -1,4 +1,4 @@
-"""Tests for pml_anchors.data (digits, MNIST from local IDX files, ImageFolder, protocols)."""
+"""Tests for pml_anchors.app.data (digits, MNIST from local IDX files, ImageFolder, protocols)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pml_anchors.data import (
+from pml_anchors.app.data.datasets import (
     DATASETS,
     MNIST_FILES,
     DatasetSplits,

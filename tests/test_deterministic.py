@@ -15,9 +15,11 @@ from training_toys import (
     tiny,
 )
 
-from pml_anchors.bench import PREFIX, select_baselines
+from pml_anchors.app.baselines import PREFIX
+from pml_anchors.app.bench import select_baselines
+from pml_anchors.app.config import TrainConfig
+from pml_anchors.app.session import run
 from pml_anchors.cli import main
-from pml_anchors.training import TrainConfig, run
 
 METHODS = method_cases.builtin_method_names()
 BASELINES = [PREFIX + b for b in select_baselines("all")]

@@ -15,7 +15,7 @@ from pytorch_metric_learning.losses import ProxyAnchorLoss
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 from toy_loss import LearnableToyLoss
 
-from pml_anchors.distributed import DistributedLoss
+from pml_anchors.losses.distributed import DistributedLoss
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 

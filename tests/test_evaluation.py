@@ -12,16 +12,9 @@ from training_toys import (
     tiny,
 )
 
-from pml_anchors.evaluation import (
-    METRICS,
-    anchor_angles,
-    anchor_rows,
-    class_spread,
-    embed,
-    evaluate,
-    resolve_device,
-)
-from pml_anchors.training import build, evaluate_session, train
+from pml_anchors.app.session import build, evaluate_session, train
+from pml_anchors.devices import resolve_device
+from pml_anchors.evaluation import METRICS, anchor_angles, anchor_rows, class_spread, embed, evaluate
 
 
 @pytest.mark.parametrize(("method", "normalized"), [("toy_fixed", True), ("toy_raw", False)])

@@ -1,6 +1,6 @@
 """The fast paths give what the straightforward formulas give.
 
-* :func:`pml_anchors.chunking.class_logsumexp` (hand-written backward, in-place reductions, chunking) against
+* :func:`pml_anchors.losses.logsumexp.class_logsumexp` (hand-written backward, in-place reductions, chunking) against
   ``torch.logsumexp`` over an explicitly masked logit matrix, for every logit map, both directions, sub-centre
   groups, the implicit zero logit and chunk sizes that do and do not divide the rows; plus gradcheck and a
   second backward (``retain_graph``) that must reproduce the first bit for bit; double backward is a clear error;
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import pml_anchors
-from pml_anchors.chunking import (
+from pml_anchors.losses.logsumexp import (
     CosineRowsLogits,
     LinearLogits,
     NegEuclideanLogits,
@@ -334,7 +334,7 @@ def test_chunked_equals_unchunked_at_1000_classes(name, dtype):
 def test_chunk_size_is_validated_and_shown():
     with pytest.raises(ValueError, match="chunk_size"):
         pml_anchors.get_loss("c_ncm", 10, 4, chunk_size=0)
-    with pytest.raises(ValueError, match="chunk_size"):
+    with pytest.raises(TypeError, match="chunk_size must be None or a positive int, got float 2.5"):
         pml_anchors.get_loss("c_ncm", 10, 4, chunk_size=2.5)
     assert "chunk_size=4" in repr(pml_anchors.get_loss("c_ncm", 10, 4, chunk_size=4))
 

@@ -1,6 +1,6 @@
 """Meta-tests (ported from Datasette): the plugin contract is documented and tested.
 
-* every hookspec in ``pml_anchors.hookspecs`` is documented in docs/plugins/hooks.md as ``name(args)``;
+* every hookspec in ``pml_anchors.plugin.hookspecs`` is documented in docs/plugins/hooks.md as ``name(args)``;
 * every hookspec has a test named ``test_hook_<name>`` somewhere under tests/;
 * every :class:`~pml_anchors.MethodSpec` field appears in docs/plugins/methodspec.md.
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pml_anchors import MethodSpec, hookspecs
+from pml_anchors import MethodSpec
+from pml_anchors.plugin import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "plugins"

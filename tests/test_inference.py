@@ -1,4 +1,4 @@
-"""pml_anchors.inference.load_trained: a checkpoint's models for new inputs, without the training data."""
+"""pml_anchors.app.inference.load_trained: a checkpoint's models for new inputs, without the training data."""
 
 import pytest
 import torch
@@ -8,10 +8,10 @@ from training_toys import (
 )
 
 import pml_anchors
-import pml_anchors.data as data
+import pml_anchors.app.data.datasets as data
+from pml_anchors.app.inference import TrainedModel, load_trained
+from pml_anchors.app.session import run
 from pml_anchors.evaluation import embed
-from pml_anchors.inference import TrainedModel, load_trained
-from pml_anchors.training import run
 
 
 def _trained(tmp_path, method, **config):

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from pml_anchors.app.checkpoints import load_checkpoint
 from pml_anchors.cli import main
-from pml_anchors.training import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 

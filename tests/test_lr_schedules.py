@@ -1,4 +1,4 @@
-"""pml_anchors.lr_schedules: the papers' step and plateau schedules under PML's lr_schedulers keys."""
+"""pml_anchors.app.lr_schedules: the papers' step and plateau schedules under PML's lr_schedulers keys."""
 
 import math
 
@@ -9,8 +9,10 @@ from training_toys import (
     tiny,
 )
 
+from pml_anchors.app.checkpoints import load_checkpoint
+from pml_anchors.app.config import TrainConfig
+from pml_anchors.app.session import build, train
 from pml_anchors.cli import main
-from pml_anchors.training import TrainConfig, build, load_checkpoint, train
 
 
 def _lrs(session):

@@ -1,4 +1,4 @@
-"""Tests for pml_anchors.models (trunks, embedding head, backbone registry)."""
+"""Tests for pml_anchors.app.models (trunks, embedding head, backbone registry)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pml_anchors.models import (
+from pml_anchors.app.models import (
     BACKBONES,
     EmbeddingHead,
     LeNetPP,
@@ -220,7 +220,7 @@ def test_backbone_step_benchmark_quick_compares_both_formats():
 def test_global_average_pooling_is_adaptive_pooling_with_a_deterministic_backward():
     """The trunks pool with a spatial mean: AdaptiveAvgPool2d(1)'s values and gradients, but an op that
     ``torch.use_deterministic_algorithms`` allows on CUDA (TrainConfig.deterministic)."""
-    from pml_anchors.models import GlobalAvgPool, SmallCNN, resnet
+    from pml_anchors.app.models import GlobalAvgPool, SmallCNN, resnet
 
     x = torch.randn(4, 6, 5, 3, requires_grad=True)
     adaptive, ours = torch.nn.AdaptiveAvgPool2d(1)(x), GlobalAvgPool()(x)
@@ -235,7 +235,7 @@ def test_global_average_pooling_is_adaptive_pooling_with_a_deterministic_backwar
 def test_resnet_pooling_gap_gmp_as_in_proxy_anchors_official_code():
     """pooling="max" / "avg+max": the adaptive max pooling's values and gradients (no ties in random inputs), summed
     with GAP for "avg+max"; the same parameters in every mode, so weights load across them."""
-    from pml_anchors.models import GlobalAvgMaxPool, GlobalAvgPool, GlobalMaxPool
+    from pml_anchors.app.models import GlobalAvgMaxPool, GlobalAvgPool, GlobalMaxPool
 
     x = torch.randn(4, 6, 5, 3, requires_grad=True)
     adaptive = torch.nn.AdaptiveMaxPool2d(1)(x)

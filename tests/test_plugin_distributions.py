@@ -249,7 +249,7 @@ def test_get_loss_of_each_affected_method_explains_and_the_host_keeps_working(pl
 
 
 def test_env_vars_in_one_process(plugin_python):
-    """Each variable is read again at every load (``pml_anchors.plugins.reset``), so one process tries them all."""
+    """Each variable is read again at every load (``pml_anchors.plugin.api.reset``), so one process tries them all."""
     scenarios = {
         "strict_all": {"PML_ANCHORS_STRICT_PLUGINS": "1"},
         "strict_incompatible": {
@@ -269,20 +269,20 @@ def test_env_vars_in_one_process(plugin_python):
         "disable_good": {"PML_ANCHORS_DISABLE_PLUGINS": "pml-anchors-fixture-good"},
     }
     code = (
-        "import io, json, os, sys, contextlib, warnings\nimport pml_anchors\nfrom pml_anchors import plugins\n"
+        "import io, json, os, sys, contextlib, warnings\nimport pml_anchors\nfrom pml_anchors.plugin import settings\n"
         "from pml_anchors.cli import main\nwarnings.simplefilter('ignore')\n"
         f"scenarios = {scenarios!r}\nout = {{}}\n"
         "for key, env in scenarios.items():\n"
-        "    for var in (plugins.ENV_LOAD, plugins.ENV_DISABLE, plugins.ENV_STRICT):\n"
+        "    for var in (settings.ENV_LOAD, settings.ENV_DISABLE, settings.ENV_STRICT):\n"
         "        os.environ.pop(var, None)\n"
         "    os.environ.update(env)\n"
-        "    plugins.reset()\n"
+        "    pml_anchors.reset()\n"
         "    try:\n        names = sorted(s.name for s in pml_anchors.list_methods())\n"
         "        result = {'methods': names}\n"
         "        try:\n            pml_anchors.get_method('fixture_pa')\n"
         "        except Exception as e:\n            result['fixture_pa'] = str(e)\n"
         "    except Exception as e:\n        result = {'error': [type(e).__name__, str(e)]}\n"
-        "    plugins.reset()\n"
+        "    pml_anchors.reset()\n"
         "    err = io.StringIO()\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
         "        result['cli'] = [main(['methods']), err.getvalue()]\n"

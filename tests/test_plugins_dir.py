@@ -15,7 +15,7 @@ from training_toys import single_thread  # noqa: F401 - autouse fixture
 import pml_anchors
 from pml_anchors import PluginLoadError, PluginLoadWarning
 from pml_anchors.cli import main
-from pml_anchors.plugins import ENV_DISABLE, ENV_LOAD, ENV_PLUGINS_DIR, ENV_STRICT
+from pml_anchors.plugin.settings import ENV_DISABLE, ENV_LOAD, ENV_PLUGINS_DIR, ENV_STRICT
 from pml_anchors.testing import check_method
 
 # the `folder` fixture (tests/conftest.py): an isolated registry + a plugins folder with folder_method.py (PLUGIN)

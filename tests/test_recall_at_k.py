@@ -1,4 +1,4 @@
-"""pml_anchors.recall_at_k: Recall@K as a PML AccuracyCalculator metric, checked against a brute-force kNN."""
+"""pml_anchors.evaluation.recall_at_k: Recall@K as a PML AccuracyCalculator metric, checked against a brute-force kNN."""
 
 import json
 
@@ -10,10 +10,11 @@ from training_toys import (
     tiny,
 )
 
+from pml_anchors.app.config import TrainConfig
+from pml_anchors.app.session import build, evaluate_session, run, train
 from pml_anchors.cli import main
 from pml_anchors.evaluation import embed
-from pml_anchors.recall_at_k import RecallAtKCalculator, check_recall_at, recall_metrics_in
-from pml_anchors.training import TrainConfig, build, evaluate_session, run, train
+from pml_anchors.evaluation.recall_at_k import RecallAtKCalculator, check_recall_at, recall_metrics_in
 
 CPU = torch.device("cpu")
 PML_METRICS = ("precision_at_1", "mean_average_precision", "mean_average_precision_at_r", "r_precision")

@@ -174,7 +174,7 @@ def test_register_initializers_hook_and_use_by_name(pml_registry):
     assert torch.allclose(loss.anchors, ring(5, 2))
     # qualified names work wherever a name does: anchors= and MethodSpec(initializer=...)
     assert torch.allclose(pml_anchors.get_loss("toy", 5, 2, anchors="ring-plugin:ring").anchors, ring(5, 2))
-    from pml_anchors.registry import build_loss
+    from pml_anchors.plugin.api import build_loss
 
     spec = MethodSpec(name="ringed", loss="toy_loss:ToyCosineLoss", initializer="ring-plugin:ring")
     assert torch.allclose(build_loss(spec, 5, 2).anchors, ring(5, 2))
@@ -183,7 +183,7 @@ def test_register_initializers_hook_and_use_by_name(pml_registry):
 
 
 def test_trainer_hooks_default_and_factory(pml_registry):
-    from pml_anchors.trainer_hooks import TrainerHooks
+    from pml_anchors.plugin.trainer_hooks import TrainerHooks
 
     class MyHooks(TrainerHooks):
         def __init__(self, every=1, **kw):

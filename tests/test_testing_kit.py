@@ -132,7 +132,7 @@ def test_param_groups_apply_lr_multipliers():
 
 def test_check_method_runs_pmls_trainer_without_its_progress_bar_warning():
     """PML's trainer warns every iteration while formatting its loss for the progress bar; check_method (and so
-    `pml-anchors validate --run`) hides exactly that warning, as pml_anchors.training.train does."""
+    `pml-anchors validate --run`) hides exactly that warning, as pml_anchors.app.session.train does."""
     import warnings
 
     with warnings.catch_warnings():

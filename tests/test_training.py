@@ -1,4 +1,4 @@
-"""pml_anchors.training: PML trainer glue, optimizers, hooks, seeding, checkpoints, AMP."""
+"""pml_anchors.app.session: PML trainer glue, optimizers, hooks, seeding, checkpoints, AMP."""
 
 import math
 
@@ -11,15 +11,10 @@ from training_toys import (
     tiny,
 )
 
-from pml_anchors.training import (
-    AMPMetricLossOnly,
-    TrainConfig,
-    build,
-    load_checkpoint,
-    run,
-    save_checkpoint,
-    train,
-)
+from pml_anchors.app.checkpoints import load_checkpoint, save_checkpoint
+from pml_anchors.app.config import TrainConfig
+from pml_anchors.app.session import build, run, train
+from pml_anchors.app.trainer import AMPMetricLossOnly
 
 
 def _states_equal(a, b):
@@ -106,7 +101,7 @@ def test_trainer_says_whether_the_trunk_starts_from_weights(toys, tmp_path):
 
 def test_hooks_without_attach_are_fine(toys):
     """PML's hook protocol is only end_of_iteration_hook / end_of_epoch_hook; attach is optional."""
-    from pml_anchors.training import attach_hooks
+    from pml_anchors.plugin.trainer_hooks import attach_hooks
 
     class PlainHooks:
         def end_of_iteration_hook(self, trainer):

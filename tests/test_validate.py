@@ -6,7 +6,7 @@ import pytest
 
 import pml_anchors
 from pml_anchors.cli import main
-from pml_anchors.conformance import ConformanceError, check_method
+from pml_anchors.testing.conformance import ConformanceError, check_method
 
 LAZY_MISSING = """
 from pml_anchors import MethodSpec, hookimpl
@@ -92,7 +92,7 @@ def test_check_method_raises_conformance_error_not_a_bare_assert(mixed):
 
 
 def test_a_switched_off_plugin_is_not_a_failure(folder, monkeypatch, capsys):
-    from pml_anchors.plugins import ENV_DISABLE
+    from pml_anchors.plugin.settings import ENV_DISABLE
 
     (folder / "bad_import.py").write_text("import not_a_real_package_xyz\n")
     monkeypatch.setenv(ENV_DISABLE, "bad_import")  # disabled on purpose: not loaded, not broken

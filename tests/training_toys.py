@@ -53,7 +53,7 @@ def add_toys(pml_registry) -> None:
 
 def tiny(method: str = "toy_fixed", **kw):
     """A TrainConfig that trains in about a second on CPU (digits, 64 items, batch 32, narrow CNN)."""
-    from pml_anchors.training import TrainConfig
+    from pml_anchors.app.config import TrainConfig
 
     values = dict(method=method, epochs=1, limit=64, test_limit=120, batch_size=32, device="cpu")
     values["backbone_kwargs"] = {"width": 8}

@@ -28,7 +28,7 @@ from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from .registry import MethodSpec
+from ..plugin.spec import MethodSpec
 
 #: prefix of a baseline in ``TrainConfig.method``
 PREFIX = "baseline:"

@@ -1,9 +1,9 @@
 """The checkpoint file of a run: plain ``state_dict``\\ s, the config and the epoch, in one dict.
 
-A checkpoint is what :func:`pml_anchors.training.run` writes as ``checkpoint.pt`` (after every epoch by default),
+A checkpoint is what :func:`pml_anchors.app.session.run` writes as ``checkpoint.pt`` (after every epoch by default),
 what ``train --resume`` continues from and what :func:`pml_anchors.load_trained` rebuilds a model from. Every value
 is something ``torch.load(weights_only=True)`` reads back (:func:`plain`), so loading one runs no pickled code.
-Rebuilding a run from it (config, models, resume checks) is :mod:`pml_anchors.training`'s job.
+Rebuilding a run from it (config, models, resume checks) is :mod:`pml_anchors.app.session`'s job.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def plain(value: Any) -> Any:
 
 
 def checkpoint_dict(session: Any) -> dict[str, Any]:
-    """The checkpoint of a :class:`pml_anchors.training.Session`: plain state_dicts + config + epoch
+    """The checkpoint of a :class:`pml_anchors.app.session.Session`: plain state_dicts + config + epoch
     (``torch.load(weights_only=True)``-safe)."""
     return {
         "format": CHECKPOINT_FORMAT,

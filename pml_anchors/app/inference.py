@@ -1,6 +1,6 @@
 """Use a trained checkpoint: embed new inputs and classify them by the nearest anchor, without the training data.
 
->>> from pml_anchors.inference import load_trained
+>>> from pml_anchors.app.inference import load_trained
 >>> model = load_trained("runs/c_ncm/checkpoint.pt")  # doctest: +SKIP
 >>> embeddings = model(images)       # trunk + embedder, (N, d)                  # doctest: +SKIP
 >>> labels = model.predict(images)   # nearest anchor / classifier argmax, (N,)  # doctest: +SKIP
@@ -26,8 +26,12 @@ from typing import Any
 
 import torch
 
+from ..devices import resolve_device
+from ..evaluation.diagnostics import predict
 from .checkpoints import load_checkpoint
-from .training import TrainConfig, build_models, config_for_checkpoint, resolve_method
+from .config import TrainConfig
+from .resume import config_for_checkpoint
+from .session import build_models, resolve_method
 
 __all__ = ["TrainedModel", "load_trained"]
 
@@ -35,7 +39,7 @@ __all__ = ["TrainedModel", "load_trained"]
 class TrainedModel(torch.nn.Module):
     """A trained run's ``trunk``, ``embedder`` and ``loss`` (with its anchors); ``model(x)`` gives embeddings.
 
-    :ivar method: the method's name; :ivar config: the run's :class:`~pml_anchors.training.TrainConfig`;
+    :ivar method: the method's name; :ivar config: the run's :class:`~pml_anchors.app.config.TrainConfig`;
     :ivar epoch: the epoch the checkpoint was written after; :ivar class_names: the name of each label
     :meth:`predict` returns (e.g. an image folder's class folders); :ivar data_info: the training data's
     ``DatasetSplits.info`` (for ``digits``/``mnist`` the ``mean`` and ``std`` the inputs were normalised with).
@@ -92,8 +96,6 @@ class TrainedModel(torch.nn.Module):
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class labels by the nearest anchor: the loss's ``predict`` (or its logits' argmax, for PML baselines with
         a classifier), exactly what the run's ``nearest_anchor_accuracy`` measured."""
-        from .evaluation import predict
-
         labels = predict(self.loss, self.embed(x, batch_size))
         if labels is None:
             raise TypeError(
@@ -112,8 +114,6 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     Raises ``FileNotFoundError`` / ``ValueError`` for a missing file or one that is not a pml-anchors checkpoint,
     and the registry's ``UnknownMethodError`` when the method's plugin is not installed.
     """
-    from .evaluation import resolve_device
-
     checkpoint = load_checkpoint(path)
     config = config_for_checkpoint(checkpoint, device=str(device))
     spec, _ = resolve_method(config.method)

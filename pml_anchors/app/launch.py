@@ -2,14 +2,14 @@
 
 :func:`launch` spawns ``N`` processes (``torch.multiprocessing``, start method *spawn*) that join one process
 group (gloo on CPU; NCCL on CUDA, one GPU per process) and each build the same run with
-:func:`pml_anchors.training.build`: the same seed gives every process the same data split, initial models and
+:func:`pml_anchors.app.session.build`: the same seed gives every process the same data split, initial models and
 anchors. Then, in every process:
 
 * ``trunk`` and ``embedder`` are wrapped in ``DistributedDataParallel`` inside PML's trainer (the optimizers
   hold the same parameter objects). A module with no trainable parameter is left unwrapped, and the wrappers
   are rebuilt when a hook freezes or unfreezes parameters (e.g. the Proxy Anchor warm-up freezes the trunk for
   the first epoch), so the set DDP synchronises is always the set being trained;
-* the loss is wrapped in :class:`~pml_anchors.distributed.DistributedLoss`: each process computes it on the
+* the loss is wrapped in :class:`~pml_anchors.losses.distributed.DistributedLoss`: each process computes it on the
   global batch, and the model and anchor gradients equal those of one process on the concatenated batch;
 * a ``DistributedSampler`` (seeded with ``config.seed``, ``set_epoch`` every epoch, so resuming draws the same
   shards) gives each process its ``1/N`` of every epoch. ``--batch-size`` stays the *global* batch: each
@@ -39,7 +39,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .distributed import DistributedLoss
+from ..devices import resolve_device
+from ..losses.distributed import DistributedLoss
+from .checkpoints import save_checkpoint
+from .config import TrainConfig
+from .results import results_dict, write_json
+from .session import build as build_session
+from .session import evaluate_session, resolve_method, run, train
+from .trainer import set_verbosity
 
 __all__ = ["launch"]
 
@@ -51,14 +58,11 @@ def _free_port() -> int:
 
 
 def launch(config: Any, nproc: int, *, resume: str | os.PathLike | None = None, verbose: bool = False) -> dict:
-    """Train ``config`` (a :class:`~pml_anchors.training.TrainConfig`) with ``nproc`` processes; rank 0's results.
+    """Train ``config`` (a :class:`~pml_anchors.app.config.TrainConfig`) with ``nproc`` processes; rank 0's results.
 
-    ``nproc=1`` is :func:`pml_anchors.training.run` itself. Configuration errors (unknown method, too small a
+    ``nproc=1`` is :func:`pml_anchors.app.session.run` itself. Configuration errors (unknown method, too small a
     batch, more processes than GPUs) are raised here, before any process is started.
     """
-    from .evaluation import resolve_device
-    from .training import resolve_method, run
-
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive int, got {nproc!r}")
     if nproc == 1:
@@ -148,12 +152,6 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
     if rank != 0:
         os.environ["TQDM_DISABLE"] = "1"  # one progress bar, rank 0's
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    from .checkpoints import save_checkpoint
-    from .evaluation import resolve_device
-    from .results import results_dict, write_json
-    from .training import TrainConfig, evaluate_session, set_verbosity, train
-    from .training import build as build_session
-
     set_verbosity(verbose)
     device = resolve_device(config_dict.get("device"))
     values = dict(config_dict)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import naming_rejected_options
+from ..validators import naming_rejected_options
 
 __all__ = [
     "BACKBONES",

@@ -11,18 +11,17 @@ from typing import Any
 
 import torch
 
+from ..evaluation.recall_at_k import PREFIX as RECALL_PREFIX
+from ..evaluation.tester import METRICS
+from ..plugin.api import get_plugins
+from ..version import __version__
 from .checkpoints import plain
-from .evaluation import METRICS
-from .recall_at_k import PREFIX as RECALL_PREFIX
 
 
 def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float | None = None) -> dict[str, Any]:
-    """The JSON results of a :class:`pml_anchors.training.Session` evaluated to ``metrics``: identity, budget,
+    """The JSON results of a :class:`pml_anchors.app.session.Session` evaluated to ``metrics``: identity, budget,
     metrics, diagnostics, history, versions."""
     import pytorch_metric_learning
-
-    from . import __version__
-    from .plugins import get_plugins
 
     config = session.config
     keep = (*METRICS, *(k for k in metrics if k.startswith(RECALL_PREFIX)), "nearest_anchor_accuracy")

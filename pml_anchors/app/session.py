@@ -1,14 +1,14 @@
 """Train every method the same way: PML's ``MetricLossOnly`` trainer, no miner.
 
->>> from pml_anchors.training import TrainConfig, run
+>>> from pml_anchors.app.session import TrainConfig, run
 >>> results = run(TrainConfig(method="proxy_anchor", dataset="digits", epochs=2))  # doctest: +SKIP
 
 :func:`build` assembles a :class:`Session` from a :class:`TrainConfig`: the dataset
-(:func:`pml_anchors.data.load_dataset`), ``trunk``/``embedder``
-(:func:`pml_anchors.models.build_backbone`), the loss under PML's ``metric_loss`` key
-(:func:`pml_anchors.registry.build_loss`), optimizers under PML's keys (``trunk_optimizer``,
+(:func:`pml_anchors.app.data.load_dataset`), ``trunk``/``embedder``
+(:func:`pml_anchors.app.models.build_backbone`), the loss under PML's ``metric_loss`` key
+(:func:`pml_anchors.plugin.api.build_loss`), optimizers under PML's keys (``trunk_optimizer``,
 ``embedder_optimizer`` and, only when the loss has trainable parameters,
-``metric_loss_optimizer`` built by :func:`pml_anchors.optim.param_groups` with the method's lr
+``metric_loss_optimizer`` built by :func:`pml_anchors.losses.lr_multipliers.param_groups` with the method's lr
 multipliers), and the method's trainer hooks chained with the caller's and attached.
 :func:`train` runs it, :func:`run` also evaluates (:func:`pml_anchors.evaluation.evaluate`) and
 writes ``results.json`` and ``checkpoint.pt``.
@@ -25,308 +25,63 @@ writes ``results.json`` and ``checkpoint.pt``.
   uninterrupted one (on CPU the weights match exactly).
 * **Learning-rate schedule**: ``lr_schedule`` ``"cosine"`` (per iteration, to 0 over the run), ``"step"``
   (``lr_milestones``, ``lr_gamma``) or ``"plateau"`` (on the training loss; ``lr_gamma``, ``lr_patience``),
-  one scheduler per optimizer under PML's ``lr_schedulers`` keys (:mod:`pml_anchors.lr_schedules`).
-* **Checkpoints** (:mod:`pml_anchors.checkpoints`): a dict of plain ``state_dict``\\ s (trunk, embedder, loss,
+  one scheduler per optimizer under PML's ``lr_schedulers`` keys (:mod:`pml_anchors.app.lr_schedules`).
+* **Checkpoints** (:mod:`pml_anchors.app.checkpoints`): a dict of plain ``state_dict``\\ s (trunk, embedder, loss,
   optimizers, lr schedulers, grad scaler) with the config and epoch; loadable with
-  ``torch.load(weights_only=True)``. ``results.json``: :mod:`pml_anchors.results`.
-* **Baselines**: ``method="baseline:<name>"`` (:mod:`pml_anchors.baselines`), or pass any PML loss
+  ``torch.load(weights_only=True)``. ``results.json``: :mod:`pml_anchors.app.results`.
+* **Baselines**: ``method="baseline:<name>"`` (:mod:`pml_anchors.app.baselines`), or pass any PML loss
   (instance or factory ``f(num_classes, embedding_size)``) as ``loss=`` to :func:`run`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import logging
 import os
-import random
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pytorch_metric_learning import trainers
-from pytorch_metric_learning.utils import common_functions as c_f
 
-from .checkpoints import load_checkpoint, plain, save_checkpoint
-from .evaluation import evaluate, resolve_device
-from .lr_schedules import check_schedule, load_scheduler_state, make_lr_schedulers, step_plateau
-from .optim import param_groups
-from .recall_at_k import DEFAULT_RECALL_AT, check_recall_at
-from .registry import MethodSpec, build_loss, build_trainer_hooks
+from ..devices import resolve_device
+from ..evaluation.diagnostics import anchor_rows
+from ..evaluation.tester import evaluate
+from ..losses import AnchorLoss
+from ..plugin.api import build_loss, build_trainer_hooks, get_method
+from ..plugin.lazy import accepts_keyword
+from ..plugin.spec import MethodSpec
+from ..plugin.trainer_hooks import attach_hooks, chain_hooks, pml_progress_warning_hidden
+from .baselines import get_baseline, is_baseline
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import DEFAULT_EMBEDDING_SIZE, TrainConfig
+from .data import load_dataset
+from .lr_schedules import make_lr_schedulers, step_plateau
+from .models import build_backbone, compile_models, default_backbone
+from .optimizers import make_optimizers
 from .results import results_dict, write_json
-from .trainer_hooks import chain_hooks
+from .resume import check_resume, load_states
+from .seeding import epoch_seed, seed_everything, use_deterministic_algorithms
+from .trainer import AMPMetricLossOnly, amp_setup
 
-#: embedding width used when neither the config nor the loss sets one
-DEFAULT_EMBEDDING_SIZE = 64
-OPTIMIZERS = ("adam", "adamw", "sgd")
-#: config fields a resumed run must share with its checkpoint
-RESUME_KEYS = (
-    "method",
-    "dataset",
-    "protocol",
-    "seed",
-    "limit",
-    "loss_kwargs",
-    "backbone",
-    "embedding_size",
-    "lr_schedule",
-)
+__all__ = ["Session", "build", "build_models", "evaluate_session", "resolve_method", "run", "train"]
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run needs; JSON-friendly so that checkpoints can rebuild the run.
-
-    :param method: a registered method (name, alias or ``dist:name``) or ``"baseline:<name>"``.
-    :param embedding_size: ``None`` lets the loss derive it (e.g. polytopes) or uses
-        :data:`DEFAULT_EMBEDDING_SIZE`.
-    :param backbone: a :data:`pml_anchors.models.BACKBONES` key; ``None`` picks one for the input.
-    :param optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9), for every model and the
-        loss; the loss's parameter groups get ``lr`` times the method's ``lr_multipliers``.
-    :param lr_schedule: ``"constant"`` (default); ``"cosine"``: every optimizer's lr follows
-        ``lr * (1 + cos(pi * t / T)) / 2`` over the run's ``T = epochs * iterations_per_epoch`` steps;
-        ``"step"``: times ``lr_gamma`` (default 0.1) after each epoch in ``lr_milestones``;
-        ``"plateau"``: times ``lr_gamma`` when the epoch's mean training loss has not improved for
-        ``lr_patience`` (default 10) epochs. See :mod:`pml_anchors.lr_schedules`.
-    :param amp: mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU; see ``amp_dtype``).
-    :param limit: train on this many items (class-balanced); ``test_limit`` likewise.
-    :param output: folder for ``results.json`` and ``checkpoint.pt`` (written every epoch when
-        ``checkpoint_every_epoch``).
-    :param eval_every_epoch: evaluate after every epoch (``history``; used by ``bench``).
-    :param num_threads: ``torch.set_num_threads`` for the run (``None``: leave it). Tiny CPU models
-        are often fastest with 1, especially on a busy machine.
-    :param compile: compile the trunk's and the embedder's forward with ``torch.compile``
-        (:func:`pml_anchors.models.compile_models`; the loss is left eager, see ``docs/compile.md``);
-        ``compile_kwargs`` are ``torch.compile``'s ``backend``, ``mode``, ``dynamic``, ``fullgraph``, ``options``.
-    :param deterministic: also make GPU runs repeatable: :func:`use_deterministic_algorithms` (PyTorch's
-        deterministic mode, process-wide; an op without a deterministic kernel then raises, naming itself). CPU runs
-        are bit-reproducible from the seed without it.
-    :param dataloader_num_workers: DataLoader worker processes for training and evaluation (PML's
-        trainer and tester); 0 loads in the main process. Without random transforms the results do
-        not depend on it.
-    :param recall_at: the Ks of the ``recall_at_<K>`` metrics evaluated beside PML's (default 1, 2, 4, 8, the
-        Proxy Anchor paper's CUB/Cars columns; SOP's are 1, 10, 100, 1000); see :mod:`pml_anchors.recall_at_k`.
-    """
-
-    method: str
-    dataset: str = "digits"
-    data_root: str | None = None
-    protocol: str = "same_class"
-    epochs: int = 10
-    embedding_size: int | None = None
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    backbone: str | None = None
-    device: str = "auto"
-    amp: bool = False
-    seed: int = 0
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    hook_kwargs: dict[str, Any] = field(default_factory=dict)
-    limit: int | None = None
-    output: str | None = None
-    test_limit: int | None = None
-    amp_dtype: str | None = None
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataloader_num_workers: int = 0
-    eval_every_epoch: bool = False
-    eval_batch_size: int = 256
-    checkpoint_every_epoch: bool = True
-    num_threads: int | None = None
-    lr_schedule: str = "constant"
-    lr_milestones: list[int] = field(default_factory=list)
-    lr_gamma: float | None = None
-    lr_patience: int | None = None
-    compile: bool = False
-    compile_kwargs: dict[str, Any] = field(default_factory=dict)
-    deterministic: bool = False
-    recall_at: list[int] = field(default_factory=lambda: list(DEFAULT_RECALL_AT))
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.method, str) or not self.method:
-            raise ValueError(f"method must be a non-empty string, got {self.method!r}")
-        if self.optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        for name, low in (("epochs", 0), ("batch_size", 2), ("eval_batch_size", 1), ("dataloader_num_workers", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.embedding_size is not None and self.embedding_size < 1:
-            raise ValueError(f"embedding_size must be positive, got {self.embedding_size}")
-        self.lr_milestones = check_schedule(
-            self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
-        )
-        for name in ("compile", "deterministic", "amp"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        from .models import check_compile_kwargs
-
-        self.compile_kwargs = check_compile_kwargs(self.compile_kwargs)
-        self.recall_at = list(check_recall_at(self.recall_at))
-        if self.amp_dtype not in (None, "float16", "bfloat16"):
-            raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from a dict, ignoring keys this version does not know."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-# -- seeding, logging -----------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seed ``random``, numpy, torch (all devices) and PML's ``c_f.NUMPY_RANDOM``."""
-    seed = int(seed) % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    c_f.NUMPY_RANDOM = np.random.RandomState(seed)
-
-
-def use_deterministic_algorithms() -> None:
-    """Turn on PyTorch's deterministic mode for this process, so that a seeded GPU run repeats bit for bit.
-
-    ``torch.use_deterministic_algorithms(True)`` (which also makes cuDNN pick deterministic convolutions),
-    ``torch.backends.cudnn.benchmark = False``, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS needs it for
-    repeatable GEMMs; set only if unset, and effective only before this process's first cuBLAS call). An op that
-    has no deterministic kernel then raises a ``RuntimeError`` naming itself. It stays on for the rest of the process.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed every epoch starts from (so resumed and uninterrupted runs match)."""
-    return (int(seed) * 1_000_003 + int(epoch)) % 2**32
-
-
-def set_verbosity(verbose: bool) -> None:
-    """PML's logger at INFO (``verbose``) or WARNING (default: quiet)."""
-    c_f.LOGGER.setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-# -- the trainer ----------------------------------------------------------------------------------
-class AMPMetricLossOnly(trainers.MetricLossOnly):
-    """PML's ``MetricLossOnly`` with optional mixed precision (PML's trainers have none).
-
-    With ``amp_dtype=None`` this is exactly ``MetricLossOnly``. Otherwise the models' forward
-    (``compute_embeddings``: trunk and embedder) runs under ``torch.autocast`` with ``amp_dtype``
-    and the miner and loss get float32 embeddings, outside autocast: the loss is cheap next to the
-    backbone, more accurate in fp32, and PML losses whose ``cast_types`` rewrites ``W.data``
-    (ArcFace, CosFace, NormalizedSoftmax, ...) would otherwise turn their weights into fp16/bf16
-    for good. With a ``scaler`` (``torch.amp.GradScaler``, for fp16) the backward is scaled,
-    gradients are unscaled before PML's ``gradient_clippers`` and optimizers step through the
-    scaler (optimizers whose parameters got no gradient, e.g. frozen in a warm-up, are skipped).
-    """
-
-    def __init__(self, *args: Any, amp_dtype: torch.dtype | None = None, scaler: Any = None, **kwargs: Any):
-        self.amp_dtype = amp_dtype
-        self.scaler = scaler
-        super().__init__(*args, **kwargs)
-
-    def compute_embeddings(self, data):
-        if self.amp_dtype is None:
-            return super().compute_embeddings(data)
-        with torch.autocast(device_type=torch.device(self.data_device).type, dtype=self.amp_dtype):
-            embeddings = super().compute_embeddings(data)
-        return embeddings.float()
-
-    def backward(self):
-        if self.scaler is None:
-            return super().backward()
-        self.scaler.scale(self.losses["total_loss"]).backward()
-
-    def _optimizers_to_step(self) -> list[torch.optim.Optimizer]:
-        return [
-            opt
-            for key, opt in self.optimizers.items()
-            if c_f.regex_replace("_optimizer$", "", key) not in self.freeze_these
-            and any(p.grad is not None for group in opt.param_groups for p in group["params"])
-        ]
-
-    def clip_gradients(self):
-        if self.scaler is not None and self.gradient_clippers:
-            for opt in self._optimizers_to_step():
-                self.scaler.unscale_(opt)
-        super().clip_gradients()
-
-    def step_optimizers(self):
-        if self.scaler is None:
-            return super().step_optimizers()
-        for opt in self._optimizers_to_step():
-            self.scaler.step(opt)
-        self.scaler.update()
-
-
-def _amp_setup(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
-    if not config.amp:
-        return None, None
-    name = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
-    dtype = getattr(torch, name)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    return dtype, scaler
-
-
-# -- building -------------------------------------------------------------------------------------
 def resolve_method(name: str) -> tuple[MethodSpec, Callable[[], Any] | None]:
     """``(spec, miner factory or None)`` for a registered method or ``"baseline:<name>"``."""
-    from .baselines import get_baseline, is_baseline
-
     if is_baseline(name):
         baseline = get_baseline(name)
         return baseline.spec, baseline.miner
-    from .registry import get_method
-
     return get_method(name), None
 
 
 def derives_embedding_size(cls: type) -> bool:
-    from .losses import AnchorLoss
-
     return (
         isinstance(cls, type)
         and issubclass(cls, AnchorLoss)
         and cls.derive_embedding_size is not AnchorLoss.derive_embedding_size
     )
-
-
-def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """One optimizer of kind ``name`` (``adam``, ``adamw``, ``sgd`` with momentum 0.9)."""
-    name = name.lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-
-
-def make_optimizers(
-    trunk: torch.nn.Module, embedder: torch.nn.Module, loss: torch.nn.Module, config: TrainConfig, lr_multipliers=None
-) -> dict[str, torch.optim.Optimizer]:
-    """Optimizers under PML's keys; ``metric_loss_optimizer`` only if the loss has trainable parameters."""
-    optimizers = {
-        "trunk_optimizer": make_optimizer(config.optimizer, trunk.parameters(), config.lr, config.weight_decay),
-        "embedder_optimizer": make_optimizer(config.optimizer, embedder.parameters(), config.lr, config.weight_decay),
-    }
-    groups = param_groups(loss, config.lr, lr_multipliers)
-    if groups:
-        optimizers["metric_loss_optimizer"] = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
-    return optimizers
 
 
 @dataclass
@@ -407,18 +162,14 @@ def build_models(
 ) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, int, str]:
     """The seeded ``(trunk, embedder, loss, embedding width, backbone name)`` of ``config`` on ``device``: the part
     of :func:`build` that needs no data, only the inputs' ``(C, H, W)`` (also used to load a checkpoint for
-    inference, :mod:`pml_anchors.inference`). ``loss`` as in :func:`build`."""
-    from .models import build_backbone, default_backbone
-
+    inference, :mod:`pml_anchors.app.inference`). ``loss`` as in :func:`build`."""
     seed_everything(config.seed)
     width = config.embedding_size
     if loss is None:
         if width is None and not derives_embedding_size(spec.resolve_loss()):
             width = DEFAULT_EMBEDDING_SIZE
         loss_kwargs = dict(config.loss_kwargs)
-        from .registry import _accepts
-
-        if "seed" not in loss_kwargs and _accepts(spec.resolve_loss(), "seed"):
+        if "seed" not in loss_kwargs and accepts_keyword(spec.resolve_loss(), "seed"):
             loss_kwargs["seed"] = config.seed
         loss = build_loss(spec, num_classes, width, **loss_kwargs)
     elif not isinstance(loss, torch.nn.Module):
@@ -462,12 +213,9 @@ def build(
     :param num_classes: override ``splits.num_classes`` (to rebuild a checkpoint's loss).
     :param with_trainer: ``False`` builds models and loss only (for evaluation).
     """
-    from .data import load_dataset
-    from .models import compile_models
-
     checkpoint = load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
     if checkpoint is not None and with_trainer:
-        _check_resume(config, checkpoint)
+        check_resume(config, checkpoint)
     if loss is None:
         spec, registry_miner = resolve_method(config.method)  # fail fast on an unknown method
         miner = miner if miner is not None else (registry_miner() if registry_miner else None)
@@ -496,14 +244,14 @@ def build(
     session = Session(config, spec, splits, device, trunk, embedder, loss, width, backbone, n_classes, miner=miner)
     if not with_trainer:
         if checkpoint is not None:
-            _load_states(session, checkpoint, optimizers=False)
+            load_states(session, checkpoint, optimizers=False)
         return session
 
     if config.compile:
         compile_models(trunk, embedder, **config.compile_kwargs)
     session.optimizers = make_optimizers(trunk, embedder, loss, config, spec.lr_multipliers)
     session.hooks = build_trainer_hooks(spec, **config.hook_kwargs)
-    amp_dtype, session.scaler = _amp_setup(config, device)
+    amp_dtype, session.scaler = amp_setup(config.amp, config.amp_dtype, device)
     bookkeeper = _Bookkeeper(session)
     session.trainer = AMPMetricLossOnly(
         models={"trunk": trunk, "embedder": embedder},
@@ -536,56 +284,20 @@ def build(
     # for recipes that differ between pretrained and from-scratch trunks (e.g. frozen BatchNorm)
     session.trainer.pretrained_trunk = config.backbone_kwargs.get("weights_path") is not None
     if checkpoint is not None:
-        _load_states(session, checkpoint, optimizers=True)
+        load_states(session, checkpoint, optimizers=True)
     attach_hooks(session.hooks, session.trainer, session.start_epoch)
     return session
-
-
-def attach_hooks(hooks: Any, trainer: Any, start_epoch: int = 1) -> None:
-    """``hooks.attach(trainer)`` (when the hooks have one) before ``trainer.train()``, telling hooks where a
-    resumed run starts.
-
-    ``start_epoch`` is passed to ``attach`` when it accepts it, and is also set as
-    ``trainer.start_epoch`` (with ``trainer.epoch = start_epoch - 1``; PML sets ``epoch`` only inside
-    ``train()``).
-    """
-    import inspect
-
-    trainer.start_epoch = start_epoch
-    trainer.epoch = start_epoch - 1
-    if not callable(getattr(hooks, "attach", None)):  # optional: PML's protocol is only the two hook methods
-        return
-    try:
-        accepts = "start_epoch" in inspect.signature(hooks.attach).parameters
-    except (TypeError, ValueError):
-        accepts = False
-    if accepts:
-        hooks.attach(trainer, start_epoch=start_epoch)
-    else:
-        hooks.attach(trainer)
 
 
 def _loss_width(loss: Any, width: int | None) -> int:
     """The embedding width a loss expects: its own for an AnchorLoss, else ``width``, else its
     proxies' width, else :data:`DEFAULT_EMBEDDING_SIZE`."""
-    from .evaluation import anchor_rows
-    from .losses import AnchorLoss
-
     if isinstance(loss, AnchorLoss):
         return int(loss.embedding_size)
     if width is not None:
         return int(width)
     rows = anchor_rows(loss)
     return int(rows.shape[1]) if rows is not None else DEFAULT_EMBEDDING_SIZE
-
-
-@contextlib.contextmanager
-def pml_progress_warning_hidden() -> Iterator[None]:
-    """Hide the ``UserWarning`` PML's trainers raise every iteration by formatting the loss tensor for their
-    progress bar ("Converting a tensor with requires_grad=True to a scalar"); nothing else is filtered."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
-        yield
 
 
 def train(session: Session) -> Session:
@@ -619,100 +331,6 @@ def evaluate_session(session: Session, **options: Any) -> dict[str, Any]:
     )
 
 
-# -- resuming from a checkpoint (its format: pml_anchors.checkpoints) --------------------------------
-def _field_default(name: str) -> Any:
-    """A :class:`TrainConfig` field's default: the value of a field a checkpoint from an older version lacks."""
-    f = TrainConfig.__dataclass_fields__[name]
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def _check_resume(config: TrainConfig, checkpoint: Mapping[str, Any]) -> None:
-    saved = {k: checkpoint["config"].get(k, _field_default(k)) for k in RESUME_KEYS}
-    diff = [
-        f"{k}={saved[k]!r} (checkpoint) vs {getattr(config, k)!r}"
-        for k in RESUME_KEYS
-        if saved[k] != plain(getattr(config, k))
-    ]
-    if diff:
-        raise ValueError("cannot resume: the config differs from the checkpoint's: " + "; ".join(diff))
-
-
-def _load_states(session: Session, checkpoint: Mapping[str, Any], optimizers: bool) -> None:
-    for name in ("trunk", "embedder", "loss"):
-        getattr(session, name).load_state_dict(checkpoint[name])
-    if optimizers:
-        missing = set(session.optimizers) ^ set(checkpoint["optimizers"])
-        if missing:
-            raise ValueError(
-                f"checkpoint optimizers {sorted(checkpoint['optimizers'])} do not match {sorted(session.optimizers)}"
-            )
-        for key, opt in session.optimizers.items():
-            opt.load_state_dict(checkpoint["optimizers"][key])
-        schedulers = session.trainer.lr_schedulers if session.trainer is not None else {}
-        for key, state in (checkpoint.get("lr_schedulers") or {}).items():
-            if key in schedulers:
-                load_scheduler_state(schedulers[key], state)
-        if session.scaler is not None and checkpoint.get("scaler"):
-            session.scaler.load_state_dict(checkpoint["scaler"])
-    session.epoch = int(checkpoint["epoch"])
-    session.start_epoch = session.epoch + 1
-    session.train_seconds = float(checkpoint.get("train_seconds", 0.0))
-    session.history = list(checkpoint.get("history", []))
-
-
-def config_for_checkpoint(checkpoint: Mapping[str, Any], **overrides: Any) -> TrainConfig:
-    """The config that rebuilds a checkpoint's models and loss to load its weights into (no training).
-
-    ``overrides`` replace config fields (``None`` values are ignored). The models keep the checkpoint's
-    ``backbone``/``embedding_size``; nothing is written (``output=None``) or compiled, and no backbone weights file
-    is read (``weights_path`` dropped: the checkpoint has the trained weights).
-    """
-    values = dict(checkpoint["config"])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    backbone_kwargs = {k: v for k, v in values.get("backbone_kwargs", {}).items() if k != "weights_path"}
-    values.update(
-        embedding_size=checkpoint["embedding_size"],
-        backbone=checkpoint["backbone"],
-        backbone_kwargs=backbone_kwargs,
-        output=None,
-        compile=False,
-    )
-    return TrainConfig.from_dict(values)
-
-
-def session_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> Session:
-    """The models and loss of a checkpoint, rebuilt from its config for evaluation (no trainer).
-
-    ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
-    ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
-    ``num_classes`` and the models its ``backbone``/``embedding_size`` (:func:`config_for_checkpoint`).
-    """
-    checkpoint = load_checkpoint(path)
-    config = config_for_checkpoint(checkpoint, **overrides)
-    return build(config, resume=checkpoint, num_classes=checkpoint["num_classes"], with_trainer=False)
-
-
-def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
-    """Rebuild a run from its checkpoint's config and evaluate it.
-
-    ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
-    ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
-    ``num_classes`` and the models its ``backbone``/``embedding_size``.
-    """
-    session = session_from_checkpoint(path, **overrides)
-    metrics = evaluate_session(session)
-    return {
-        "checkpoint": str(path),
-        "method": session.spec.name,
-        "dataset": session.config.dataset,
-        "protocol": session.config.protocol,
-        "epoch": session.epoch,
-        "device": str(session.device),
-        **metrics,
-    }
-
-
-# -- the whole run --------------------------------------------------------------------------------
 def run(
     config: TrainConfig,
     *,

@@ -3,20 +3,26 @@
 For each method (every registered one, or those named: a method name, alias or ``dist:method``, or a plugin
 distribution for all of its methods) it resolves what registration leaves lazy (the loss class, the initializer,
 the trainer hooks) and, with ``--run``, runs the conformance check every plugin's own tests run
-(:func:`pml_anchors.conformance.check_method`: forward/backward, anchors, ``state_dict``, PML's ``MetricLossOnly``
+(:func:`pml_anchors.testing.check_method`: forward/backward, anchors, ``state_dict``, PML's ``MetricLossOnly``
 with the method's hooks, on the CPU). A plugin that failed to load, is incompatible or clashes counts as a failure.
 The exit status is 1 when anything failed, so plugin CI and deployment scripts can call it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import warnings
 from typing import Any
 
+from ..plugin.api import build_trainer_hooks, get_method, get_plugins, list_methods, resolve_initializer
+from ..plugin.settings import normalize_dist_name
+from ..testing.conformance import check_method
 
-def add_validate_parser(subparsers) -> None:
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "validate",
         help="check that installed methods resolve (and, with --run, pass the conformance check)",
@@ -39,16 +45,11 @@ def add_validate_parser(subparsers) -> None:
         help="--run: embedding width of the check's loss (default 8; 0 lets the loss derive it, e.g. a polytope's)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=run_validate)
+    p.set_defaults(func=run)
 
 
-def run_validate(args) -> int:
-    import os
-
+def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is first imported: no bars from the trainer runs
-    from .plugins import get_plugins, normalize_dist_name
-    from .registry import get_method, list_methods
-
     with warnings.catch_warnings():  # load failures are reported below, as failures
         warnings.simplefilter("ignore")
         plugins = {normalize_dist_name(r["name"]): r for r in get_plugins(all=True)}
@@ -99,9 +100,6 @@ def _plugin_row(plugin: dict[str, Any]) -> dict[str, Any]:
 
 def _check(spec: Any, run: bool, num_classes: int, embedding_size: int | None) -> dict[str, Any]:
     """Resolve ``spec``'s lazy parts (and run the conformance check): a row of the report."""
-    from .conformance import check_method
-    from .registry import build_trainer_hooks, resolve_initializer
-
     row = {"method": spec.name, "plugin": spec.plugin, "version": spec.plugin_version, "status": "ok", "detail": ""}
     try:
         cls = spec.resolve_loss()

@@ -9,7 +9,7 @@ Cars-196; K = 1, 10, 100, 1000 on SOP). Recall@1 equals PML's ``precision_at_1``
 PML documents custom metrics (a ``calculate_<name>`` method listed in ``requires_knn``), so it drops into any PML
 tester:
 
->>> from pml_anchors.recall_at_k import RecallAtKCalculator
+>>> from pml_anchors.evaluation.recall_at_k import RecallAtKCalculator
 >>> calculator = RecallAtKCalculator(k="max_bin_count", recall_at=(1, 2, 4, 8))  # doctest: +SKIP
 >>> calculator.get_accuracy(query, query_labels)["recall_at_4"]  # doctest: +SKIP
 

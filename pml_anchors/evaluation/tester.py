@@ -3,7 +3,7 @@
 * Retrieval: PML's ``GlobalEmbeddingSpaceTester`` with
   ``AccuracyCalculator(k="max_bin_count", include=METRICS)`` (faiss kNN), the test split queried
   against itself (query = gallery, the query itself excluded), plus Recall@K (``recall_at_1``,
-  ``recall_at_2``, ...; :mod:`pml_anchors.recall_at_k`, the calculator's subclass that adds them).
+  ``recall_at_2``, ...; :mod:`pml_anchors.evaluation.recall_at_k`, the calculator's subclass that adds them).
   Embeddings are L2-normalised before the kNN iff ``spec.normalize_embeddings`` (CAM and E-NCM are
   evaluated on raw Euclidean distances). Results use PML's metric names (``precision_at_1``, ...).
 * ``nearest_anchor_accuracy``: the loss used as a classifier (``loss.predict``, else the argmax of
@@ -18,26 +18,19 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 
+from ..devices import resolve_device
+from .diagnostics import anchor_angles, class_spread, module_device, predict
 from .recall_at_k import DEFAULT_RECALL_AT, RecallAtKCalculator, check_recall_at, recall_metric
+
+__all__ = ["METRICS", "RecordingTester", "embed", "evaluate", "make_tester"]
 
 #: the AccuracyCalculator metrics reported, under PML's names
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "mean_average_precision")
-
-
-def resolve_device(device: Any = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else → ``torch.device(device)``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available (use --device cpu or auto)")
-    return device
 
 
 class RecordingTester(GlobalEmbeddingSpaceTester):
@@ -84,66 +77,6 @@ def make_tester(
     )
 
 
-def anchor_rows(loss: Any) -> torch.Tensor | None:
-    """The loss's anchors/proxies as rows ``(N, d)`` (sub-centres flattened), or ``None``.
-
-    Knows ``anchors`` (pml-anchors), ``proxies`` (PML ProxyAnchor/ProxyNCA, ``C x d``), ``W``
-    (PML classifier losses, ``d x C``) and ``fc`` (PML SoftTriple, ``d x C*K``).
-    """
-    for attr, transpose in (("anchors", False), ("proxies", False), ("W", True), ("fc", True)):
-        value = getattr(loss, attr, None)
-        if torch.is_tensor(value) and value.ndim >= 2:
-            value = value.detach()
-            rows = value.T if transpose else value.reshape(-1, value.shape[-1])
-            return rows.float()
-    return None
-
-
-def predict(loss: Any, embeddings: torch.Tensor) -> torch.Tensor | None:
-    """Nearest-anchor labels: ``loss.predict`` or the argmax of ``loss.get_logits``; None if neither."""
-    with torch.no_grad():
-        if callable(getattr(loss, "predict", None)):
-            return loss.predict(embeddings)
-        if callable(getattr(loss, "get_logits", None)) and anchor_rows(loss) is not None:
-            try:
-                return loss.get_logits(embeddings).argmax(dim=1)
-            except NotImplementedError:
-                return None
-    return None
-
-
-def class_spread(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Mean distance to the own class mean, mean distance between class means, and their ratio."""
-    x = embeddings.detach().double().cpu()
-    y = labels.detach().reshape(-1).cpu()
-    classes, inverse = torch.unique(y, return_inverse=True)
-    means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype).index_add_(0, inverse, x)
-    means /= torch.bincount(inverse, minlength=len(classes)).unsqueeze(1).to(x.dtype)
-    intra = float((x - means[inverse]).norm(dim=1).mean())
-    if len(classes) < 2:
-        return {"intra_class_distance": intra, "inter_class_distance": float("nan"), "intra_class_spread": float("nan")}
-    d = torch.cdist(means, means)
-    inter = float(d[torch.triu_indices(len(classes), len(classes), 1).unbind()].mean())
-    return {
-        "intra_class_distance": intra,
-        "inter_class_distance": inter,
-        "intra_class_spread": intra / inter if inter > 0 else float("inf"),
-    }
-
-
-def anchor_angles(loss: Any) -> dict[str, float | None]:
-    """Smallest inter-anchor angle (degrees) and the method's target (``loss.target_min_angle()``)."""
-    from .anchors import min_pairwise_angle
-
-    rows = anchor_rows(loss)
-    angle = math.degrees(min_pairwise_angle(rows)) if rows is not None and rows.shape[0] > 1 else None
-    target = None
-    if callable(getattr(loss, "target_min_angle", None)):
-        value = loss.target_min_angle()  # radians, by the plugins' convention
-        target = None if value is None else math.degrees(float(value))
-    return {"min_anchor_angle_deg": angle, "target_min_anchor_angle_deg": target}
-
-
 def evaluate(
     trunk: torch.nn.Module,
     embedder: torch.nn.Module,
@@ -161,12 +94,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Retrieval metrics, nearest-anchor accuracy and geometry on ``splits.test`` (query = gallery).
 
-    :param splits: a :class:`~pml_anchors.data.DatasetSplits` (uses ``test``, ``protocol``,
+    :param splits: a :class:`~pml_anchors.app.data.DatasetSplits` (uses ``test``, ``protocol``,
         ``num_classes``).
     :param spec: the method's :class:`~pml_anchors.MethodSpec`; its ``normalize_embeddings``
         decides the kNN space unless ``normalize_embeddings`` is given.
     :param num_workers: the tester's DataLoader worker processes (0: the main process).
-    :param recall_at: the Ks of the ``recall_at_<K>`` metrics (:mod:`pml_anchors.recall_at_k`).
+    :param recall_at: the Ks of the ``recall_at_<K>`` metrics (:mod:`pml_anchors.evaluation.recall_at_k`).
     :returns: a JSON-friendly dict: the :data:`METRICS` under PML's names, ``recall_at_<K>``,
         ``nearest_anchor_accuracy`` (``None`` under ``open_set``), the geometry diagnostics,
         ``normalize_embeddings``, ``protocol`` and ``num_queries``.
@@ -188,7 +121,7 @@ def evaluate(
         if isinstance(loss_classes, int) and loss_classes > 0:
             num_classes = loss_classes if num_classes is None else min(num_classes, loss_classes)
         if num_classes is None or int(labels.max()) < num_classes:
-            pred = predict(loss, raw.to(_module_device(loss, raw.device)))
+            pred = predict(loss, raw.to(module_device(loss, raw.device)))
             if pred is not None:
                 result["nearest_anchor_accuracy"] = float((pred.cpu() == labels.cpu()).double().mean())
     if geometry:
@@ -196,14 +129,6 @@ def evaluate(
         result.update(anchor_angles(loss))
     result.update(normalize_embeddings=normalize_embeddings, protocol=protocol, num_queries=len(labels))
     return result
-
-
-def _module_device(module: Any, default: torch.device) -> torch.device:
-    """Device of the module's first parameter or buffer (``default`` if it has none)."""
-    if isinstance(module, torch.nn.Module):
-        for tensor in (*module.parameters(), *module.buffers()):
-            return tensor.device
-    return default
 
 
 def embed(

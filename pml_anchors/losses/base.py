@@ -14,10 +14,13 @@ computed from already validated inputs and a cast copy of the anchors) and
 * ``ref_emb`` rejected like PML's proxy losses; ``indices_tuple`` turned into per-sample weights
   with PML's ``convert_to_weights`` (subclasses decide how to apply them);
 * a clear error when a checkpoint's anchors do not fit this loss;
-* ``chunk_size``: stream the classes in chunks of that many anchor rows (see :mod:`pml_anchors.chunking`),
+* ``chunk_size``: stream the classes in chunks of that many anchor rows (see :mod:`pml_anchors.losses.logsumexp`),
   so that losses over a million classes fit in memory, with the same values and gradients;
 * :meth:`AnchorLoss.cached_anchors`: per-forward transforms of FIXED anchors (normalised copy, squared
-  norms, dtype casts) computed once and reused until the buffer changes.
+  norms, dtype casts) computed once and reused until the buffer changes;
+* :meth:`AnchorLoss.geometry` and :meth:`AnchorLoss.target_min_angle`: the anchors' diagnostics, which the base
+  :class:`~pml_anchors.TrainerHooks` records every epoch for every method (a method adds its own keys by
+  overriding :meth:`~AnchorLoss.geometry`).
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction, WeightRegular
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
+from ..anchors.diagnostics import min_pairwise_angle
+from ..plugin.api import resolve_initializer
+from ..validators import check_bool, check_seed, positive_int
+from .inputs import check_embeddings, check_label_range_and_finite, check_labels
+from .logsumexp import check_chunk_size
+
+__all__ = ["AnchorLoss", "AnchorsArg"]
+
 AnchorsArg = str | torch.Tensor | Callable[..., torch.Tensor] | None
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
@@ -55,7 +58,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     :param anchor_kwargs: extra keyword arguments for the initializer.
     :param check_finite: raise on NaN/Inf embeddings (one device sync per forward).
     :param chunk_size: ``None`` (default): all classes at once. A positive int: losses built on
-        :func:`pml_anchors.chunking.class_logsumexp` process the anchor rows in chunks of this many (whole
+        :func:`pml_anchors.losses.logsumexp.class_logsumexp` process the anchor rows in chunks of this many (whole
         classes), recomputing each chunk in backward: peak memory O(B * chunk_size) instead of
         O(B * num_classes), identical values and gradients (up to float rounding), one more GEMM.
     :param kwargs: PML's ``reducer``, ``distance``, ``weight_regularizer``, ``weight_reg_weight``,
@@ -82,19 +85,18 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         chunk_size: int | None = None,
         **kwargs: Any,
     ):
-        from .chunking import check_chunk_size
-
         chunk_size = check_chunk_size(chunk_size)
         custom_init = "weight_init_func" in kwargs
         super().__init__(**kwargs)
-        self.num_classes = _positive_int(num_classes, "num_classes")
+        self.num_classes = positive_int(num_classes, "num_classes")
         if embedding_size is None:
             embedding_size = self.derive_embedding_size(self.num_classes)
-        self.embedding_size = _positive_int(embedding_size, "embedding_size")
-        self.learnable = self.learnable_anchors if learnable is None else bool(learnable)
-        self.check_finite = check_finite
+        self.embedding_size = positive_int(embedding_size, "embedding_size")
+        learnable = check_bool(learnable, "learnable", optional=True)
+        self.learnable = self.learnable_anchors if learnable is None else learnable
+        self.check_finite = check_bool(check_finite, "check_finite")
         self.chunk_size = chunk_size
-        self.seed = seed
+        self.seed = check_seed(seed)
         tensor = self.build_anchors(self.default_anchors if anchors is None else anchors, seed, anchor_kwargs or {})
         if self.learnable:
             self.anchors = torch.nn.Parameter(tensor)
@@ -111,8 +113,6 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     def build_anchors(self, anchors: AnchorsArg, seed: int | None, anchor_kwargs: dict[str, Any]) -> torch.Tensor:
         if isinstance(anchors, str):
-            from .registry import resolve_initializer
-
             anchors = resolve_initializer(anchors)
         if callable(anchors) and not torch.is_tensor(anchors):
             tensor = anchors(self.num_classes, self.embedding_size, seed=seed, **anchor_kwargs)
@@ -204,49 +204,15 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     # -- validation -----------------------------------------------------------------------------
     def validate_embeddings(self, embeddings: Any) -> None:
-        if not torch.is_tensor(embeddings):
-            raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
-        if not embeddings.is_floating_point():
-            raise TypeError(
-                f"embeddings must be a floating-point tensor (float16, bfloat16, float32 or float64), got {embeddings.dtype}"
-            )
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
-            raise ValueError(
-                f"embeddings must have shape (batch_size, {self.embedding_size}) for this loss "
-                f"(embedding_size={self.embedding_size}), got {tuple(embeddings.shape)}"
-            )
+        """A floating-point (batch, embedding_size) tensor, or a ``TypeError``/``ValueError`` saying what was wrong."""
+        check_embeddings(embeddings, self.embedding_size)
 
     def validate_inputs(self, embeddings: Any, labels: Any) -> None:
+        """Embeddings as in :meth:`validate_embeddings`, one integer label in ``[0, num_classes)`` per embedding,
+        and (with ``check_finite``) no NaN or Inf embedding."""
         self.validate_embeddings(embeddings)
-        c_f.labels_required(labels)
-        if not torch.is_tensor(labels):
-            raise TypeError(f"labels must be a 1-D integer torch.Tensor, got {type(labels).__name__}")
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor (e.g. torch.long), got {labels.dtype}")
-        if labels.ndim != 1:
-            raise ValueError(f"labels must be a 1-D tensor of shape (batch_size,), got shape {tuple(labels.shape)}")
-        if labels.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"got {embeddings.shape[0]} embeddings but {labels.shape[0]} labels; they must match")
-        if embeddings.shape[0] == 0:
-            return
-        # One device sync for every data-dependent check, and few cheap ops: this runs every step. A finite
-        # sum proves every embedding finite (any NaN/Inf makes it NaN/Inf); a non-finite one (or an overflow)
-        # triggers the exact check below.
-        low, high = torch.aminmax(labels)
-        checks = [low.double(), high.double()]
-        if self.check_finite:
-            checks.append(embeddings.sum(dtype=torch.float32).double().to(labels.device))
-        values = torch.stack(checks).tolist()
-        low, high = int(values[0]), int(values[1])
-        if low < 0 or high >= self.num_classes:
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}) (num_classes={self.num_classes}), "
-                f"got values from {low} to {high}"
-            )
-        if self.check_finite and not math.isfinite(values[2]):
-            bad = (~torch.isfinite(embeddings)).any(dim=1).nonzero().flatten()[:5].tolist()
-            if bad:
-                raise ValueError(f"embeddings contain NaN or Inf (first bad rows: {bad})")
+        check_labels(labels, embeddings.shape[0])
+        check_label_range_and_finite(embeddings, labels, self.num_classes, check_finite=self.check_finite)
 
     # -- PML protocol ---------------------------------------------------------------------------
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
@@ -297,6 +263,28 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         """Nearest-anchor labels (argmax of :meth:`get_logits`)."""
         self.validate_embeddings(embeddings)
         return self.get_logits(embeddings).argmax(dim=1)
+
+    # -- diagnostics ----------------------------------------------------------------------------
+    def target_min_angle(self) -> float | None:
+        """The smallest angle (radians) the method builds or keeps between two anchors, e.g. Margin-RePoNet's
+        phi; ``None`` when the method has no such target (learnable proxies, Euclidean constraints)."""
+        return None
+
+    @torch.no_grad()
+    def geometry(self) -> dict[str, Any]:
+        """The anchors' diagnostics, recorded every epoch by the base :class:`~pml_anchors.TrainerHooks`:
+        ``min_anchor_angle_deg`` (smallest angle between two anchor rows, sub-centres included; NaN for one row),
+        ``mean_anchor_norm`` and, when :meth:`target_min_angle` is not ``None``, ``target_min_angle_deg``.
+        A method adds its own keys by overriding this and extending ``super().geometry()``."""
+        rows = self.anchors.detach().float().reshape(-1, self.anchors.shape[-1])
+        out: dict[str, Any] = {
+            "min_anchor_angle_deg": math.degrees(min_pairwise_angle(rows)) if rows.shape[0] > 1 else float("nan"),
+            "mean_anchor_norm": float(rows.norm(dim=1).mean()),
+        }
+        target = self.target_min_angle()
+        if target is not None:
+            out["target_min_angle_deg"] = math.degrees(target)
+        return out
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.learnable else "fixed"

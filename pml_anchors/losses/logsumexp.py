@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from ..validators import check_int
+
 __all__ = [
     "CosineRowsLogits",
     "LinearLogits",
@@ -108,11 +110,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def check_chunk_size(value: Any) -> int | None:
     """``None`` (no chunking) or a positive int."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"chunk_size must be None (no chunking) or a positive int, got {value!r}")
-    return value
+    return check_int(value, "chunk_size", minimum=1, optional=True)
 
 
 def _as_acc(z: torch.Tensor) -> torch.Tensor:

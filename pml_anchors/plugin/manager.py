@@ -1,85 +1,55 @@
-"""Plugin loading: entry points, failure isolation, environment variables, the load report.
+"""Plugin loading: entry points, the core's own plugin, plugin folders, failure isolation, the load report.
 
 Loading is lazy: ``import pml_anchors`` imports no plugin; the first registry access calls
-:meth:`PluginManager.load`. Each entry point of the ``pml_anchors`` group is loaded on its own, so
+:meth:`PluginManager.load`. The core's own geometries are a plugin too (:data:`CORE_PLUGIN_MODULES`, imported by
+name like llm's ``default_plugins``). Each entry point of the ``pml_anchors`` group is loaded on its own, so
 a plugin that raises on import (or implements a hook this version does not know) is skipped with a
 :class:`~pml_anchors.errors.PluginLoadWarning`, listed with its status and error by
-``pml-anchors plugins``, and named again when someone asks for a method it might provide.
-
-Environment variables (read each time plugins are loaded, see :func:`reset`):
-
-``PML_ANCHORS_LOAD_PLUGINS``
-    Comma-separated allowlist of distribution names; set but empty loads no plugin at all
-    (built-in methods included; the core geometries stay).
-``PML_ANCHORS_DISABLE_PLUGINS``
-    Comma-separated blocklist of distribution names.
-``PML_ANCHORS_STRICT_PLUGINS``
-    ``1`` turns load failures, invalid specs and duplicate names into exceptions.
-``PML_ANCHORS_PLUGINS_DIR``
-    Folders (separated by :data:`os.pathsep`) whose ``*.py`` files are loaded as one-off plugins named
-    after the file stem (``pml-anchors --plugins-dir`` prepends to it). The allowlist does not apply to
-    these explicit folders; the blocklist does (by stem).
+``pml-anchors plugins``, and named again when someone asks for a method it might provide. Which plugins load is
+decided by the environment variables of :mod:`pml_anchors.plugin.settings`.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import sys
 import traceback
-import types
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import pluggy
 
+from ..errors import DuplicateMethodError, IncompatiblePluginError, PluginLoadError, PluginLoadWarning
 from . import hookspecs
-from .errors import (
-    DuplicateMethodError,
-    IncompatiblePluginError,
-    InvalidMethodSpec,
-    PluginLoadError,
-    PluginLoadWarning,
+from .plugins_dir import import_file, plugin_files
+from .registry import Registry
+from .settings import (
+    ENV_DISABLE,
+    ENV_LOAD,
+    ENV_PLUGINS_DIR,
+    env_list,
+    normalize_dist_name,
+    plugins_dirs,
+    same_name,
+    strict_mode,
 )
-from .registry import InitializerEntry, MethodSpec, Registry, is_lazy_path, validate_spec
+from .staging import Staged
 
 ENTRY_POINT_GROUP = "pml_anchors"
 CORE_PLUGIN = "pml-anchors"
-ENV_LOAD = "PML_ANCHORS_LOAD_PLUGINS"
-ENV_DISABLE = "PML_ANCHORS_DISABLE_PLUGINS"
-ENV_STRICT = "PML_ANCHORS_STRICT_PLUGINS"
-ENV_PLUGINS_DIR = "PML_ANCHORS_PLUGINS_DIR"
-#: Parent package of the modules imported from plugins-dir files (``pml_anchors_plugins_dir.<stem>``).
-PLUGINS_DIR_PACKAGE = "pml_anchors_plugins_dir"
+#: The core's own plugin modules (its anchor geometries), registered by name before any entry point.
+CORE_PLUGIN_MODULES = ("pml_anchors.anchors.default_plugin",)
 #: Distributions shipped from this repository's ``plugins/`` folder. Used only to hide them from
 #: ``pml-anchors plugins`` without ``--all``; they load through entry points like any plugin.
 BUILTIN_DISTRIBUTIONS = frozenset(
     {"pml-anchors-ncm", "pml-anchors-cam", "pml-anchors-reponet", "pml-anchors-fsc", "pml-anchors-proxy-anchor"}
 )
 HOOK_ORDER = ("register_initializers", "register_methods")
-
-
-def normalize_dist_name(name: str) -> str:
-    return name.strip().lower().replace("_", "-").replace(".", "-")
-
-
-def _same_name(a: str, b: str) -> bool:
-    return normalize_dist_name(a) == normalize_dist_name(b)
-
-
-def _env_list(var: str) -> list[str] | None:
-    value = os.environ.get(var)
-    if value is None:
-        return None
-    return [normalize_dist_name(v) for v in value.split(",") if v.strip()]
-
-
-def strict_mode() -> bool:
-    return os.environ.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes", "on"}
+#: Files of this package, left out of the frame named in a load error (the plugin's own frame is named).
+_LOADER_FILES = frozenset({__file__, import_file.__code__.co_filename})
 
 
 @dataclass
@@ -126,14 +96,11 @@ class PluginManager:
         if self._loaded:
             return
         self._loaded = True
-        from . import anchors
-
-        self._register(
-            CORE_PLUGIN,
-            anchors,
-            PluginRecord(CORE_PLUGIN, _version("pml-anchors"), anchors.__name__, source="core", builtin=True),
-        )
-        allow, block = _env_list(ENV_LOAD), _env_list(ENV_DISABLE) or []
+        for module_name in CORE_PLUGIN_MODULES:  # by name: the core's plugin sits above this layer
+            module = importlib.import_module(module_name)
+            record = PluginRecord(CORE_PLUGIN, _version("pml-anchors"), module_name, source="core", builtin=True)
+            self._register(CORE_PLUGIN, module, record)
+        allow, block = env_list(ENV_LOAD), env_list(ENV_DISABLE) or []
         for dist_name, version, ep in _iter_entry_points():
             record = PluginRecord(
                 ep.name, version, ep.value, builtin=normalize_dist_name(dist_name) in BUILTIN_DISTRIBUTIONS
@@ -158,7 +125,7 @@ class PluginManager:
             record.status, record.error = skip
             self.records.setdefault(name, record)
             return
-        taken = next((r for r in self.records.values() if _same_name(r.name, name)), None)
+        taken = next((r for r in self.records.values() if same_name(r.name, name)), None)
         if taken is not None:  # names compare as in PML_ANCHORS_DISABLE_PLUGINS: "my_loss" is "my-loss"
             self._fail(record, f"plugin name {name!r} is already used by {taken.label}")
             self.records[f"{name} ({origin})"] = record
@@ -178,19 +145,17 @@ class PluginManager:
         after its stem, imported as ``pml_anchors_plugins_dir.<stem>``; a folder that does not exist is
         recorded as a failed plugin named after the folder (a warning, or an error in strict mode).
         """
-        for folder in _plugins_dirs():
+        for folder in plugins_dirs():
             if not os.path.isdir(folder):
                 record = PluginRecord(folder, source="plugins_dir")
                 self.records[folder] = record
                 self._fail(record, f"{ENV_PLUGINS_DIR} names {folder!r}, which is not a directory")
                 continue
-            for path in sorted(Path(folder).glob("*.py")):
-                if path.name.startswith(("_", ".")) or not path.is_file():
-                    continue
+            for path in plugin_files(folder):
                 record = PluginRecord(path.stem, module=str(path), source="plugins_dir")
                 disabled = normalize_dist_name(path.stem) in block
                 skip = ("disabled", f"disabled by {ENV_DISABLE}") if disabled else None
-                self._load_one(record, lambda path=path: _import_file(path), skip, str(path))
+                self._load_one(record, lambda path=path: import_file(path), skip, str(path))
 
     def _register(self, name: str, plugin: Any, record: PluginRecord) -> None:
         self.records[name] = record
@@ -232,46 +197,24 @@ class PluginManager:
         return self._registry
 
     def _build_registry(self) -> Registry:
-        registry = Registry(notes=self._failure_notes)
+        registry = Registry(notes=self._failure_notes, label=self.label)
         for name, plugin in self._objects.items():
             record = self.records[name]
             record.methods, record.initializers, record.conflicts = [], [], []
-            staged_specs: list[MethodSpec] = []
-            staged_inits: list[InitializerEntry] = []
-
-            def register_initializer(init_name, initializer, *, aliases=(), _plugin=name, _staged=staged_inits):
-                if not isinstance(init_name, str) or not init_name.isidentifier():
-                    raise InvalidMethodSpec(
-                        f"plugin {_plugin!r}: initializer name must be an identifier, got {init_name!r}"
-                    )
-                if any(e.name == init_name for e in _staged):
-                    raise InvalidMethodSpec(f"plugin {_plugin!r} registered initializer {init_name!r} twice")
-                if not (callable(initializer) or is_lazy_path(initializer)):
-                    raise InvalidMethodSpec(
-                        f"plugin {_plugin!r}: initializer {init_name!r} must be a callable or a lazy "
-                        f"'package.module:function' string, got {initializer!r}"
-                    )
-                _staged.append(InitializerEntry(init_name, initializer, _plugin, tuple(aliases)))
-
-            def register_method(spec, _plugin=name, _staged=staged_specs, _version=record.version):
-                spec = validate_spec(spec, _plugin)
-                if any(s.name == spec.name for s in _staged):
-                    raise InvalidMethodSpec(f"plugin {_plugin!r} registered method {spec.name!r} twice")
-                _staged.append(_stamp(spec, _plugin, _version))
-
+            staged = Staged(name, record.version)
             try:
-                self._call(plugin, "register_initializers", register=register_initializer)
-                self._call(plugin, "register_methods", register=register_method)
+                self._call(plugin, "register_initializers", register=staged.register_initializer)
+                self._call(plugin, "register_methods", register=staged.register_method)
             except IncompatiblePluginError as exc:  # MethodSpec.requires_api excludes this version
                 self._fail(record, str(exc), exc, status="incompatible")
                 continue
             except Exception as exc:  # noqa: BLE001 - a bad plugin must not take the others down
                 self._fail(record, _describe(exc), exc)
                 continue
-            for entry in staged_inits:
+            for entry in staged.initializers:
                 registry.add_initializer(entry)
                 record.initializers.append(entry.name)
-            for spec in staged_specs:
+            for spec in staged.methods:
                 registry.add_method(spec)
                 record.methods.append(spec.name)
         duplicates = registry.duplicates()
@@ -328,15 +271,14 @@ class PluginManager:
         self.records.pop(name, None)
         self._registry = None
 
+    def label(self, name: str | None) -> str:
+        """How plugin ``name`` is named in messages (``"name version"``, or a plugins-dir file's path)."""
+        record = self.records.get(name or "")
+        return record.label if record else str(name)
+
     def plugin_reports(self) -> list[PluginRecord]:
         self.registry()
         return [self.records[k] for k in sorted(self.records, key=lambda k: (self.records[k].source != "core", k))]
-
-
-def _stamp(spec: MethodSpec, plugin: str, version: str | None) -> MethodSpec:
-    from dataclasses import replace
-
-    return replace(spec, plugin=plugin, plugin_version=version)
 
 
 def _iter_entry_points():
@@ -352,35 +294,6 @@ def _iter_entry_points():
         seen.add(key)
         found.append((dist_name, version, ep))
     return sorted(found, key=lambda item: (normalize_dist_name(item[0]), item[2].name))
-
-
-def _plugins_dirs() -> list[str]:
-    """The folders named by ``PML_ANCHORS_PLUGINS_DIR``, absolute, without repeats."""
-    value = os.environ.get(ENV_PLUGINS_DIR, "")
-    return list(dict.fromkeys(os.path.abspath(p) for p in value.split(os.pathsep) if p.strip()))
-
-
-def _import_file(path: Path) -> types.ModuleType:
-    """Import ``path`` as ``pml_anchors_plugins_dir.<stem>``, in ``sys.modules`` before it runs (so that
-    dataclasses and pickling of what it defines work). Each load (after :func:`reset`) runs the file again."""
-    if not path.stem.isidentifier():
-        raise ImportError(f"{path.name!r} is not a valid Python module name; rename the file (letters, digits, _)")
-    package = sys.modules.get(PLUGINS_DIR_PACKAGE)
-    if package is None:
-        package = types.ModuleType(PLUGINS_DIR_PACKAGE, f"Plugins loaded from {ENV_PLUGINS_DIR} folders.")
-        package.__path__ = []  # a package, so that "pml_anchors_plugins_dir.<stem>" can be imported by name
-        sys.modules[PLUGINS_DIR_PACKAGE] = package
-    module_name = f"{PLUGINS_DIR_PACKAGE}.{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    setattr(package, path.stem, module)
-    return module
 
 
 def _version(dist_name: str) -> str | None:
@@ -399,57 +312,7 @@ def _describe(exc: BaseException) -> str:
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
-        if f.filename != __file__ and not f.filename.startswith("<frozen")
+        if f.filename not in _LOADER_FILES and not f.filename.startswith("<frozen")
     ]
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
-
-
-_MANAGER: PluginManager | None = None
-
-
-def get_plugin_manager() -> PluginManager:
-    global _MANAGER
-    if _MANAGER is None:
-        _MANAGER = PluginManager()
-    return _MANAGER
-
-
-def load_plugins() -> PluginManager:
-    """Load every plugin now (normally done lazily on first registry access)."""
-    manager = get_plugin_manager()
-    manager.registry()
-    return manager
-
-
-def reset() -> None:
-    """Forget every loaded plugin and in-process registration; the next access reloads (tests)."""
-    global _MANAGER
-    _MANAGER = None
-
-
-def register_plugin(plugin: Any, name: str | None = None) -> str:
-    """Register an in-process plugin (a module, class or object with ``@hookimpl`` functions).
-
-    Handy in notebooks and tests; returns the name it was registered under.
-    """
-    return get_plugin_manager().register_plugin(plugin, name)
-
-
-def unregister_plugin(name: str) -> None:
-    """Remove an in-process plugin registered with :func:`register_plugin`."""
-    get_plugin_manager().unregister_plugin(name)
-
-
-def get_plugins(all: bool = True) -> list[dict[str, Any]]:  # noqa: A002 - mirrors `pml-anchors plugins --all`
-    """The load report: one dict per plugin with name, version, hooks, methods, status and error.
-
-    ``all=False`` hides the core and the built-in distributions of this repository.
-    """
-    reports = get_plugin_manager().plugin_reports()
-    return [r.as_dict() for r in reports if all or not r.builtin]
-
-
-def plugin_label(name: str | None) -> str:
-    record = get_plugin_manager().records.get(name or "")
-    return record.label if record else str(name)

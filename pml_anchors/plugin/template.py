@@ -1,6 +1,6 @@
-"""``pml-anchors new-plugin``: render the plugin template into a new plugin project.
+"""The plugin template and its renderer (``pml-anchors new-plugin``): a new plugin project from one name.
 
-The template ships inside this package (``pml_anchors/plugin_template/``, package data), so the
+The template ships inside this package (``pml_anchors/plugin/plugin_template/``, package data), so the
 command works from an installed wheel. Template files end in ``.tmpl`` (so that pytest, ruff and
 setuptools never treat them as code); ``{{key}}`` placeholders are filled in file contents and
 in path names; a leading ``dot-`` in a file name becomes ``.`` (``dot-gitignore`` → ``.gitignore``).
@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-TEMPLATE_PACKAGE = "pml_anchors"
+from ..version import PLUGIN_API_VERSION
+
+TEMPLATE_PACKAGE = "pml_anchors.plugin"
 TEMPLATE_DIR = "plugin_template"
 TEMPLATE_SUFFIX = ".tmpl"
 DIST_PREFIX = "pml-anchors-"
@@ -67,8 +69,6 @@ class PluginNames:
 
 def pml_anchors_requirement() -> str:
     """The dependency a plugin written against this version declares: ``pml-anchors>=0.1,<0.2``."""
-    from . import PLUGIN_API_VERSION
-
     major, minor = (int(p) for p in PLUGIN_API_VERSION.split(".")[:2])
     return f"pml-anchors>={major}.{minor},<{major}.{minor + 1}"
 
@@ -202,27 +202,3 @@ def next_steps(names: PluginNames, target: Path) -> str:
             "Walk-through: docs/plugins/tutorial.md in the pml-anchors source repository (not in the installed package).",
         ]
     )
-
-
-# -- CLI ----------------------------------------------------------------------------------------
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "new-plugin",
-        help="create a new plugin project from the template",
-        description="Render the pml-anchors plugin template into DIR/pml-anchors-NAME/.",
-    )
-    p.add_argument(
-        "name", metavar="NAME", help="plugin name, e.g. 'center-loss' (→ distribution pml-anchors-center-loss)"
-    )
-    p.add_argument("--dir", default=".", help="folder in which to create the project (default: current folder)")
-    p.add_argument("--method", help="method name in the registry (default: NAME with '_' for '-')")
-    p.add_argument("--description", help="one-line description (pyproject, MethodSpec.description)")
-    p.add_argument("--author", help="author name for pyproject.toml")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    names = derive_names(args.name, method=args.method, description=args.description, author=args.author)
-    target = new_plugin(names, args.dir)
-    print(next_steps(names, target))
-    return 0

@@ -1,106 +1,35 @@
-"""Test kit for plugin authors (also a ``pytest11`` plugin, so the fixtures are always available).
+"""Test kit for plugin authors; its fixtures are a ``pytest11`` plugin (:mod:`pml_anchors.testing.fixtures`), so
+they are available in every pytest session once pml-anchors is installed.
 
-* ``pml_registry`` fixture: an isolated registry with entry-point discovery blocked (and no
-  ``PML_ANCHORS_PLUGINS_DIR``); add the plugin under test with ``pml_registry.add_plugin(module_or_object)``.
-* :func:`check_method`: the conformance check every plugin runs in its own tests::
+* :func:`check_method`: the conformance check every plugin runs in its own tests
+  (:mod:`~pml_anchors.testing.conformance`; also ``pml-anchors validate --run``)::
 
       from pml_anchors.testing import check_method
 
       def test_conformance():
           check_method("my_method")
 
-Heavy imports happen inside functions so that loading this pytest plugin costs nothing.
+* ``pml_registry`` fixture: an isolated registry with entry-point discovery blocked (and no
+  ``PML_ANCHORS_PLUGINS_DIR``); add the plugin under test with ``pml_registry.add_plugin(module_or_object)``;
+* :func:`make_plugin_env`: a virtualenv with plugin projects pip-installed, for end-to-end entry-point tests.
+
+Importing this package imports neither pytest nor torch (``pml-anchors validate`` uses :func:`check_method`).
 """
 
 from __future__ import annotations
 
-import os
+from importlib import import_module
 from typing import Any
-
-import pytest
 
 from .conformance import ConformanceError, check_method
 
+_FIXTURES = ("IsolatedRegistry", "make_plugin_env", "pml_registry")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FIXTURES:  # these import pytest
+        return getattr(import_module(f"{__name__}.fixtures"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["ConformanceError", "IsolatedRegistry", "check_method", "make_plugin_env", "pml_registry"]
-
-
-class IsolatedRegistry:
-    """Handle returned by the ``pml_registry`` fixture."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def add_plugin(self, plugin: Any, name: str | None = None) -> str:
-        from .plugins import register_plugin
-
-        name = register_plugin(plugin, name)
-        self.names.append(name)
-        return name
-
-    def remove_plugin(self, name: str) -> None:
-        from .plugins import unregister_plugin
-
-        unregister_plugin(name)
-        self.names.remove(name)
-
-
-@pytest.fixture
-def pml_registry(monkeypatch):
-    """An empty registry (core geometries only): installed plugins and plugins-dir files are not loaded."""
-    from . import plugins
-
-    monkeypatch.setenv(plugins.ENV_LOAD, "")
-    monkeypatch.delenv(plugins.ENV_DISABLE, raising=False)
-    monkeypatch.delenv(plugins.ENV_STRICT, raising=False)
-    monkeypatch.setenv(plugins.ENV_PLUGINS_DIR, "")  # set, not deleted: restored even if `--plugins-dir` sets it
-    plugins.reset()
-    handle = IsolatedRegistry()
-    yield handle
-    plugins.reset()
-
-
-def make_plugin_env(path: Any, *project_dirs: Any) -> str:
-    """Create a virtualenv at ``path`` that sees the current environment, pip-install the given
-    plugin projects into it (``--no-deps``), and return its Python executable.
-
-    The new environment reuses this environment's packages (torch is not reinstalled) through a
-    ``.pth`` file, so installing a plugin there never touches the running environment. For
-    end-to-end tests of entry-point discovery with real distributions.
-    """
-    import subprocess
-    import sysconfig
-    import venv
-    from pathlib import Path
-
-    path = Path(path)
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(path)
-    python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    site_dir = subprocess.check_output(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
-    ).strip()
-    parents = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in sorted(parents))
-    Path(site_dir, "_pml_anchors_parent_env.pth").write_text(lines)
-    if project_dirs:
-        import shutil
-
-        copies = []  # build from copies so the source trees get no build/ or .egg-info
-        for d in project_dirs:
-            copies.append(path / "src" / Path(d).name)
-            shutil.copytree(d, copies[-1], ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--no-build-isolation",
-                "--no-index",
-                *[str(d) for d in copies],
-            ],
-            check=True,
-            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-        )
-    return str(python)

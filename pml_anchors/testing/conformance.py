@@ -9,8 +9,16 @@ use ``assert`` statements, so it also checks under ``python -O``. Nothing here i
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
+
+from ..plugin.api import build_loss, build_trainer_hooks, get_method
+from ..plugin.lazy import accepts_keyword
+from ..plugin.spec import MethodSpec, validate_spec
+from ..plugin.trainer_hooks import attach_hooks, chain_hooks, pml_progress_warning_hidden
+
+__all__ = ["ConformanceError", "check_method"]
 
 
 class ConformanceError(AssertionError):
@@ -18,8 +26,6 @@ class ConformanceError(AssertionError):
 
 
 def _resolve_spec(name_or_spec: Any):
-    from .registry import MethodSpec, get_method, validate_spec
-
     if isinstance(name_or_spec, MethodSpec):
         return validate_spec(name_or_spec, name_or_spec.plugin or "<check_method>")
     return get_method(name_or_spec)
@@ -49,8 +55,6 @@ def check_method(
     """
     import torch
     from pytorch_metric_learning.losses import BaseMetricLossFunction
-
-    from .registry import build_loss, build_trainer_hooks
 
     spec = _resolve_spec(name_or_spec)
     kwargs = dict(loss_kwargs or {})
@@ -128,22 +132,16 @@ def check_method(
 
 
 def _takes_seed(spec) -> bool:
-    from .registry import _accepts
-
-    return _accepts(spec.resolve_loss(), "seed")
+    return accepts_keyword(spec.resolve_loss(), "seed")
 
 
 def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epochs: int, where: str) -> float:
     """``epochs`` x ``iterations`` of PML's MetricLossOnly (no miner) on tiny separable data."""
-    import logging
-
-    import torch
+    import torch  # torch, PML and the losses layer only when a check runs: pytest loads this module every session
     from pytorch_metric_learning import trainers
     from pytorch_metric_learning.utils import common_functions as c_f
 
-    from .optim import param_groups
-    from .trainer_hooks import chain_hooks
-    from .training import attach_hooks, pml_progress_warning_hidden
+    from ..losses.lr_multipliers import param_groups
 
     generator = torch.Generator().manual_seed(1)
     n = 16 * num_classes
@@ -185,7 +183,7 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epo
         end_of_iteration_hook=chain_hooks(hooks.end_of_iteration_hook, record),
         end_of_epoch_hook=method_epoch_hook,
     )
-    attach_hooks(hooks, trainer)  # the same call pml_anchors.training makes (attach is optional)
+    attach_hooks(hooks, trainer)  # the same call pml_anchors.app makes (attach is optional)
     with pml_progress_warning_hidden():
         trainer.train(num_epochs=epochs)
     if stopped_after:

@@ -2,8 +2,9 @@
 Content-Based Image Retrieval").
 
 Registers the method ``cam`` (learnable class anchors; attractor + repeller + minimum-norm terms on raw
-Euclidean embeddings) and the initializer ``standard_normal``. Nothing here imports torch: the loss and
-hooks are lazy ``"module:attr"`` strings and the initializer imports torch only when called.
+Euclidean embeddings) and the initializer ``standard_normal``. Nothing here imports torch: the loss is a lazy
+``"module:attr"`` string and the initializer imports torch only when called. The anchors are learnable: the base
+trainer hooks warn if no optimizer steps them, and record the loss's geometry every epoch.
 """
 
 from pml_anchors import MethodSpec, hookimpl
@@ -30,7 +31,6 @@ def register_methods(register):
             name="cam",
             loss="pml_anchors_cam.cam_loss:ClassAnchorMarginLoss",
             initializer=standard_normal,
-            trainer_hooks="pml_anchors_cam.hooks:CAMHooks",
             normalize_embeddings=False,  # trained and retrieved with raw L2 distances
             paper=PAPER,
             description=(

@@ -22,7 +22,6 @@ can be closer than 2m and re-searches only anchors that moved, so a step costs O
 from __future__ import annotations
 
 import math
-import numbers
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 from pytorch_metric_learning.distances import LpDistance
 
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.validators import check_bool, check_real
 
 from .initializers import standard_normal
 from .repeller import NeighborList, _centred, _gram_d2, repeller_blocked, repeller_on_pairs
@@ -84,16 +84,13 @@ class ClassAnchorMarginLoss(AnchorLoss):
         neighbor_skin: float | None = None,
         **kwargs: Any,
     ):
-        self.margin = _non_negative(margin, "margin", "paper: 2")
-        self.min_norm = _non_negative(min_norm, "min_norm", "paper: 1")
-        if not isinstance(batch_classes_only, bool):
-            raise TypeError(f"batch_classes_only must be a bool, got {type(batch_classes_only).__name__}")
-        if neighbor_list is not None and not isinstance(neighbor_list, bool):
-            raise TypeError(f"neighbor_list must be None or a bool, got {type(neighbor_list).__name__}")
-        if neighbor_skin is not None:
-            neighbor_skin = _non_negative(neighbor_skin, "neighbor_skin", "default: margin")
-            if neighbor_skin == 0:
-                raise ValueError("neighbor_skin must be > 0 (or None for the default, margin)")
+        self.margin = check_real(margin, "margin (m of eq. 2; paper: 2)", minimum=0.0)
+        self.min_norm = check_real(min_norm, "min_norm (p of eq. 3; paper: 1)", minimum=0.0)
+        check_bool(batch_classes_only, "batch_classes_only")
+        check_bool(neighbor_list, "neighbor_list", optional=True)
+        neighbor_skin = check_real(
+            neighbor_skin, "neighbor_skin (None: the margin)", minimum=0.0, open_min=True, optional=True
+        )
         self.batch_classes_only = batch_classes_only
         self.neighbor_list = neighbor_list
         self.neighbor_skin = neighbor_skin
@@ -202,11 +199,13 @@ class ClassAnchorMarginLoss(AnchorLoss):
             return -torch.cdist(embeddings.to(anchors.dtype), anchors)
 
     @torch.no_grad()
-    def geometry(self) -> dict[str, float]:
-        """Smallest inter-anchor distance against 2m, smallest anchor norm against p, pairs inside 2m."""
+    def geometry(self) -> dict[str, Any]:
+        """The base diagnostics plus what eq. 2-3 constrain: the smallest inter-anchor distance against 2m, the
+        smallest anchor norm against p, and the anchor pairs still inside 2m (CAM has no target angle)."""
         anchors = self.anchors.detach().to(torch.float64)
         norms = anchors.norm(dim=1)
         out = {
+            **super().geometry(),
             "min_anchor_norm": float(norms.min()),
             "target_min_norm": self.min_norm,
             "target_min_distance": 2.0 * self.margin,
@@ -216,10 +215,6 @@ class ClassAnchorMarginLoss(AnchorLoss):
             out["min_anchor_distance"] = math.sqrt(min_d2)
             out["pairs_within_margin"] = within
         return out
-
-    def target_min_angle(self) -> None:
-        """CAM constrains Euclidean distances (>= 2m), not angles: no target angle."""
-        return None
 
     def extra_repr(self) -> str:
         return (
@@ -245,9 +240,3 @@ def _pair_distance_stats(anchors: torch.Tensor, reach: float, block_entries: int
             min_d2 = min(min_d2, float(d2.min()))
             within += int((d2 < reach * reach).sum())
     return min_d2, within
-
-
-def _non_negative(value: Any, name: str, note: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 ({note}), got {value!r}")
-    return float(value)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-import numbers
+from pml_anchors.validators import check_real, check_seed, positive_int
 
 
 def standard_normal(num_classes, embedding_size, *, seed=None, dtype=None, std=1.0):
@@ -17,13 +16,9 @@ def standard_normal(num_classes, embedding_size, *, seed=None, dtype=None, std=1
     """
     import torch
 
-    for value, name in ((num_classes, "num_classes"), (embedding_size, "embedding_size")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be None or an int, got {type(seed).__name__} {seed!r}")
-    if isinstance(std, bool) or not isinstance(std, numbers.Real) or not math.isfinite(std) or std <= 0:
-        raise ValueError(f"std must be a finite number > 0, got {std!r}")
-    generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-    draw = torch.randn(int(num_classes), int(embedding_size), generator=generator, dtype=torch.float64)
-    return (draw * float(std)).to(dtype or torch.get_default_dtype())
+    k, d = positive_int(num_classes, "num_classes"), positive_int(embedding_size, "embedding_size")
+    seed = check_seed(seed)
+    std = check_real(std, "std", minimum=0.0, open_min=True)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    draw = torch.randn(k, d, generator=generator, dtype=torch.float64)
+    return (draw * std).to(dtype or torch.get_default_dtype())

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from pml_anchors.chunking import once_differentiable
+from pml_anchors.losses.logsumexp import once_differentiable
 
 __all__ = ["NeighborList", "repeller_blocked", "repeller_on_pairs"]
 

@@ -223,7 +223,7 @@ def test_training_in_pml_metric_loss_only_lowers_the_loss_and_moves_the_anchors(
 def test_attach_warns_when_anchors_are_not_optimised():
     hooks = pml_anchors.get_trainer_hooks("cam")
     trainer = types.SimpleNamespace(loss_funcs={"metric_loss": make()}, optimizers={})
-    with pytest.warns(RuntimeWarning, match="metric_loss_optimizer"):
+    with pytest.warns(RuntimeWarning, match=r"no optimizer of the trainer steps \(anchors\).*metric_loss_optimizer"):
         hooks.attach(trainer)
 
 
@@ -309,12 +309,13 @@ def test_miner_weights_scale_only_the_attractor():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        ({"margin": -1.0}, ValueError, "margin must be a finite number >= 0"),
+        ({"margin": -1.0}, ValueError, r"margin \(m of eq. 2; paper: 2\) must be a finite number >= 0, got -1.0"),
         ({"margin": float("nan")}, ValueError, "margin"),
-        ({"margin": "2"}, ValueError, "margin"),
-        ({"min_norm": -0.5}, ValueError, "min_norm must be a finite number >= 0"),
+        ({"margin": "2"}, TypeError, "margin .* got str '2'"),
+        ({"min_norm": -0.5}, ValueError, r"min_norm \(p of eq. 3; paper: 1\) must be a finite number >= 0"),
         ({"min_norm": float("inf")}, ValueError, "min_norm"),
-        ({"batch_classes_only": 1}, TypeError, "batch_classes_only must be a bool"),
+        ({"neighbor_skin": 0.0}, ValueError, r"neighbor_skin \(None: the margin\) must be None or a finite number > 0"),
+        ({"batch_classes_only": 1}, TypeError, "batch_classes_only must be True or False, got 1"),
         ({"distance": CosineSimilarity()}, TypeError, "raw Euclidean"),
         ({"distance": LpDistance()}, TypeError, "normalize_embeddings=False"),
         ({"anchors": torch.zeros(4, 2)}, ValueError, r"shape \(3, 2\)"),
@@ -352,5 +353,5 @@ def test_plugin_import_is_torch_free():
 
 def test_check_method():
     report = check_method("cam")
-    assert report["hooks"] == "CAMHooks" and math.isfinite(report["trainer_loss"])
+    assert report["hooks"] == "TrainerHooks" and math.isfinite(report["trainer_loss"])
     check_method("cam", loss_kwargs={"batch_classes_only": True})

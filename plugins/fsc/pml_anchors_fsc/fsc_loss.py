@@ -11,26 +11,25 @@ where the compactness term L_sc-c is a SUM over the batch (eq. 7) and k* is the 
 sub-centre (``assign``).
 
 The cross-entropy term, ``logsumexp(all K*s sub-logits) - logsumexp(own s sub-logits)`` (the same value and
-gradient as the log-softmax over all K*s sub-classes), comes from :func:`pml_anchors.chunking.class_cross_entropy`:
-one GEMM reduced in place with a hand-written backward, no (B, K, s) log-probability copy; ``chunk_size=``
+gradient as the log-softmax over all K*s sub-classes), comes from
+:func:`pml_anchors.losses.logsumexp.class_cross_entropy`: one GEMM reduced in place with a hand-written backward, no (B, K, s) log-probability copy; ``chunk_size=``
 streams the sub-centres in chunks of whole classes.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from typing import Any
 
 import torch
 
-from pml_anchors.chunking import LinearLogits, class_cross_entropy
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.logsumexp import LinearLogits, class_cross_entropy
+from pml_anchors.validators import check_choice, check_real, positive_int
 
-__all__ = ["ASSIGN_MODES", "FixedSubCenterLoss"]
+__all__ = ["ASSIGN_MODES", "FixedSubCenterLoss", "intra_class_cosine"]
 
-#: How L_sc-c picks the sub-centre of each sample (METHODS.md §5.2 item 1).
+#: How L_sc-c picks the sub-centre of each sample: the paper does not say (see ``FixedSubCenterLoss``).
 ASSIGN_MODES = ("logit", "distance", "all")
 DEFAULT_SUB_CENTERS = 4
 
@@ -38,7 +37,7 @@ DEFAULT_SUB_CENTERS = 4
 def _initializer_options(anchors: Any) -> set[str]:
     """The keyword options a name/callable initializer accepts, of ``sub_centers`` and ``variance``."""
     if isinstance(anchors, str):
-        from pml_anchors.registry import get_initializer
+        from pml_anchors.plugin.api import get_initializer
 
         anchors = get_initializer(anchors)
     if torch.is_tensor(anchors) or not callable(anchors):
@@ -96,24 +95,10 @@ class FixedSubCenterLoss(AnchorLoss):
         if sub_centers is None:
             is_3d = torch.is_tensor(anchors) and anchors.ndim == 3
             sub_centers = int(anchors.shape[1]) if is_3d else DEFAULT_SUB_CENTERS
-        if isinstance(sub_centers, bool) or not isinstance(sub_centers, numbers.Integral) or sub_centers < 1:
-            raise ValueError(f"sub_centers must be a positive int, got {sub_centers!r}")
-        if (
-            isinstance(variance, bool)
-            or not isinstance(variance, numbers.Real)
-            or not (math.isfinite(variance) and variance >= 0)
-        ):
-            raise ValueError(
-                f"variance (sigma^2 of eq. 5, a variance, not a std) must be a finite number >= 0, got {variance!r}"
-            )
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        if assign not in ASSIGN_MODES:
-            raise ValueError(f"assign must be one of {', '.join(map(repr, ASSIGN_MODES))}; got {assign!r}")
-        self.sub_centers = int(sub_centers)
-        self.variance = float(variance)
-        self.beta = float(beta)
-        self.assign = assign
+        self.sub_centers = positive_int(sub_centers, "sub_centers")
+        self.variance = check_real(variance, "variance (sigma^2 of eq. 5, a variance, not a std)", minimum=0.0)
+        self.beta = check_real(beta, "beta", minimum=0.0)
+        self.assign = check_choice(assign, "assign", ASSIGN_MODES)
 
         anchor_kwargs = dict(kwargs.pop("anchor_kwargs", None) or {})
         clash = sorted({"sub_centers", "variance"} & set(anchor_kwargs))
@@ -191,12 +176,28 @@ class FixedSubCenterLoss(AnchorLoss):
         self.validate_embeddings(embeddings)
         return self._sub_logits(embeddings, self.cast_anchors(embeddings))
 
-    def target_min_angle(self) -> float | None:
-        """F-SC has no target angle between anchors (its sub-centres are random)."""
-        return None
+    @torch.no_grad()
+    def geometry(self) -> dict[str, Any]:
+        """The base diagnostics (F-SC has no target angle: its sub-centres are random) and ``intra_class_cos``,
+        the mean cosine between sub-centres of the same class: whether sigma^2 keeps them apart (about
+        (1/3) / (1/3 + d sigma^2) at initialisation, from eq. 4-5)."""
+        return {**super().geometry(), "intra_class_cos": intra_class_cosine(self.anchors)}
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, sub_centers={self.sub_centers}, variance={self.variance:g}, "
             f"beta={self.beta:g}, assign={self.assign!r}"
         )
+
+
+def intra_class_cosine(anchors: torch.Tensor) -> float:
+    """Mean cosine between distinct sub-centres of the same class for (K, s, d) anchors; NaN if s = 1."""
+    w = anchors.detach().to(torch.float64)
+    if w.ndim != 3 or w.shape[1] < 2:
+        return float("nan")
+    s = w.shape[1]
+    unit = torch.nn.functional.normalize(w, dim=2)
+    summed = unit.sum(dim=1)  # sum_{j,k} cos_jk = ||sum_j u_j||^2; the diagonal contributes s (0 for zero rows)
+    diagonal = unit.square().sum(dim=(1, 2))
+    off = (summed.square().sum(dim=1) - diagonal) / (s * (s - 1))
+    return float(off.mean())

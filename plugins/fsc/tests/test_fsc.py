@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from pml_anchors_fsc.fsc_loss import FixedSubCenterLoss
-from pml_anchors_fsc.hooks import FSCTrainerHooks, intra_class_cosine
+from pml_anchors_fsc.fsc_loss import FixedSubCenterLoss, intra_class_cosine
 
 import pml_anchors
+from pml_anchors import TrainerHooks
 from pml_anchors.anchors import gaussian_subcenters
 from pml_anchors.testing import check_method
 
 F64 = torch.float64
-# METHODS.md §7.6: class 0 = {(1,0), (0,2)}, class 1 = {(-1,0), (0,-1)}
+# closed-form oracle: class 0 = {(1,0), (0,2)}, class 1 = {(-1,0), (0,-1)}
 ORACLE_W = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[-1.0, 0.0], [0.0, -1.0]]], dtype=F64)
 ORACLE_X = torch.tensor([[0.5, 0.5], [-1.0, 0.2]], dtype=F64)
 ORACLE_Y = torch.tensor([0, 1])
@@ -113,7 +113,7 @@ def test_gradcheck_embeddings_and_learnable_subcenters(assign):
 # -- conformance, construction, errors --------------------------------------------------------
 def test_check_method():
     report = check_method("fsc")
-    assert report["hooks"] == "FSCTrainerHooks" and math.isfinite(report["loss"])
+    assert report["hooks"] == "TrainerHooks" and math.isfinite(report["loss"])
 
 
 def test_method_spec_and_defaults():
@@ -126,7 +126,7 @@ def test_method_spec_and_defaults():
     assert loss.anchors.shape == (10, 4, 16) and list(loss.parameters()) == []
     assert "anchors" in dict(loss.named_buffers())
     assert torch.equal(loss.anchors, gaussian_subcenters(10, 16, seed=0, sub_centers=4, variance=1e-3))
-    assert isinstance(pml_anchors.get_trainer_hooks("fsc"), FSCTrainerHooks)
+    assert type(pml_anchors.get_trainer_hooks("fsc")) is TrainerHooks
 
 
 def test_sub_centers_and_variance_reach_the_initializer():
@@ -161,21 +161,21 @@ def test_anchors_shape_errors():
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,error,match",
     [
-        ({"sub_centers": 0}, "sub_centers must be a positive int"),
-        ({"sub_centers": "4"}, "sub_centers must be a positive int"),
-        ({"sub_centers": True}, "sub_centers must be a positive int"),
-        ({"variance": -1e-3}, "variance"),
-        ({"variance": float("inf")}, "variance"),
-        ({"beta": -1.0}, "beta must be"),
-        ({"beta": float("nan")}, "beta must be"),
-        ({"assign": "max"}, "assign must be one of 'logit', 'distance', 'all'"),
-        ({"anchor_kwargs": {"variance": 0.1}}, "pass variance as FixedSubCenterLoss options"),
+        ({"sub_centers": 0}, ValueError, "sub_centers must be a positive int, got 0"),
+        ({"sub_centers": "4"}, TypeError, "sub_centers must be a positive int, got str '4'"),
+        ({"sub_centers": True}, TypeError, "sub_centers must be a positive int, got bool True"),
+        ({"variance": -1e-3}, ValueError, r"variance \(sigma\^2 of eq. 5, a variance, not a std\) must be a finite"),
+        ({"variance": float("inf")}, ValueError, "variance"),
+        ({"beta": -1.0}, ValueError, "beta must be a finite number >= 0, got -1.0"),
+        ({"beta": float("nan")}, ValueError, "beta must be"),
+        ({"assign": "max"}, ValueError, "assign must be one of 'logit', 'distance', 'all'"),
+        ({"anchor_kwargs": {"variance": 0.1}}, ValueError, "pass variance as FixedSubCenterLoss options"),
     ],
 )
-def test_bad_hyper_parameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_hyper_parameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
         fsc(3, 4, **kwargs)
 
 
@@ -264,7 +264,7 @@ def test_hooks_log_geometry_and_intra_class_cosine():
     brute = ((gram.sum(dim=(1, 2)) - 3) / 6).mean().item()
     assert intra_class_cosine(w) == pytest.approx(brute, abs=1e-6)
     assert math.isnan(intra_class_cosine(w[:, :1]))
-    hooks = FSCTrainerHooks()
+    hooks = pml_anchors.get_trainer_hooks("fsc")
     hooks.end_of_epoch_hook(_Trainer(fsc(4, 6, anchors=w), 1))
     (record,) = hooks.history
     assert record["epoch"] == 1 and record["intra_class_cos"] == pytest.approx(brute, abs=1e-6)

@@ -10,9 +10,9 @@ with fixed anchors a_c and
 
 No scale, no margin, no bias. Prediction is the nearest anchor (eq. 3).
 
-The loss runs on :func:`pml_anchors.chunking.class_cross_entropy` (C-NCM) or :func:`~pml_anchors.chunking.
-class_logsumexp` over the other classes plus the own class's exact distance (E-NCM): one GEMM, the logits
-transformed and reduced in place, the backward written out (in the same buffer), and the fixed anchors'
+The loss runs on :func:`pml_anchors.losses.logsumexp.class_cross_entropy` (C-NCM) or
+:func:`~pml_anchors.losses.logsumexp.class_logsumexp` over the other classes plus the own class's exact distance
+(E-NCM): one GEMM, the logits transformed and reduced in place, the backward written out (in the same buffer), and the fixed anchors'
 normalised copy (C-NCM) or squared norms (E-NCM) computed once and cached. ``chunk_size=`` streams the
 classes in chunks (same values and gradients) for very large K.
 """
@@ -20,21 +20,21 @@ classes in chunks (same values and gradients) for very large K.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pml_anchors.anchors import min_pairwise_angle, min_pairwise_angle_if_cheap
-from pml_anchors.chunking import (
+from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.logsumexp import (
     LinearLogits,
     NegEuclideanLogits,
     class_cross_entropy,
     class_logsumexp,
     cross_entropy_from_lse,
 )
-from pml_anchors.losses import AnchorLoss
+from pml_anchors.validators import check_bool, check_choice, check_real
 
 from .tiered import ncm_tier, ncm_tiered
 
@@ -119,18 +119,15 @@ class NCMLoss(AnchorLoss):
         eps: float = 1e-12,
         **kwargs: Any,
     ):
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
-        if not isinstance(squared, bool):
-            raise TypeError(f"squared must be a bool, got {type(squared).__name__} {squared!r}")
+        check_choice(metric, "metric", METRICS)
+        check_bool(squared, "squared")
         if squared and metric != "euclidean":
             raise ValueError("squared=True applies to the Euclidean metric (E-NCM) only, not to metric='cosine'")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+        eps = check_real(eps, "eps", minimum=0.0, open_min=True)
         super().__init__(num_classes, embedding_size, **kwargs)
         self.metric = metric
         self.squared = squared
-        self.eps = float(eps)
+        self.eps = eps
         self._design_angle = _design_min_angle(self.anchors, tiered=kwargs.get("anchors") is None)
 
     # -- scores ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Default NCM anchors: the tiered rule of METHODS.md §3.2, randomly assigned to classes.
+"""Default NCM anchors: a tiered rule for any K and d, randomly assigned to classes.
 
 Hao et al. (arXiv 1804.08087, §3.2) ask for unit anchors (eq. 9) that are as far apart as possible (eq. 10),
 "each of which is randomly assigned to one category". The paper only constructs them for d = 2 (a regular
@@ -15,11 +15,10 @@ Tiers 3-5 are our extension: the paper does not say what to do for K > d >= 3.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from pml_anchors import anchors as geometry
+from pml_anchors.validators import check_seed, positive_int
 
 __all__ = ["NCM_TIERS", "ncm_tier", "ncm_tiered"]
 
@@ -27,16 +26,10 @@ __all__ = ["NCM_TIERS", "ncm_tier", "ncm_tiered"]
 NCM_TIERS = ("one_hot", "polygon", "simplex", "orthoplex", "spread")
 
 
-def _count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def ncm_tier(num_classes, embedding_size) -> str:
     """Which geometry the tiered NCM rule uses for K = ``num_classes`` anchors in d = ``embedding_size``."""
-    k = _count(num_classes, "num_classes")
-    d = _count(embedding_size, "embedding_size")
+    k = positive_int(num_classes, "num_classes")
+    d = positive_int(embedding_size, "embedding_size")
     if k <= d:
         return "one_hot"
     if d == 2:
@@ -67,8 +60,7 @@ def ncm_tiered(num_classes, embedding_size, *, seed=None, dtype=None, permute=Tr
     """
     tier = ncm_tier(num_classes, embedding_size)
     k, d = int(num_classes), int(embedding_size)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be None or an int, got {type(seed).__name__} {seed!r}")
+    check_seed(seed)
     if tier == "one_hot":
         rows = geometry.one_hot(k, d, dtype=dtype)
     elif tier == "polygon":

@@ -12,20 +12,19 @@
   mean 0 / variance 1, and a warm-up of random features trains the embedder on noise. On MNIST with a small CNN
   trained from scratch, the recipe with both on reached P@1 0.9925 against 0.9940 without them (3 epochs);
 * gradient clipping by value (``clip_grad_value_(..., 10)``) of the trunk, embedder and loss parameters;
-* anchor geometry logging (inherited from :class:`~pml_anchors.TrainerHooks`).
+* anchor geometry logging (``loss.geometry()``, inherited from :class:`~pml_anchors.TrainerHooks`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import warnings
 from typing import Any
 
 import torch
 
-from pml_anchors.trainer_hooks import TrainerHooks
+from pml_anchors.plugin import TrainerHooks
+from pml_anchors.validators import check_bool, check_int, check_real
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class ProxyAnchorHooks(TrainerHooks):
         ends (for the whole run when ``warmup_epochs=0``), as the official code does. ``None`` (default): on for a
         pretrained trunk (official CUB/Cars setting; off for SOP/In-shop), off for one trained from scratch.
     :param pretrained_trunk: whether the trunk starts from pretrained weights, which decides the ``None`` defaults
-        above. ``None``: ``trainer.pretrained_trunk`` if the trainer has it (``pml_anchors.training`` sets it from
+        above. ``None``: ``trainer.pretrained_trunk`` if the trainer has it (``pml_anchors.app.session`` sets it from
         the backbone weights), else :func:`trunk_looks_pretrained` at :meth:`attach` time, and a trunk with no
         BatchNorm statistics to tell from counts as pretrained (the official recipe). Pass it explicitly when
         resuming your own pipeline: a resumed from-scratch trunk has trained statistics.
@@ -97,32 +96,23 @@ class ProxyAnchorHooks(TrainerHooks):
         **kwargs: Any,
     ):
         super().__init__(log_geometry_every=log_geometry_every, **kwargs)
-        if warmup_epochs is not None and (
-            isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, numbers.Integral) or warmup_epochs < 0
-        ):
-            raise ValueError(f"warmup_epochs must be an int >= 0 or None, got {warmup_epochs!r}")
-        for name, value in (("freeze_bn", freeze_bn), ("pretrained_trunk", pretrained_trunk)):
-            if value is not None and not isinstance(value, bool):
-                raise TypeError(f"{name} must be True, False or None, got {value!r}")
-        if clip_grad_value is not None and (
-            isinstance(clip_grad_value, bool)
-            or not isinstance(clip_grad_value, numbers.Real)
-            or not math.isfinite(clip_grad_value)
-            or clip_grad_value <= 0
-        ):
-            raise ValueError(f"clip_grad_value must be a finite number > 0 or None, got {clip_grad_value!r}")
-        self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
+        warmup_epochs = check_int(warmup_epochs, "warmup_epochs", minimum=0, optional=True)
+        check_bool(freeze_bn, "freeze_bn", optional=True)
+        check_bool(pretrained_trunk, "pretrained_trunk", optional=True)
+        clip_grad_value = check_real(clip_grad_value, "clip_grad_value", minimum=0.0, open_min=True, optional=True)
+        self.warmup_epochs = warmup_epochs
         self.freeze_bn = freeze_bn
         self.pretrained_trunk = pretrained_trunk
         #: what :meth:`attach` applied: ``{"pretrained_trunk", "warmup_epochs", "freeze_bn"}``
         self.recipe: dict[str, Any] = {}
-        self.clip_grad_value = None if clip_grad_value is None else float(clip_grad_value)
+        self.clip_grad_value = clip_grad_value
         self._frozen: list[torch.nn.Parameter] = []  # parameters this object froze and will unfreeze
         self._warmup_until = 0
 
     def attach(self, trainer: Any, start_epoch: int = 1) -> None:
         """Install the recipe on a PML trainer. Pass ``start_epoch`` when resuming with ``train(start_epoch=...)``
         so that a finished warm-up is not repeated."""
+        super().attach(trainer, start_epoch)
         trunk = trainer.models["trunk"]
         warmup_epochs, freeze_bn = self._resolve_recipe(trainer, trunk)
         in_warmup = start_epoch <= warmup_epochs

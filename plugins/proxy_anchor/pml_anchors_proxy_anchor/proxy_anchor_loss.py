@@ -14,7 +14,7 @@ but:
 * one (B x d) @ (d x K) GEMM per batch against the *raw* proxies, their normalisation folded into a column
   scaling (no normalised K x d copy; its Jacobian is applied to the K x d weight gradient in place), and one
   B x K tensor in all, which the backward turns into the gradient in place: the negative term is one
-  column-wise log-sum-exp with the positives left out (:func:`pml_anchors.chunking.class_logsumexp`); the
+  column-wise log-sum-exp with the positives left out (:func:`pml_anchors.losses.logsumexp.class_logsumexp`); the
   positive term only touches the B positive entries (a segment log-sum-exp over classes with
   ``scatter_reduce`` / ``index_add``), its gradient entering the same B x K gradient. The backward (eq. 6)
   is written out. No one-hot B x K masks, no concatenated zero column (PML materialises about ten B x K
@@ -26,27 +26,23 @@ but:
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import torch
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from pytorch_metric_learning.reducers import DivisorReducer
 
-from pml_anchors.chunking import CosineRowsLogits, LinearLogits, acc_dtype, class_logsumexp, once_differentiable
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.logsumexp import (
+    CosineRowsLogits,
+    LinearLogits,
+    acc_dtype,
+    class_logsumexp,
+    once_differentiable,
+)
+from pml_anchors.validators import check_real
 
 __all__ = ["ProxyAnchorLoss", "proxy_anchor_from_cosine"]
-
-
-def _check_hyper(value: Any, name: str, *, strict: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    if (value <= 0) if strict else (value < 0):
-        bound = "> 0" if strict else ">= 0"
-        raise ValueError(f"{name} must be {bound} (Proxy Anchor eq. 4), got {value!r}")
-    return float(value)
 
 
 class _L2Normalize(torch.autograd.Function):
@@ -233,8 +229,8 @@ class ProxyAnchorLoss(AnchorLoss):
     default_anchors = "kaiming_normal"
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.1, alpha: float = 32, **kwargs: Any):
-        margin = _check_hyper(margin, "margin", strict=False)
-        alpha = _check_hyper(alpha, "alpha", strict=True)
+        margin = check_real(margin, "margin (delta of eq. 4)", minimum=0.0)
+        alpha = check_real(alpha, "alpha (eq. 4)", minimum=0.0, open_min=True)
         super().__init__(num_classes, embedding_size, **kwargs)
         if not isinstance(self.distance, DotProductSimilarity) or self.distance.power != 1:
             raise ValueError(
@@ -320,10 +316,6 @@ class ProxyAnchorLoss(AnchorLoss):
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine similarities to the proxies (B x K), as PML's ``get_logits``."""
         return self.distance(embeddings, self.cast_anchors(embeddings))
-
-    def target_min_angle(self) -> float | None:
-        """Proxies are learned; the method sets no target angle between them."""
-        return None
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, alpha={self.alpha}"

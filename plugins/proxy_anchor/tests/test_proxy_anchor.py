@@ -17,8 +17,8 @@ from pytorch_metric_learning.regularizers import LpRegularizer
 from pytorch_metric_learning.utils import common_functions as c_f
 
 import pml_anchors
+from pml_anchors.plugin.trainer_hooks import chain_hooks
 from pml_anchors.testing import check_method
-from pml_anchors.trainer_hooks import chain_hooks
 
 F64 = torch.float64
 
@@ -392,19 +392,19 @@ def test_empty_batch_gives_zero_with_a_graph():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        (dict(alpha=0), "alpha must be > 0"),
-        (dict(alpha=-1.0), "alpha must be > 0"),
-        (dict(alpha=float("nan")), "alpha must be a finite real number"),
-        (dict(alpha=True), "alpha must be a finite real number"),
-        (dict(margin=-0.1), "margin must be >= 0"),
-        (dict(margin="0.1"), "margin must be a finite real number"),
-        (dict(distance=LpDistance()), "needs a cosine similarity"),
+        (dict(alpha=0), ValueError, r"alpha \(eq. 4\) must be a finite number > 0, got 0"),
+        (dict(alpha=-1.0), ValueError, r"alpha \(eq. 4\) must be a finite number > 0, got -1.0"),
+        (dict(alpha=float("nan")), ValueError, r"alpha \(eq. 4\) must be a finite number > 0, got nan"),
+        (dict(alpha=True), TypeError, r"alpha \(eq. 4\) must be a finite number > 0, got bool True"),
+        (dict(margin=-0.1), ValueError, r"margin \(delta of eq. 4\) must be a finite number >= 0, got -0.1"),
+        (dict(margin="0.1"), TypeError, r"margin \(delta of eq. 4\) must be a finite number >= 0, got str '0.1'"),
+        (dict(distance=LpDistance()), ValueError, "needs a cosine similarity"),
     ],
 )
-def test_bad_hyper_parameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_hyper_parameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
         ProxyAnchorLoss(5, 4, **kwargs)
 
 
@@ -615,7 +615,7 @@ def pretrain_batchnorm(trainer):
     [
         ("fresh", False),
         ("statistics", True),  # BatchNorm statistics differ from their initial 0 / 1
-        ("trainer_says_no", False),  # trainer.pretrained_trunk (set by pml_anchors.training) beats the statistics
+        ("trainer_says_no", False),  # trainer.pretrained_trunk (set by pml_anchors.app.session) beats the statistics
         ("trainer_says_yes", True),
         ("kwarg", True),  # pretrained_trunk=True beats a fresh trunk
     ],
@@ -669,7 +669,7 @@ def test_trunk_looks_pretrained():
         (dict(freeze_bn=1), TypeError),
         (dict(pretrained_trunk="yes"), TypeError),
         (dict(warmup_epochs=-1), ValueError),
-        (dict(warmup_epochs=1.5), ValueError),
+        (dict(warmup_epochs=1.5), TypeError),
         (dict(clip_grad_value=0), ValueError),
         (dict(clip_grad_value=float("inf")), ValueError),
         (dict(lr=1.0), TypeError),
@@ -726,7 +726,8 @@ def test_cuda_equals_pml_and_fp16_autocast_is_finite():
 
 @pytest.mark.parametrize("with_weights", [False, True])
 def test_harness_applies_warmup_and_frozen_bn_only_to_a_pretrained_trunk(with_weights, tmp_path):
-    from pml_anchors.training import TrainConfig, build
+    from pml_anchors.app.config import TrainConfig
+    from pml_anchors.app.session import build
 
     config = dict(method="proxy_anchor", epochs=1, limit=64, test_limit=64, batch_size=32, device="cpu")
     backbone_kwargs = {"width": 8}

@@ -23,7 +23,6 @@ def register_methods(register):
             name="reponet",
             loss="pml_anchors_reponet.reponet_loss:RePoNetLoss",
             initializer=None,  # the loss builds the polytope chosen by its ``polytope`` option
-            trainer_hooks="pml_anchors_reponet.hooks:RePoNetHooks",
             normalize_embeddings=True,
             paper=PAPER,
             description=(

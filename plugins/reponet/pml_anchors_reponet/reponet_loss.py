@@ -12,7 +12,7 @@ orthoplex pi/2, cube arccos((d-2)/d).
 
 The loss is one GEMM of the normalised features against the cached normalised (fixed) classifier, the
 cross-entropy taken as ``softplus(logsumexp_{j != y} kappa cos theta_j - kappa cos(theta_y + m))`` by
-:func:`pml_anchors.chunking.class_logsumexp` (hand-written backward, no B x rows patch or mask);
+:func:`pml_anchors.losses.logsumexp.class_logsumexp` (hand-written backward, no B x rows patch or mask);
 ``chunk_size=`` streams the rows in chunks for very large classifiers.
 """
 
@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
 
 from pml_anchors import anchors as geometry
-from pml_anchors.chunking import LinearLogits, class_logsumexp, cross_entropy_from_lse
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.logsumexp import LinearLogits, class_logsumexp, cross_entropy_from_lse
+from pml_anchors.validators import check_choice, check_real
 
-POLYTOPES = ("simplex", "orthoplex", "cube")
+POLYTOPES = geometry.POLYTOPES
 FALLBACKS = ("arcface", "easy", "none")
 
 
@@ -85,18 +86,16 @@ class RePoNetLoss(AnchorLoss):
         named = anchors if isinstance(anchors, str) and anchors in POLYTOPES else None
         if polytope is None:
             polytope = named or "simplex"
-        if polytope not in POLYTOPES:
-            raise ValueError(f"polytope must be one of {', '.join(map(repr, POLYTOPES))}; got {polytope!r}")
+        check_choice(polytope, "polytope", POLYTOPES)
         if named is not None and named != polytope:
             raise ValueError(f"anchors={named!r} contradicts polytope={polytope!r}; give one of them")
         if named is not None:
             kwargs.pop("anchors")
             anchors = None
-        if fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {', '.join(map(repr, FALLBACKS))}; got {fallback!r}")
+        check_choice(fallback, "fallback", FALLBACKS)
         if not isinstance(drop_unused, bool):
             raise TypeError(f"drop_unused must be a bool, got {type(drop_unused).__name__}")
-        self.scale = _check_scale(scale)
+        self.scale = check_real(scale, "scale (paper: 30)", minimum=0.0, open_min=True)
         margin_value = _check_margin(margin)
         # Set before AnchorLoss.__init__, which derives the width and builds the anchors through our overrides.
         self.polytope = polytope
@@ -175,6 +174,15 @@ class RePoNetLoss(AnchorLoss):
     def target_min_angle(self) -> float:
         """phi in radians: the smallest angle between two classifier rows (eq. 10-12)."""
         return self.phi
+
+    @torch.no_grad()
+    def geometry(self) -> dict[str, Any]:
+        """The base diagnostics (with ``target_min_angle_deg`` = phi), ``geometry_ok`` (the smallest angle is >= phi
+        up to 1e-4 degrees; false only if custom or learnable rows drifted below phi) and ``margin_deg`` (m)."""
+        out = super().geometry()
+        out["geometry_ok"] = bool(out["min_anchor_angle_deg"] >= out["target_min_angle_deg"] - 1e-4)
+        out["margin_deg"] = math.degrees(self.margin)
+        return out
 
     def get_default_distance(self) -> CosineSimilarity:
         return CosineSimilarity()
@@ -273,22 +281,11 @@ def _check_width(embedding_size: Any, polytope: str, num_classes: int, width: in
         )
 
 
-def _check_scale(scale: Any) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a finite number > 0 (paper: 30), got {scale!r}")
-    return float(scale)
-
-
 def _check_margin(margin: Any) -> float | None:
     """``None`` for ``"auto"``; else the margin in radians, which must lie in [0, pi]."""
     if isinstance(margin, str):
         if margin != "auto":
             raise ValueError(f"margin must be 'auto' or a number of radians in [0, pi], got {margin!r}")
         return None
-    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin):
-        raise ValueError(f"margin must be 'auto' or a number of radians in [0, pi], got {margin!r}")
-    if not 0 <= margin <= math.pi:
-        raise ValueError(
-            f"margin must lie in [0, pi] radians, got {margin!r} (PML's ArcFaceLoss takes degrees; this loss radians)"
-        )
-    return float(margin)
+    name = "margin ('auto' or radians in [0, pi]; PML's ArcFaceLoss takes degrees, this loss radians)"
+    return check_real(margin, name, minimum=0.0, maximum=math.pi)

@@ -448,7 +448,7 @@ def test_plugin_import_is_torch_free():
 
 def test_check_method_derived_width():
     report = check_method("reponet", embedding_size=None)
-    assert report["hooks"] == "RePoNetHooks" and math.isfinite(report["trainer_loss"])
+    assert report["hooks"] == "TrainerHooks" and math.isfinite(report["trainer_loss"])
 
 
 @pytest.mark.parametrize("poly,drop_unused", [("orthoplex", False), ("cube", False), ("cube", True)])

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from .errors import naming_rejected_options
+from ...validators import naming_rejected_options
 from .mnist_idx import MNIST_FILES, prepare_mnist_root
 
 __all__ = [
@@ -414,7 +414,7 @@ def _mnist_missing_message(root: Path) -> str:
     raw = root / "MNIST" / "raw"
     msg = (
         f"MNIST not found: expected the uncompressed IDX files {', '.join(MNIST_FILES)} in {raw}. "
-        "Prepare that root offline with pml_anchors.data.prepare_mnist_root(idx_dir, root) from a folder of "
+        "Prepare that root offline with pml_anchors.app.data.prepare_mnist_root(idx_dir, root) from a folder of "
         "(gzipped) IDX files, or pass download=True (the CLI's --download) to let torchvision download MNIST "
         "(needs internet)."
     )

@@ -1,0 +1,129 @@
+"""The configuration of a run: :class:`TrainConfig`, checked when it is made and JSON-friendly, so that a
+checkpoint can rebuild its run."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..evaluation.recall_at_k import DEFAULT_RECALL_AT, check_recall_at
+from ..validators import check_bool, check_int, check_real
+from .lr_schedules import check_schedule
+from .models import check_compile_kwargs
+
+__all__ = ["DEFAULT_EMBEDDING_SIZE", "OPTIMIZERS", "TrainConfig", "field_default"]
+
+#: embedding width used when neither the config nor the loss sets one
+DEFAULT_EMBEDDING_SIZE = 64
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; JSON-friendly so that checkpoints can rebuild the run.
+
+    :param method: a registered method (name, alias or ``dist:name``) or ``"baseline:<name>"``.
+    :param embedding_size: ``None`` lets the loss derive it (e.g. polytopes) or uses
+        :data:`DEFAULT_EMBEDDING_SIZE`.
+    :param backbone: a :data:`pml_anchors.app.models.BACKBONES` key; ``None`` picks one for the input.
+    :param optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9), for every model and the
+        loss; the loss's parameter groups get ``lr`` times the method's ``lr_multipliers``.
+    :param lr_schedule: ``"constant"`` (default); ``"cosine"``: every optimizer's lr follows
+        ``lr * (1 + cos(pi * t / T)) / 2`` over the run's ``T = epochs * iterations_per_epoch`` steps;
+        ``"step"``: times ``lr_gamma`` (default 0.1) after each epoch in ``lr_milestones``;
+        ``"plateau"``: times ``lr_gamma`` when the epoch's mean training loss has not improved for
+        ``lr_patience`` (default 10) epochs. See :mod:`pml_anchors.app.lr_schedules`.
+    :param amp: mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU; see ``amp_dtype``).
+    :param limit: train on this many items (class-balanced); ``test_limit`` likewise.
+    :param output: folder for ``results.json`` and ``checkpoint.pt`` (written every epoch when
+        ``checkpoint_every_epoch``).
+    :param eval_every_epoch: evaluate after every epoch (``history``; used by ``bench``).
+    :param num_threads: ``torch.set_num_threads`` for the run (``None``: leave it). Tiny CPU models
+        are often fastest with 1, especially on a busy machine.
+    :param compile: compile the trunk's and the embedder's forward with ``torch.compile``
+        (:func:`pml_anchors.app.models.compile_models`; the loss is left eager, see ``docs/compile.md``);
+        ``compile_kwargs`` are ``torch.compile``'s ``backend``, ``mode``, ``dynamic``, ``fullgraph``, ``options``.
+    :param deterministic: also make GPU runs repeatable: :func:`use_deterministic_algorithms` (PyTorch's
+        deterministic mode, process-wide; an op without a deterministic kernel then raises, naming itself). CPU runs
+        are bit-reproducible from the seed without it.
+    :param dataloader_num_workers: DataLoader worker processes for training and evaluation (PML's
+        trainer and tester); 0 loads in the main process. Without random transforms the results do
+        not depend on it.
+    :param recall_at: the Ks of the ``recall_at_<K>`` metrics evaluated beside PML's (default 1, 2, 4, 8, the
+        Proxy Anchor paper's CUB/Cars columns; SOP's are 1, 10, 100, 1000); see :mod:`pml_anchors.evaluation.recall_at_k`.
+    """
+
+    method: str
+    dataset: str = "digits"
+    data_root: str | None = None
+    protocol: str = "same_class"
+    epochs: int = 10
+    embedding_size: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    backbone: str | None = None
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    hook_kwargs: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+    output: str | None = None
+    test_limit: int | None = None
+    amp_dtype: str | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataloader_num_workers: int = 0
+    eval_every_epoch: bool = False
+    eval_batch_size: int = 256
+    checkpoint_every_epoch: bool = True
+    num_threads: int | None = None
+    lr_schedule: str = "constant"
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float | None = None
+    lr_patience: int | None = None
+    compile: bool = False
+    compile_kwargs: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = False
+    recall_at: list[int] = field(default_factory=lambda: list(DEFAULT_RECALL_AT))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"method must be a non-empty string, got {self.method!r}")
+        if not isinstance(self.optimizer, str) or self.optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name, low in (("epochs", 0), ("batch_size", 2), ("eval_batch_size", 1), ("dataloader_num_workers", 0)):
+            setattr(self, name, check_int(getattr(self, name), name, minimum=low))
+        self.lr = check_real(self.lr, "lr", minimum=0.0, open_min=True)
+        self.weight_decay = check_real(self.weight_decay, "weight_decay", minimum=0.0)
+        self.embedding_size = check_int(self.embedding_size, "embedding_size", minimum=1, optional=True)
+        self.seed = check_int(self.seed, "seed")
+        self.num_threads = check_int(self.num_threads, "num_threads", minimum=1, optional=True)
+        self.lr_milestones = check_schedule(
+            self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
+        )
+        for name in ("compile", "deterministic", "amp", "eval_every_epoch", "checkpoint_every_epoch"):
+            check_bool(getattr(self, name), name)
+        self.compile_kwargs = check_compile_kwargs(self.compile_kwargs)
+        self.recall_at = list(check_recall_at(self.recall_at))
+        if self.amp_dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a dict, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def field_default(name: str) -> Any:
+    """A :class:`TrainConfig` field's default: the value of a field a checkpoint from an older version lacks."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

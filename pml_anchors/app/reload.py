@@ -1,0 +1,44 @@
+"""A trained run's models and loss, rebuilt from its checkpoint for evaluation (``pml-anchors eval``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .checkpoints import load_checkpoint
+from .resume import config_for_checkpoint
+from .session import Session, build, evaluate_session
+
+__all__ = ["evaluate_checkpoint", "session_from_checkpoint"]
+
+
+def session_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> Session:
+    """The models and loss of a checkpoint, rebuilt from its config for evaluation (no trainer).
+
+    ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
+    ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
+    ``num_classes`` and the models its ``backbone``/``embedding_size`` (:func:`config_for_checkpoint`).
+    """
+    checkpoint = load_checkpoint(path)
+    config = config_for_checkpoint(checkpoint, **overrides)
+    return build(config, resume=checkpoint, num_classes=checkpoint["num_classes"], with_trainer=False)
+
+
+def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+    """Rebuild a run from its checkpoint's config and evaluate it.
+
+    ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
+    ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
+    ``num_classes`` and the models its ``backbone``/``embedding_size``.
+    """
+    session = session_from_checkpoint(path, **overrides)
+    metrics = evaluate_session(session)
+    return {
+        "checkpoint": str(path),
+        "method": session.spec.name,
+        "dataset": session.config.dataset,
+        "protocol": session.config.protocol,
+        "epoch": session.epoch,
+        "device": str(session.device),
+        **metrics,
+    }

@@ -1,0 +1,59 @@
+"""``pml-anchors eval``: rebuild a run from its checkpoint and evaluate it again (:mod:`pml_anchors.app.reload`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .options import PROTOCOLS, add_output_flags, add_recall_at, fmt, setup_output
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="re-evaluate a checkpoint",
+        description="Rebuild a run from its checkpoint's saved config and evaluate it again.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `pml-anchors train`")
+    p.add_argument("--dataset", help="evaluate on another dataset (default: the checkpoint's)")
+    p.add_argument("--data-root", help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="default: the checkpoint's")
+    p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
+    p.add_argument("--device", help="auto, cpu or cuda (default: the checkpoint's)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: the checkpoint's)")
+    add_recall_at(p)
+    p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_output_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_output(args)
+    from ..app.reload import evaluate_checkpoint
+    from ..app.results import write_json
+
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        protocol=args.protocol,
+        test_limit=args.test_limit,
+        device=args.device,
+        dataloader_num_workers=args.workers,
+        recall_at=args.recall_at,
+    )
+    if args.output:
+        write_json(results, args.output)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        from ..evaluation.recall_at_k import recall_metrics_in
+
+        names = ("precision_at_1", *(name for _, name in recall_metrics_in(results)), "mean_average_precision_at_r")
+        names += ("r_precision", "mean_average_precision", "nearest_anchor_accuracy")
+        print(
+            f"{results['method']} (epoch {results['epoch']}) on {results['dataset']} [{results['protocol']}]: "
+            + ", ".join(f"{k} {fmt(results[k])}" for k in names)
+        )
+    return 0

@@ -1,0 +1,81 @@
+"""The ``pml-anchors`` command line: one module per command.
+
+Each command module has ``add_parser(subparsers)`` (defining its options, with ``func=run``) and
+``run(args) -> int``. Building the parser imports neither torch nor any plugin, so ``pml-anchors --help`` stays
+fast: the commands that train import the application inside ``run``. ``--plugins-dir DIR`` (before the command)
+prepends ``DIR`` to ``PML_ANCHORS_PLUGINS_DIR`` for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import PluginError
+from ..plugin.settings import ENV_PLUGINS_DIR
+from ..version import __version__
+
+#: sub-command name -> module (in this package) providing add_parser(subparsers) and run(args)
+COMMANDS = {
+    "plugins": "plugins",
+    "methods": "methods",
+    "validate": "validate",
+    "new-plugin": "new_plugin",
+    "train": "train",
+    "eval": "eval",
+    "bench": "bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pml-anchors",
+        description="Anchor- and proxy-based metric learning methods for pytorch-metric-learning, as plugins.",
+    )
+    parser.add_argument("--version", action="version", version=f"pml-anchors {__version__}")
+    parser.add_argument(
+        "--plugins-dir",
+        action="append",
+        type=_directory,
+        metavar="DIR",
+        help="also load every *.py file in DIR as a plugin (repeatable; see PML_ANCHORS_PLUGINS_DIR)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMANDS.values():
+        importlib.import_module(f"{__package__}.{module_name}").add_parser(subparsers)
+    return parser
+
+
+def _directory(value: str) -> str:
+    if not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a directory")
+    return os.path.abspath(value)
+
+
+def _add_plugins_dirs(dirs: Sequence[str]) -> None:
+    """Prepend ``dirs`` to ``PML_ANCHORS_PLUGINS_DIR``: the registry, and every worker process started
+    from this one (``train --nproc``), read it when they load plugins."""
+    current = os.environ.get(ENV_PLUGINS_DIR)
+    os.environ[ENV_PLUGINS_DIR] = os.pathsep.join([*dirs, *([current] if current else [])])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.plugins_dir:
+        _add_plugins_dirs(args.plugins_dir)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, LookupError, FileNotFoundError, PluginError) as exc:  # PluginLoadError when strict
+        print(f"pml-anchors {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`pml-anchors methods | head`): stop quietly, like other tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it

@@ -1,0 +1,71 @@
+"""Input checks of a loss's forward: embeddings and labels of the right type, shape and range.
+
+Each raises a ``TypeError`` (wrong type) or ``ValueError`` (wrong shape or value) whose message says what was
+expected and what was given; ``docs/bad_input.md`` lists them. Only :func:`check_label_range_and_finite` reads the
+data (one device sync for all of it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pytorch_metric_learning.utils import common_functions as c_f
+
+__all__ = ["check_embeddings", "check_label_range_and_finite", "check_labels"]
+
+
+def check_embeddings(embeddings: Any, embedding_size: int) -> None:
+    """A floating-point tensor of shape (batch, ``embedding_size``)."""
+    if not torch.is_tensor(embeddings):
+        raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+    if not embeddings.is_floating_point():
+        raise TypeError(
+            "embeddings must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got {embeddings.dtype}"
+        )
+    if embeddings.ndim != 2 or embeddings.shape[1] != embedding_size:
+        raise ValueError(
+            f"embeddings must have shape (batch_size, {embedding_size}) for this loss "
+            f"(embedding_size={embedding_size}), got {tuple(embeddings.shape)}"
+        )
+
+
+def check_labels(labels: Any, batch_size: int) -> None:
+    """A 1-D integer tensor of ``batch_size`` labels (``None`` is PML's "labels are required")."""
+    c_f.labels_required(labels)
+    if not torch.is_tensor(labels):
+        raise TypeError(f"labels must be a 1-D integer torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor (e.g. torch.long), got {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D tensor of shape (batch_size,), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != batch_size:
+        raise ValueError(f"got {batch_size} embeddings but {labels.shape[0]} labels; they must match")
+
+
+def check_label_range_and_finite(
+    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, *, check_finite: bool = True
+) -> None:
+    """Labels in ``[0, num_classes)`` and, with ``check_finite``, no NaN/Inf embedding: one device sync for both.
+
+    A finite sum proves every embedding finite (any NaN/Inf makes it NaN/Inf); a non-finite one (or an overflow)
+    triggers the exact, row-by-row check that names the bad rows.
+    """
+    if embeddings.shape[0] == 0:
+        return
+    low, high = torch.aminmax(labels)
+    checks = [low.double(), high.double()]
+    if check_finite:
+        checks.append(embeddings.sum(dtype=torch.float32).double().to(labels.device))
+    values = torch.stack(checks).tolist()
+    first, last = int(values[0]), int(values[1])
+    if first < 0 or last >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), got values from {first} to {last}"
+        )
+    if check_finite and not math.isfinite(values[2]):
+        bad = (~torch.isfinite(embeddings)).any(dim=1).nonzero().flatten()[:5].tolist()
+        if bad:
+            raise ValueError(f"embeddings contain NaN or Inf (first bad rows: {bad})")

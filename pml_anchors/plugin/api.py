@@ -1,0 +1,156 @@
+"""The public functions of the plugin system: the registry's getters, building a method's loss and trainer hooks,
+and the process-wide plugin manager (load, reset, in-process plugins, the load report).
+
+The registry is built the first time one of the getters is called; building it is the only time plugin hooks
+run. Nothing here imports torch: a loss is imported when it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import InvalidMethodSpec
+from .lazy import accepts_keyword, resolve_object
+from .manager import PluginManager
+from .registry import Registry
+from .spec import MethodSpec
+from .trainer_hooks import TrainerHooks
+
+__all__ = [
+    "build_loss",
+    "build_trainer_hooks",
+    "get_initializer",
+    "get_loss",
+    "get_method",
+    "get_plugin_manager",
+    "get_plugins",
+    "get_trainer_hooks",
+    "list_initializers",
+    "list_methods",
+    "load_plugins",
+    "register_plugin",
+    "reset",
+    "resolve_initializer",
+    "unregister_plugin",
+]
+
+_MANAGER: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    global _MANAGER
+    if _MANAGER is None:
+        _MANAGER = PluginManager()
+    return _MANAGER
+
+
+def load_plugins() -> PluginManager:
+    """Load every plugin now (normally done lazily on first registry access)."""
+    manager = get_plugin_manager()
+    manager.registry()
+    return manager
+
+
+def reset() -> None:
+    """Forget every loaded plugin and in-process registration; the next access reloads (tests)."""
+    global _MANAGER
+    _MANAGER = None
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> str:
+    """Register an in-process plugin (a module, class or object with ``@hookimpl`` functions).
+
+    Handy in notebooks and tests; returns the name it was registered under.
+    """
+    return get_plugin_manager().register_plugin(plugin, name)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove an in-process plugin registered with :func:`register_plugin`."""
+    get_plugin_manager().unregister_plugin(name)
+
+
+def get_plugins(all: bool = True) -> list[dict[str, Any]]:  # noqa: A002 - mirrors `pml-anchors plugins --all`
+    """The load report: one dict per plugin with name, version, hooks, methods, status and error.
+
+    ``all=False`` hides the core and the built-in distributions of this repository.
+    """
+    reports = get_plugin_manager().plugin_reports()
+    return [r.as_dict() for r in reports if all or not r.builtin]
+
+
+def _registry() -> Registry:
+    return get_plugin_manager().registry()
+
+
+def list_methods() -> list[MethodSpec]:
+    """Every registered method, sorted by qualified name."""
+    return [spec for _, spec in sorted(_registry().methods.items())]
+
+
+def get_method(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` registered as ``name`` (a name, an alias or ``dist:name``)."""
+    return _registry().get_method(name)
+
+
+def get_initializer(name: str) -> Callable:
+    """The anchor initializer registered as ``name`` (e.g. ``"simplex"``), resolved to a callable."""
+    return _registry().get_initializer_entry(name).resolve()
+
+
+def resolve_initializer(ref: str) -> Callable:
+    """An ``anchors=``/``initializer`` string as a callable: a registered initializer (``"simplex"``, or qualified
+    ``"plugin:simplex"``), else a lazy ``"module:function"``."""
+    if ":" in ref and ref not in _registry().initializers:
+        try:
+            return resolve_object(ref, what="anchors")
+        except ImportError as exc:
+            raise ImportError(
+                f"{exc}; it is not a registered initializer either (qualified names: "
+                f"{', '.join(sorted(_registry().initializers))})"
+            ) from exc
+    return get_initializer(ref)
+
+
+def list_initializers() -> list[str]:
+    """Qualified names of every registered initializer."""
+    return sorted(_registry().initializers)
+
+
+def build_loss(spec: MethodSpec, num_classes: int, embedding_size: int | None = None, **kwargs):
+    """Instantiate ``spec``'s loss; ``spec.defaults`` merged under ``kwargs``."""
+    cls = spec.resolve_loss()
+    options = {**spec.defaults, **kwargs}
+    if spec.initializer is not None and "anchors" not in options and accepts_keyword(cls, "anchors"):
+        options["anchors"] = spec.initializer
+    if embedding_size is None:
+        return cls(num_classes, **options)
+    return cls(num_classes, embedding_size, **options)
+
+
+def get_loss(name: str, num_classes: int, embedding_size: int | None = None, **kwargs):
+    """A ready PML loss for method ``name``: ``spec.defaults`` merged under your ``kwargs``.
+
+    >>> loss = get_loss("proxy_anchor", num_classes=100, embedding_size=128)  # doctest: +SKIP
+    """
+    return build_loss(get_method(name), num_classes, embedding_size, **kwargs)
+
+
+def get_trainer_hooks(name: str, **kwargs):
+    """The method's :class:`~pml_anchors.TrainerHooks` (a no-op one if it declares none)."""
+    spec = get_method(name)
+    return build_trainer_hooks(spec, **kwargs)
+
+
+def build_trainer_hooks(spec: MethodSpec, **kwargs):
+    if spec.trainer_hooks is None:
+        return TrainerHooks(**kwargs)
+    factory = resolve_object(spec.trainer_hooks, what=f"trainer_hooks of method {spec.name!r}")
+    hooks = factory(**kwargs)
+    missing = [m for m in ("end_of_iteration_hook", "end_of_epoch_hook") if not callable(getattr(hooks, m, None))]
+    if missing:
+        raise InvalidMethodSpec(
+            f"trainer_hooks of method {spec.qualified_name!r} returned {hooks!r}, which lacks {', '.join(missing)}"
+        )
+    return hooks

@@ -1,0 +1,155 @@
+"""Argument validators shared by the core and the plugins.
+
+Each returns the value (ints as ``int``, reals as ``float``) or raises a ``TypeError`` for a value of the wrong type
+(``bool`` is never accepted as a number) or a ``ValueError`` for one out of range; both messages name the argument,
+what was expected and what was given::
+
+    from pml_anchors.validators import check_real, positive_int
+
+    self.sub_centers = positive_int(sub_centers, "sub_centers")
+    self.beta = check_real(beta, "beta", minimum=0.0)
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal, overload
+
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_real",
+    "check_seed",
+    "naming_rejected_options",
+    "positive_int",
+]
+
+
+def _int_phrase(minimum: int | None) -> str:
+    if minimum == 1:
+        return "a positive int"
+    return "an int" if minimum is None else f"an int >= {minimum}"
+
+
+@overload
+def check_int(value: Any, name: str, *, minimum: int | None = None, optional: Literal[False] = False) -> int: ...
+@overload
+def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool) -> int | None: ...
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
+    """``value`` as an ``int`` (any integral type but ``bool``), at least ``minimum``; ``None`` too if ``optional``."""
+    if value is None and optional:
+        return None
+    expected = ("None or " if optional else "") + _int_phrase(minimum)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return value
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int`` >= 1."""
+    return check_int(value, name, minimum=1)
+
+
+def check_seed(seed: Any) -> int | None:
+    """A random seed: ``None`` (torch's global generator) or an int."""
+    return check_int(seed, "seed", optional=True)
+
+
+def _real_phrase(minimum: float | None, maximum: float | None, open_min: bool, open_max: bool) -> str:
+    bounds = []
+    if minimum is not None:
+        bounds.append(f"{'>' if open_min else '>='} {minimum:g}")
+    if maximum is not None:
+        bounds.append(f"{'<' if open_max else '<='} {maximum:g}")
+    return "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+
+
+@overload
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_min: bool = False,
+    open_max: bool = False,
+    optional: Literal[False] = False,
+) -> float: ...
+@overload
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_min: bool = False,
+    open_max: bool = False,
+    optional: bool,
+) -> float | None: ...
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_min: bool = False,
+    open_max: bool = False,
+    optional: bool = False,
+) -> float | None:
+    """``value`` as a finite ``float`` (any real type but ``bool``) within the bounds.
+
+    :param minimum, maximum: bounds, inclusive unless ``open_min`` / ``open_max``.
+    :param optional: also accept ``None`` (returned as is).
+    """
+    if value is None and optional:
+        return None
+    expected = ("None or " if optional else "") + _real_phrase(minimum, maximum, open_min, open_max)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    number = float(value)
+    too_low = minimum is not None and (number <= minimum if open_min else number < minimum)
+    too_high = maximum is not None and (number >= maximum if open_max else number > maximum)
+    if not math.isfinite(number) or too_low or too_high:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
+def check_bool(value: Any, name: str, *, optional: bool = False) -> bool | None:
+    """``value`` if it is ``True`` or ``False`` (or ``None`` when ``optional``); ``1``/``"yes"`` are refused."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True{', False or None' if optional else ' or False'}, got {value!r}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+@contextmanager
+def naming_rejected_options(what: str, options: Mapping[str, Any]) -> Iterator[None]:
+    """Restate a ``TypeError`` about one of ``options`` (e.g. "unexpected keyword argument 'pooling'") raised in the
+    block so that it names ``what`` was given them (``"backbone 'small_cnn'"``); any other error passes unchanged."""
+    try:
+        yield
+    except TypeError as exc:
+        if not any(f"'{option}'" in str(exc) for option in options):
+            raise
+        raise TypeError(f"{what}: {exc} (got options {sorted(options)})") from exc
