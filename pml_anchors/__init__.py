@@ -2,7 +2,8 @@
 
 The layers, each importing only those below it (``docs/architecture.md``): :mod:`pml_anchors.cli` →
 :mod:`pml_anchors.app` → :mod:`pml_anchors.evaluation` / :mod:`pml_anchors.testing` → :mod:`pml_anchors.losses` →
-:mod:`pml_anchors.anchors` → :mod:`pml_anchors.plugin` → :mod:`pml_anchors.errors` / :mod:`pml_anchors.validators`.
+:mod:`pml_anchors.anchors` → :mod:`pml_anchors.plugin` → :mod:`pml_anchors.errors` / :mod:`pml_anchors.validators` /
+:mod:`pml_anchors.devices` / :mod:`pml_anchors.version`.
 
 Importing this package is cheap: it imports neither torch nor any plugin. Plugins are loaded the
 first time the registry is touched (``list_methods``, ``get_method``, ``get_loss``, ...).

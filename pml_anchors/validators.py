@@ -4,10 +4,11 @@ Each returns the value (ints as ``int``, reals as ``float``) or raises a ``TypeE
 (``bool`` is never accepted as a number) or a ``ValueError`` for one out of range; both messages name the argument,
 what was expected and what was given::
 
-    from pml_anchors.validators import check_real, positive_int
+    from pml_anchors.validators import check_real, optional_int, positive_int
 
     self.sub_centers = positive_int(sub_centers, "sub_centers")
     self.beta = check_real(beta, "beta", minimum=0.0)
+    self.warmup_epochs = optional_int(warmup_epochs, "warmup_epochs", minimum=0)  # None or an int >= 0
 
 Nothing here imports torch.
 """
@@ -18,7 +19,7 @@ import math
 import numbers
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal, overload
+from typing import Any
 
 __all__ = [
     "check_bool",
@@ -27,6 +28,9 @@ __all__ = [
     "check_real",
     "check_seed",
     "naming_rejected_options",
+    "optional_bool",
+    "optional_int",
+    "optional_real",
     "positive_int",
 ]
 
@@ -37,23 +41,22 @@ def _int_phrase(minimum: int | None) -> str:
     return "an int" if minimum is None else f"an int >= {minimum}"
 
 
-@overload
-def check_int(value: Any, name: str, *, minimum: int | None = None, optional: Literal[False] = False) -> int: ...
-@overload
-def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool) -> int | None: ...
-
-
-def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
-    """``value`` as an ``int`` (any integral type but ``bool``), at least ``minimum``; ``None`` too if ``optional``."""
-    if value is None and optional:
-        return None
-    expected = ("None or " if optional else "") + _int_phrase(minimum)
+def _checked_int(value: Any, name: str, minimum: int | None, expected: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be {expected}, got {value}")
-    return value
+    return int(value)
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` (any integral type but ``bool``), at least ``minimum``."""
+    return _checked_int(value, name, minimum, _int_phrase(minimum))
+
+
+def optional_int(value: Any, name: str, *, minimum: int | None = None) -> int | None:
+    """``None``, or ``value`` checked as by :func:`check_int`."""
+    return None if value is None else _checked_int(value, name, minimum, "None or " + _int_phrase(minimum))
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -63,7 +66,7 @@ def positive_int(value: Any, name: str) -> int:
 
 def check_seed(seed: Any) -> int | None:
     """A random seed: ``None`` (torch's global generator) or an int."""
-    return check_int(seed, "seed", optional=True)
+    return optional_int(seed, "seed")
 
 
 def _real_phrase(minimum: float | None, maximum: float | None, open_min: bool, open_max: bool) -> str:
@@ -75,48 +78,8 @@ def _real_phrase(minimum: float | None, maximum: float | None, open_min: bool, o
     return "a finite number" + (" " + " and ".join(bounds) if bounds else "")
 
 
-@overload
-def check_real(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    open_min: bool = False,
-    open_max: bool = False,
-    optional: Literal[False] = False,
-) -> float: ...
-@overload
-def check_real(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    open_min: bool = False,
-    open_max: bool = False,
-    optional: bool,
-) -> float | None: ...
-
-
-def check_real(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    open_min: bool = False,
-    open_max: bool = False,
-    optional: bool = False,
-) -> float | None:
-    """``value`` as a finite ``float`` (any real type but ``bool``) within the bounds.
-
-    :param minimum, maximum: bounds, inclusive unless ``open_min`` / ``open_max``.
-    :param optional: also accept ``None`` (returned as is).
-    """
-    if value is None and optional:
-        return None
-    expected = ("None or " if optional else "") + _real_phrase(minimum, maximum, open_min, open_max)
+def _checked_real(value: Any, name: str, bounds: tuple[float | None, float | None, bool, bool], expected: str) -> float:
+    minimum, maximum, open_min, open_max = bounds
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
     number = float(value)
@@ -127,12 +90,46 @@ def check_real(
     return number
 
 
-def check_bool(value: Any, name: str, *, optional: bool = False) -> bool | None:
-    """``value`` if it is ``True`` or ``False`` (or ``None`` when ``optional``); ``1``/``"yes"`` are refused."""
-    if value is None and optional:
-        return None
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_min: bool = False,
+    open_max: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` (any real type but ``bool``) within ``[minimum, maximum]``; either bound is
+    exclusive with ``open_min`` / ``open_max``."""
+    bounds = (minimum, maximum, open_min, open_max)
+    return _checked_real(value, name, bounds, _real_phrase(*bounds))
+
+
+def optional_real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_min: bool = False,
+    open_max: bool = False,
+) -> float | None:
+    """``None``, or ``value`` checked as by :func:`check_real`."""
+    bounds = (minimum, maximum, open_min, open_max)
+    return None if value is None else _checked_real(value, name, bounds, "None or " + _real_phrase(*bounds))
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False``; ``1`` or ``"yes"`` are refused."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True{', False or None' if optional else ' or False'}, got {value!r}")
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def optional_bool(value: Any, name: str) -> bool | None:
+    """``None``, ``True`` or ``False``."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, got {value!r}")
     return value
 
 

@@ -1,4 +1,4 @@
-"""Tests for pml_anchors.anchors: closed-form oracles (METHODS.md §7.1), determinism, errors, dtypes."""
+"""Tests for pml_anchors.anchors: closed-form oracles (the polytopes of Pernici et al., CVPR-W 2019, eq. 3-7), determinism, errors, dtypes."""
 
 from __future__ import annotations
 

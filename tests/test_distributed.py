@@ -84,7 +84,8 @@ def test_every_builtin_method_ran_distributed():
 
 
 def test_pml_wrapper_gets_proxy_gradients_world_size_times_too_large(dist_results):
-    """PML_NOTES §2.5: documents the difference DistributedLoss fixes."""
+    """PML's DistributedLossWrapper scales the loss by world_size (docs/distributed.md): the difference DistributedLoss
+    fixes."""
     expected = single_process(pml_proxy_anchor)
     got = dist_results["pml_wrapper"][0]
     assert "error" not in got, got.get("error")

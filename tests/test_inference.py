@@ -90,7 +90,7 @@ def test_the_readmes_digits_preprocessing_gives_the_training_inputs(toys, tmp_pa
     _, splits, path = _trained(tmp_path, "toy_fixed")
     info = load_trained(path).data_info
     raw = torch.as_tensor(load_digits().images, dtype=torch.float32).unsqueeze(1)
-    prepared = (raw / 16 - info["mean"]) / info["std"]  # the recipe in README.md "Use it"
+    prepared = (raw / 16 - info["mean"]) / info["std"]  # the recipe in docs/cli.md "Using a trained run from Python"
     for i in range(5):
         item = splits.test[i][0]
         assert (prepared - item).abs().amax(dim=(1, 2, 3)).min() < 1e-5, f"test item {i} is not a prepared digit"

@@ -48,9 +48,17 @@ def _states_equal(a, b):
         (dict(lr_schedule="step", lr_milestones="2"), TypeError, "a list of epochs"),
         (dict(lr_schedule="cosine", lr_milestones=[2]), ValueError, "only apply to lr_schedule='step', not 'cosine'"),
         (dict(lr_gamma=0.5), ValueError, "lr_gamma only applies to lr_schedule 'step' or 'plateau', not 'constant'"),
-        (dict(lr_schedule="plateau", lr_gamma=1.0), ValueError, "lr_gamma must be a number in (0, 1), got 1.0"),
+        (
+            dict(lr_schedule="plateau", lr_gamma=1.0),
+            ValueError,
+            "lr_gamma must be a finite number > 0 and < 1, got 1.0",
+        ),
         (dict(lr_schedule="step", lr_milestones=[2], lr_patience=3), ValueError, "lr_patience only applies"),
-        (dict(lr_schedule="plateau", lr_patience=-1), ValueError, "lr_patience must be an int >= 0"),
+        (
+            dict(lr_schedule="plateau", lr_patience=-1),
+            ValueError,
+            "lr_patience (epochs without improvement) must be an int >= 0, got -1",
+        ),
     ],
 )
 def test_bad_schedule_settings_are_clear_errors(kwargs, error, message):
@@ -178,7 +186,7 @@ def test_cli_step_schedule_trains_with_the_papers_recipe_flags(toys, tmp_path, c
 
 
 def test_cosine_resumed_with_more_epochs_is_stretched_over_the_new_total(toys, tmp_path):
-    """What the README says of ``--resume`` with a larger ``--epochs``: the cosine is recomputed over the new
+    """What docs/cli.md says of ``--resume`` with a larger ``--epochs``: the cosine is recomputed over the new
     total, so a finished run's lr (0) rises again to ``lr * (1 + cos(pi * t / T_new)) / 2``."""
     train(build(tiny("toy_learnable", epochs=2, lr=1e-2, lr_schedule="cosine", output=str(tmp_path))))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-12)

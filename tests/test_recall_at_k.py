@@ -103,9 +103,9 @@ def test_avg_of_avgs_return_per_class_and_a_custom_label_comparison():
 @pytest.mark.parametrize(
     ("ks", "error", "match"),
     [
-        ((0, 1), ValueError, "recall_at values must be >= 1, got 0"),
-        ((1.0,), TypeError, "recall_at must hold ints"),
-        ((True,), TypeError, "recall_at must hold ints"),
+        ((0, 1), ValueError, r"each K of recall_at=\[0, 1\] must be a positive int, got 0"),
+        ((1.0,), TypeError, r"each K of recall_at=\[1.0\] must be a positive int, got float 1.0"),
+        ((True,), TypeError, r"each K of recall_at=\[True\] must be a positive int, got bool True"),
         ("1,2", TypeError, "recall_at must be a sequence of positive ints"),
         (4, TypeError, "recall_at must be a sequence of positive ints"),
     ],

@@ -146,7 +146,7 @@ def spread(
     """Deterministic, well-spread unit anchors for any K and d >= 2, shape (K, d). Our extension.
 
     Hao et al. (arXiv 1804.08087) ask for unit anchors (eq. 9) with small pairwise cosines (eq. 10) but only
-    describe d = 2 and K <= d; this follows METHODS.md §3.2 case 5 and is meant for K > d (use ``one_hot``,
+    describe d = 2 and K <= d; this extends their eq. 9-10 to K > d (use ``one_hot``,
     ``simplex`` or ``orthoplex`` when they fit). Tiers, by cost (``budget`` ~ multiply-adds, default 2e9):
 
     1. ``d == 2``: the regular polygon (the optimum).

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evaluation.recall_at_k import DEFAULT_RECALL_AT, check_recall_at
-from ..validators import check_bool, check_int, check_real
+from ..validators import check_bool, check_int, check_real, optional_int
 from .lr_schedules import check_schedule
 from .models import check_compile_kwargs
 
@@ -100,9 +100,9 @@ class TrainConfig:
             setattr(self, name, check_int(getattr(self, name), name, minimum=low))
         self.lr = check_real(self.lr, "lr", minimum=0.0, open_min=True)
         self.weight_decay = check_real(self.weight_decay, "weight_decay", minimum=0.0)
-        self.embedding_size = check_int(self.embedding_size, "embedding_size", minimum=1, optional=True)
+        self.embedding_size = optional_int(self.embedding_size, "embedding_size", minimum=1)
         self.seed = check_int(self.seed, "seed")
-        self.num_threads = check_int(self.num_threads, "num_threads", minimum=1, optional=True)
+        self.num_threads = optional_int(self.num_threads, "num_threads", minimum=1)
         self.lr_milestones = check_schedule(
             self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
         )

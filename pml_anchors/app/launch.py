@@ -34,19 +34,23 @@ import os
 import socket
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from ..devices import resolve_device
 from ..losses.distributed import DistributedLoss
+from ..validators import positive_int
 from .checkpoints import save_checkpoint
 from .config import TrainConfig
 from .results import results_dict, write_json
+from .session import Session, evaluate_session, resolve_method, run, train
 from .session import build as build_session
-from .session import evaluate_session, resolve_method, run, train
 from .trainer import set_verbosity
+
+if TYPE_CHECKING:
+    from torch.utils.data.distributed import DistributedSampler
 
 __all__ = ["launch"]
 
@@ -63,8 +67,7 @@ def launch(config: Any, nproc: int, *, resume: str | os.PathLike | None = None, 
     ``nproc=1`` is :func:`pml_anchors.app.session.run` itself. Configuration errors (unknown method, too small a
     batch, more processes than GPUs) are raised here, before any process is started.
     """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    nproc = positive_int(nproc, "nproc")
     if nproc == 1:
         return run(config, resume=resume)
     _, miner = resolve_method(config.method)  # fails fast on an unknown method
@@ -100,7 +103,7 @@ class _DataParallel:
         self.rank, self.world, self.device = rank, world, device
         self.raw: dict[str, torch.nn.Module] = {}
         self.trainable: dict[str, tuple[bool, ...]] = {}
-        self.sampler = None
+        self.sampler: DistributedSampler | None = None
 
     def setup(self, session: Any) -> None:
         from torch.utils.data.distributed import DistributedSampler
@@ -136,6 +139,7 @@ class _DataParallel:
 
     def end_of_epoch_hook(self, trainer: Any) -> None:
         self.wrap(trainer)
+        assert self.sampler is not None  # the hooks run in training, after setup()
         self.sampler.set_epoch(trainer.epoch + 1)
 
 
@@ -165,6 +169,8 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
         values.update(output=None, eval_every_epoch=False)
     config = TrainConfig.from_dict(values)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    session: Session | None = None
+    parallel: _DataParallel | None = None
     try:
         started = time.perf_counter()
         parallel = _DataParallel(rank, world, device)
@@ -186,6 +192,7 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
         fresh = last.get("epoch") == session.epoch and "precision_at_1" in last
         metrics = last if fresh else evaluate_session(session)
         results = results_dict(session, metrics, wall_seconds=time.perf_counter() - started)
+        assert session.trainer is not None  # train() above refuses a session without one
         results.update(world_size=world, batch_size_per_process=session.trainer.batch_size, replica_max_abs_diff=diff)
         if config.output:
             os.makedirs(config.output, exist_ok=True)

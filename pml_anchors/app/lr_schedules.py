@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..validators import check_int, check_real
+
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 DEFAULT_GAMMA = 0.1
 DEFAULT_PATIENCE = 10  # torch's ReduceLROnPlateau default
@@ -66,13 +68,11 @@ def check_schedule(
     if gamma is not None:
         if schedule not in ("step", "plateau"):
             raise ValueError(f"lr_gamma only applies to lr_schedule 'step' or 'plateau', not {schedule!r}")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < 1:
-            raise ValueError(f"lr_gamma must be a number in (0, 1), got {gamma!r}")
+        check_real(gamma, "lr_gamma", minimum=0.0, maximum=1.0, open_min=True, open_max=True)
     if patience is not None:
         if schedule != "plateau":
             raise ValueError(f"lr_patience only applies to lr_schedule='plateau', not {schedule!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"lr_patience must be an int >= 0 (epochs without improvement), got {patience!r}")
+        check_int(patience, "lr_patience (epochs without improvement)", minimum=0)
     return milestones
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validators import naming_rejected_options
+from ..validators import check_bool, naming_rejected_options
 
 __all__ = [
     "BACKBONES",
@@ -57,8 +58,7 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     (measured by ``benchmarks/backbone_step.py``, which prints both formats side by side);
     ``channels_last=False`` keeps PyTorch's default contiguous layout.
     """
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
+    check_bool(channels_last, "channels_last")
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -175,7 +175,8 @@ class LeNetPP(nn.Module):
             if isinstance(m, nn.Conv2d):
                 # He et al. (ICCV 2015) init for PReLU (slope 0.25), as RePoNet trains LeNet++ ("He init")
                 nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # always: the convolutions above keep their bias
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x)
@@ -384,7 +385,8 @@ def build_backbone(
         trunk = factory(in_channels, input_size, **extra, **trunk_kwargs)
     if not resnet_like and weights_path is not None:
         trunk.load_state_dict(_load_state_dict(weights_path), strict=True)
-    embedder = EmbeddingHead(trunk.out_features, embedding_size, normalize=normalize)
+    # every trunk sets an int ``out_features`` (the BACKBONES contract); nn.Module's __getattr__ types it loosely
+    embedder = EmbeddingHead(cast(int, trunk.out_features), embedding_size, normalize=normalize)
     return trunk, embedder
 
 

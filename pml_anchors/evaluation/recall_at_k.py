@@ -33,6 +33,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import (
     try_getting_not_lone_labels,
 )
 
+from ..validators import check_int
+
 #: the Ks reported by default: the CUB-200 / Cars-196 columns of the Proxy Anchor paper
 DEFAULT_RECALL_AT = (1, 2, 4, 8)
 PREFIX = "recall_at_"
@@ -56,13 +58,8 @@ def check_recall_at(ks: Any) -> tuple[int, ...]:
     """``ks`` as sorted, distinct positive ints; a clear ``TypeError``/``ValueError`` otherwise."""
     if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
         raise TypeError(f"recall_at must be a sequence of positive ints such as (1, 2, 4, 8), got {ks!r}")
-    values = list(ks)
-    for k in values:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"recall_at must hold ints such as (1, 2, 4, 8), got {k!r} in {ks!r}")
-        if k < 1:
-            raise ValueError(f"recall_at values must be >= 1, got {k} in {ks!r}")
-    return tuple(sorted(set(values)))
+    given = list(ks)
+    return tuple(sorted({check_int(k, f"each K of recall_at={given!r}", minimum=1) for k in given}))
 
 
 class RecallAtKCalculator(AccuracyCalculator):

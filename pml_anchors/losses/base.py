@@ -36,7 +36,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..anchors.diagnostics import min_pairwise_angle
 from ..plugin.api import resolve_initializer
-from ..validators import check_bool, check_seed, positive_int
+from ..validators import check_bool, check_seed, optional_bool, positive_int
 from .inputs import check_embeddings, check_label_range_and_finite, check_labels
 from .logsumexp import check_chunk_size
 
@@ -92,7 +92,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         if embedding_size is None:
             embedding_size = self.derive_embedding_size(self.num_classes)
         self.embedding_size = positive_int(embedding_size, "embedding_size")
-        learnable = check_bool(learnable, "learnable", optional=True)
+        learnable = optional_bool(learnable, "learnable")
         self.learnable = self.learnable_anchors if learnable is None else learnable
         self.check_finite = check_bool(check_finite, "check_finite")
         self.chunk_size = chunk_size
@@ -274,16 +274,17 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     def geometry(self) -> dict[str, Any]:
         """The anchors' diagnostics, recorded every epoch by the base :class:`~pml_anchors.TrainerHooks`:
         ``min_anchor_angle_deg`` (smallest angle between two anchor rows, sub-centres included; NaN for one row),
-        ``mean_anchor_norm`` and, when :meth:`target_min_angle` is not ``None``, ``target_min_angle_deg``.
-        A method adds its own keys by overriding this and extending ``super().geometry()``."""
+        ``mean_anchor_norm`` and, for a method that defines :meth:`target_min_angle`, ``target_min_angle_deg``
+        (NaN where it returns ``None``, e.g. a single class). A method adds its own keys by overriding this and
+        extending ``super().geometry()``."""
         rows = self.anchors.detach().float().reshape(-1, self.anchors.shape[-1])
         out: dict[str, Any] = {
             "min_anchor_angle_deg": math.degrees(min_pairwise_angle(rows)) if rows.shape[0] > 1 else float("nan"),
             "mean_anchor_norm": float(rows.norm(dim=1).mean()),
         }
-        target = self.target_min_angle()
-        if target is not None:
-            out["target_min_angle_deg"] = math.degrees(target)
+        if type(self).target_min_angle is not AnchorLoss.target_min_angle:
+            target = self.target_min_angle()
+            out["target_min_angle_deg"] = float("nan") if target is None else math.degrees(target)
         return out
 
     def extra_repr(self) -> str:

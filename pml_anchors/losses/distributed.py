@@ -47,9 +47,9 @@ def all_gather_variable(tensor: torch.Tensor) -> list[torch.Tensor]:
     """``all_gather`` for tensors whose first dimension differs between ranks (no gradient)."""
     world = dist.get_world_size()
     size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
+    gathered_sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(gathered_sizes, size)
+    sizes = [int(s) for s in gathered_sizes]
     longest = max(sizes)
     padded = tensor.new_zeros((longest, *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from ..validators import check_int
+from ..validators import optional_int
 
 __all__ = [
     "CosineRowsLogits",
@@ -110,7 +110,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def check_chunk_size(value: Any) -> int | None:
     """``None`` (no chunking) or a positive int."""
-    return check_int(value, "chunk_size", minimum=1, optional=True)
+    return optional_int(value, "chunk_size", minimum=1)
 
 
 def _as_acc(z: torch.Tensor) -> torch.Tensor:
@@ -246,6 +246,8 @@ class NegEuclideanLogits(LogitMap):
         self.rows_sq = rows_sq
         self.squared = squared
         if not squared:
+            if floor is None:
+                raise ValueError("NegEuclideanLogits needs a floor unless squared")
             self.floor = floor.reshape(-1, 1).clamp_min(torch.finfo(floor.dtype).tiny)
         self._slope: tuple[int, torch.Tensor] | None = None
 
@@ -288,9 +290,12 @@ class NegEuclideanLogits(LogitMap):
         if self.squared:
             w, factor = grad, 2.0
         else:
-            if self._slope is None or self._slope[0] != start or self._slope[1].shape != grad.shape:
+            slope = self._slope
+            if slope is None or slope[0] != start or slope[1].shape != grad.shape:
                 self.forward(x, rows, start)  # not the block computed last: recompute its slope
-            w, factor = grad.mul_(self._slope[1]), 1.0
+                slope = self._slope
+                assert slope is not None  # set by forward when not squared
+            w, factor = grad.mul_(slope[1]), 1.0
             self._slope = None
         dx = drows = None
         if need_x:  # factor * (w @ rows - x * rowsum(w)) in one addmm
@@ -394,7 +399,10 @@ class _ClassLogSumExp(torch.autograd.Function):
             if labels is not None:
                 ex = _Exclusion(labels, start, stop, spec.group, whole=single)
                 values = ex.take(z2, mask=not spec.ce)
-                own2 = values if own2 is None else torch.where(ex.valid.unsqueeze(1), values, own2)
+                if own2 is None or ex.valid is None:  # first chunk, or the only one (holds every class)
+                    own2 = values
+                else:
+                    own2 = torch.where(ex.valid.unsqueeze(1), values, own2)
             add_zero = spec.add_zero and (dim == 0 or single)
             e, s, m, lse = _stats2(z2, dim, add_zero)
             if single:  # keep exp(z - m) and its sum for backward: it becomes the gradient in place
@@ -412,6 +420,7 @@ class _ClassLogSumExp(torch.autograd.Function):
         ctx.save_for_backward(x, rows, labels, lse)
         if labels is None:
             return lse, lse.new_empty(0)
+        assert own2 is not None  # with labels, set by the first chunk (there is always one)
         own = own2 * LN2
         if not spec.ce:
             return lse, own
@@ -478,6 +487,7 @@ class _ClassLogSumExp(torch.autograd.Function):
                 if single:
                     drows = grows
                 else:
+                    assert drows is not None  # allocated above when need_rows (several chunks)
                     drows[start:stop] = grows
         return dx, drows, None, None
 

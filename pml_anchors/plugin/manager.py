@@ -11,6 +11,7 @@ decided by the environment variables of :mod:`pml_anchors.plugin.settings`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import traceback
@@ -155,7 +156,7 @@ class PluginManager:
                 record = PluginRecord(path.stem, module=str(path), source="plugins_dir")
                 disabled = normalize_dist_name(path.stem) in block
                 skip = ("disabled", f"disabled by {ENV_DISABLE}") if disabled else None
-                self._load_one(record, lambda path=path: import_file(path), skip, str(path))
+                self._load_one(record, functools.partial(import_file, path), skip, str(path))
 
     def _register(self, name: str, plugin: Any, record: PluginRecord) -> None:
         self.records[name] = record

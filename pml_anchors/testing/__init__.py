@@ -11,6 +11,8 @@ they are available in every pytest session once pml-anchors is installed.
 
 * ``pml_registry`` fixture: an isolated registry with entry-point discovery blocked (and no
   ``PML_ANCHORS_PLUGINS_DIR``); add the plugin under test with ``pml_registry.add_plugin(module_or_object)``;
+* :func:`check_dtypes` and :func:`check_import_is_light` (:mod:`~pml_anchors.testing.checks`): float64/float32/
+  bfloat16 agreement, and a plugin package that imports without torch;
 * :func:`make_plugin_env`: a virtualenv with plugin projects pip-installed, for end-to-end entry-point tests.
 
 Importing this package imports neither pytest nor torch (``pml-anchors validate`` uses :func:`check_method`).
@@ -21,6 +23,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .checks import check_dtypes, check_import_is_light
 from .conformance import ConformanceError, check_method
 
 _FIXTURES = ("IsolatedRegistry", "make_plugin_env", "pml_registry")
@@ -32,4 +35,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ConformanceError", "IsolatedRegistry", "check_method", "make_plugin_env", "pml_registry"]
+__all__ = [
+    "ConformanceError",
+    "IsolatedRegistry",
+    "check_dtypes",
+    "check_import_is_light",
+    "check_method",
+    "make_plugin_env",
+    "pml_registry",
+]

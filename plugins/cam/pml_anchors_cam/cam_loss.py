@@ -29,7 +29,7 @@ import torch
 from pytorch_metric_learning.distances import LpDistance
 
 from pml_anchors.losses import AnchorLoss
-from pml_anchors.validators import check_bool, check_real
+from pml_anchors.validators import check_bool, check_real, optional_bool, optional_real
 
 from .initializers import standard_normal
 from .repeller import NeighborList, _centred, _gram_d2, repeller_blocked, repeller_on_pairs
@@ -87,10 +87,8 @@ class ClassAnchorMarginLoss(AnchorLoss):
         self.margin = check_real(margin, "margin (m of eq. 2; paper: 2)", minimum=0.0)
         self.min_norm = check_real(min_norm, "min_norm (p of eq. 3; paper: 1)", minimum=0.0)
         check_bool(batch_classes_only, "batch_classes_only")
-        check_bool(neighbor_list, "neighbor_list", optional=True)
-        neighbor_skin = check_real(
-            neighbor_skin, "neighbor_skin (None: the margin)", minimum=0.0, open_min=True, optional=True
-        )
+        optional_bool(neighbor_list, "neighbor_list")
+        neighbor_skin = optional_real(neighbor_skin, "neighbor_skin (None: the margin)", minimum=0.0, open_min=True)
         self.batch_classes_only = batch_classes_only
         self.neighbor_list = neighbor_list
         self.neighbor_skin = neighbor_skin

@@ -212,13 +212,17 @@ class NeighborList:
     def _search(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Listed pairs (2, P), i < j, between snapshot ``rows`` (indices; None: all, each pair once) and every
         snapshot row."""
+        assert self.snapshot is not None  # searched only after _snap
         reach = self.two_m + self.skin
         centred = self.snapshot - self.center
         reach2 = reach * reach + _rounding_slack(centred, float(self._max_sq))
         if rows is None:
             rows = torch.arange(centred.shape[0], device=centred.device)
-            return _pairs_within(centred, self._sq, rows, reach2, upper=True)
-        return _pairs_within(centred, self._sq, rows, reach2)
+            pairs = _pairs_within(centred, self._sq, rows, reach2, upper=True)
+        else:
+            pairs = _pairs_within(centred, self._sq, rows, reach2)
+        assert pairs is not None  # no limit given: never None
+        return pairs
 
     @staticmethod
     def _unique(pairs: torch.Tensor) -> torch.Tensor:
@@ -230,12 +234,14 @@ class NeighborList:
             self.snapshot = anchors.clone()
             self._sq = torch.linalg.vector_norm(anchors - self.center, dim=1).square_()
         else:
+            assert self.snapshot is not None  # partial updates follow a full snapshot
             self.snapshot[rows] = anchors[rows]
             self._sq[rows] = torch.linalg.vector_norm(anchors[rows] - self.center, dim=1).square_()
         self._max_sq = self._sq.max()
 
     def _displacement(self, anchors: torch.Tensor) -> torch.Tensor:
         """||c_i - S_i|| for every anchor, in blocks (no K x d temporary)."""
+        assert self.snapshot is not None  # measured only against an existing snapshot
         k = anchors.shape[0]
         out = torch.empty(k, dtype=anchors.dtype, device=anchors.device)
         step = _block_rows(anchors.shape[1], 1 << 20)  # small blocks: the difference stays in cache
@@ -256,6 +262,7 @@ class NeighborList:
             or self.snapshot.device != anchors.device
         )
         if not stale:
+            assert self.list is not None  # built together with the snapshot
             # 0.45 skin, not 0.5: two anchors that each moved less than that stay > 2m apart with room for rounding.
             moved = self._displacement(anchors) >= 0.45 * self.skin
             count = int(moved.sum())
@@ -272,6 +279,8 @@ class NeighborList:
             self._snap(anchors, None)
             self.list = self._search()
             self.stats["rebuilds"] += 1
-        if self.max_pairs is not None and self.list.shape[1] > self.max_pairs:
+        listed = self.list
+        assert listed is not None  # rebuilt above, or kept from an earlier call
+        if self.max_pairs is not None and listed.shape[1] > self.max_pairs:
             return None
-        return self.list
+        return listed

@@ -19,7 +19,6 @@ def register_methods(register):
             name="fsc",
             loss="pml_anchors_fsc.fsc_loss:FixedSubCenterLoss",
             initializer="gaussian_subcenters",
-            normalize_embeddings=True,
             paper=PAPER,
             description="F-SC: softmax summed over fixed Gaussian sub-centres + sub-class compactness (beta=1e-4)",
         )

@@ -93,8 +93,10 @@ class FixedSubCenterLoss(AnchorLoss):
     ):
         anchors = kwargs.get("anchors")
         if sub_centers is None:
-            is_3d = torch.is_tensor(anchors) and anchors.ndim == 3
-            sub_centers = int(anchors.shape[1]) if is_3d else DEFAULT_SUB_CENTERS
+            if torch.is_tensor(anchors) and anchors.ndim == 3:
+                sub_centers = int(anchors.shape[1])
+            else:
+                sub_centers = DEFAULT_SUB_CENTERS
         self.sub_centers = positive_int(sub_centers, "sub_centers")
         self.variance = check_real(variance, "variance (sigma^2 of eq. 5, a variance, not a std)", minimum=0.0)
         self.beta = check_real(beta, "beta", minimum=0.0)

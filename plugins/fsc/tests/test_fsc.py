@@ -11,7 +11,7 @@ from pml_anchors_fsc.fsc_loss import FixedSubCenterLoss, intra_class_cosine
 import pml_anchors
 from pml_anchors import TrainerHooks
 from pml_anchors.anchors import gaussian_subcenters
-from pml_anchors.testing import check_method
+from pml_anchors.testing import check_dtypes, check_method
 
 F64 = torch.float64
 # closed-form oracle: class 0 = {(1,0), (0,2)}, class 1 = {(-1,0), (0,-1)}
@@ -217,18 +217,8 @@ def test_predict_by_summed_subclass_probability():
 def test_dtypes_and_bf16_autocast():
     x, y = batch(64, 16, 6, seed=2)
     loss = fsc(6, 16, variance=8e-3)
-    ref = loss(x.double(), y)
-    v32 = loss(x, y)
-    assert v32.dtype == torch.float32 and ref.dtype == F64
-    assert v32.item() == pytest.approx(ref.item(), rel=1e-6)
-    xb = x.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        vb = loss(xb, y)
-    vb.backward()
-    assert torch.isfinite(vb) and vb.item() == pytest.approx(ref.item(), rel=2e-2)
-    assert torch.isfinite(xb.grad).all() and loss.anchors.dtype == torch.float32
-    vh = loss(x.bfloat16(), y)
-    assert torch.isfinite(vh) and vh.item() == pytest.approx(ref.item(), rel=2e-2)
+    check_dtypes(loss, x, y)  # float32 within 1e-6 of float64, bf16 within 2e-2; the anchors stay float32
+    assert loss.anchors.dtype == torch.float32
 
 
 def test_state_dict_round_trip_restores_the_random_subcenters():

@@ -37,7 +37,6 @@ def register_methods(register):
             name="c_ncm",
             loss="pml_anchors_ncm.ncm_loss:CNCMLoss",
             initializer="ncm_tiered",
-            normalize_embeddings=True,
             paper=PAPER,
             description="C-NCM: softmax cross-entropy on the cosine to fixed unit anchors, scale 1 (eq. 8)",
         )

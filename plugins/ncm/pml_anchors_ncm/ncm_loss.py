@@ -107,8 +107,7 @@ class NCMLoss(AnchorLoss):
         ``anchor_kwargs``, ``chunk_size``, PML's ``reducer``, regularizers, ...).
     """
 
-    learnable_anchors = False
-    default_anchors = staticmethod(ncm_tiered)
+    default_anchors = staticmethod(ncm_tiered)  # fixed anchors (the base default): "fixed during training", §3.2
 
     def __init__(
         self,

@@ -13,10 +13,10 @@ from pytorch_metric_learning.losses import NormalizedSoftmaxLoss
 import pml_anchors
 from pml_anchors import TrainerHooks
 from pml_anchors import anchors as geometry
-from pml_anchors.testing import check_method
+from pml_anchors.testing import check_dtypes, check_method
 
 F64 = torch.float64
-# METHODS.md §7.3: anchors e1, e2, e3 in R^4
+# hand-derived oracle (Hao et al., arXiv 1804.08087, eq. 4-8): anchors e1, e2, e3 in R^4
 ORACLE_X = torch.tensor([[1.0, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1]], dtype=F64)
 ORACLE_Y = torch.tensor([0, 1, 2])
 ORACLE_A = torch.eye(3, 4, dtype=F64)
@@ -277,18 +277,8 @@ def test_registered_geometry_override():
 def test_dtypes_and_bf16_autocast(name):
     x, y = batch(64, 8, 6, seed=2)
     loss = loss_of(name, 6, 8)
-    ref = loss(x.double(), y)
-    v32 = loss(x, y)
-    assert v32.dtype == torch.float32 and ref.dtype == F64
-    assert v32.item() == pytest.approx(ref.item(), rel=1e-6)
-    xb = x.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        vb = loss(xb, y)
-    vb.backward()
-    assert torch.isfinite(vb) and vb.item() == pytest.approx(ref.item(), rel=2e-2)
-    assert torch.isfinite(xb.grad).all() and loss.anchors.dtype == torch.float32
-    vh = loss(x.bfloat16(), y)  # bf16 embeddings without autocast
-    assert torch.isfinite(vh) and vh.item() == pytest.approx(ref.item(), rel=2e-2)
+    check_dtypes(loss, x, y)  # float32 within 1e-6 of float64, bf16 (autocast and input) within 2e-2
+    assert loss.anchors.dtype == torch.float32
 
 
 @pytest.mark.parametrize("squared", [False, True])

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from pml_anchors.plugin import TrainerHooks
-from pml_anchors.validators import check_bool, check_int, check_real
+from pml_anchors.validators import optional_bool, optional_int, optional_real
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ class ProxyAnchorHooks(TrainerHooks):
         **kwargs: Any,
     ):
         super().__init__(log_geometry_every=log_geometry_every, **kwargs)
-        warmup_epochs = check_int(warmup_epochs, "warmup_epochs", minimum=0, optional=True)
-        check_bool(freeze_bn, "freeze_bn", optional=True)
-        check_bool(pretrained_trunk, "pretrained_trunk", optional=True)
-        clip_grad_value = check_real(clip_grad_value, "clip_grad_value", minimum=0.0, open_min=True, optional=True)
+        warmup_epochs = optional_int(warmup_epochs, "warmup_epochs", minimum=0)
+        optional_bool(freeze_bn, "freeze_bn")
+        optional_bool(pretrained_trunk, "pretrained_trunk")
+        clip_grad_value = optional_real(clip_grad_value, "clip_grad_value", minimum=0.0, open_min=True)
         self.warmup_epochs = warmup_epochs
         self.freeze_bn = freeze_bn
         self.pretrained_trunk = pretrained_trunk

@@ -36,6 +36,7 @@ from pml_anchors.losses import AnchorLoss
 from pml_anchors.losses.logsumexp import (
     CosineRowsLogits,
     LinearLogits,
+    LogitMap,
     acc_dtype,
     class_logsumexp,
     once_differentiable,
@@ -286,6 +287,7 @@ class ProxyAnchorLoss(AnchorLoss):
         bias = shift + self.alpha * self.margin
         # z = alpha * (s(x, p) + delta) + (w - 1), B x K, from one GEMM. Cosine: against the raw proxies with
         # their normalisation folded in (CosineRowsLogits), so no normalised K x d copy is made.
+        fmap: LogitMap
         if self.distance.normalize_embeddings and self.distance.p == 2:
             emb, rows, fmap = _l2_normalize(embeddings), anchors, CosineRowsLogits(self.alpha, bias)
         else:

@@ -22,7 +22,7 @@ from pml_anchors.testing import check_method
 
 F64 = torch.float64
 
-# METHODS.md §7.4: cosine matrix S, labels y, C = 3 (proxy 2 has no positive).
+# Proxy Anchor eq. 4 by hand: cosine matrix S, labels y, C = 3 (proxy 2 has no positive).
 S = [[0.5, 0.1, -0.2], [0.3, 0.0, 0.2], [-0.1, 0.4, 0.1]]
 Y = [0, 0, 1]
 DL_DS = [
@@ -163,7 +163,7 @@ def test_get_logits_and_predict_match_pml():
     assert torch.equal(loss.predict(emb), ref.get_logits(emb).argmax(1))
 
 
-# -- paper oracles (METHODS.md §7.4) ---------------------------------------------------------------------------
+# -- paper oracles (Kim et al., CVPR 2020, eq. 4) ------------------------------------------------------------------------
 
 
 def test_eq4_oracle_from_cosine_matrix():

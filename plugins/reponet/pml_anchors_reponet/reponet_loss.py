@@ -29,7 +29,7 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pml_anchors import anchors as geometry
 from pml_anchors.losses import AnchorLoss
 from pml_anchors.losses.logsumexp import LinearLogits, class_logsumexp, cross_entropy_from_lse
-from pml_anchors.validators import check_choice, check_real
+from pml_anchors.validators import check_bool, check_choice, check_real
 
 POLYTOPES = geometry.POLYTOPES
 FALLBACKS = ("arcface", "easy", "none")
@@ -93,8 +93,7 @@ class RePoNetLoss(AnchorLoss):
             kwargs.pop("anchors")
             anchors = None
         check_choice(fallback, "fallback", FALLBACKS)
-        if not isinstance(drop_unused, bool):
-            raise TypeError(f"drop_unused must be a bool, got {type(drop_unused).__name__}")
+        check_bool(drop_unused, "drop_unused")
         self.scale = check_real(scale, "scale (paper: 30)", minimum=0.0, open_min=True)
         margin_value = _check_margin(margin)
         # Set before AnchorLoss.__init__, which derives the width and builds the anchors through our overrides.
@@ -102,7 +101,7 @@ class RePoNetLoss(AnchorLoss):
         self.fallback = fallback
         self.drop_unused = drop_unused
         self.uses_polytope = anchors is None
-        self.polytope_width = None  # w, the polytope's own width (None for custom anchors)
+        self.polytope_width: int | None = None  # w, the polytope's own width (None for custom anchors)
         if self.uses_polytope:
             self.polytope_width = geometry.required_embedding_size(polytope, num_classes)
             _check_width(embedding_size, polytope, num_classes, self.polytope_width)
@@ -112,6 +111,7 @@ class RePoNetLoss(AnchorLoss):
         if not isinstance(self.distance, CosineSimilarity):  # cosine-based, like PML's ArcFaceLoss
             raise TypeError(f"RePoNetLoss works on cosines; distance must be a CosineSimilarity, got {self.distance!r}")
         self.num_rows = self.anchors.shape[0]
+        self._phi: float | None
         if self.uses_polytope:
             self._phi = geometry.polytope_margin(polytope, self.polytope_width)
         else:  # custom anchors: measured as built (when first asked if that is expensive, K^2 d > 1e9)
@@ -127,29 +127,33 @@ class RePoNetLoss(AnchorLoss):
             self._phi = geometry.min_pairwise_angle(self.anchors) if self.num_rows > 1 else math.pi
         return self._phi
 
-    @property
-    def default_anchors(self):
-        """The vertices of ``self.polytope`` (all of them; ``drop_unused`` trims them afterwards)."""
-        return self._polytope_vertices
-
     def derive_embedding_size(self, num_classes: int) -> int:
         """The polytope's own width w (paper eq. 7, orthoplex and cube entries as in the official code):
         K-1, ceil(K/2), ceil(log2 K); computed once in ``__init__``."""
         if not self.uses_polytope:
             raise ValueError("RePoNetLoss with custom anchors (a name or callable) needs embedding_size")
+        assert self.polytope_width is not None  # set in __init__ whenever uses_polytope
         return self.polytope_width
 
-    def _polytope_vertices(self, num_classes, embedding_size, *, seed=None, **anchor_kwargs):
-        """The polytope's vertices at its own width w, zero-padded to ``embedding_size`` columns if wider."""
+    def default_anchors(
+        self, num_classes: int, embedding_size: int, *, seed: int | None = None, **anchor_kwargs: Any
+    ) -> torch.Tensor:
+        """The initializer used when ``anchors=None``: the vertices of ``self.polytope`` (all of them;
+        ``drop_unused`` trims them afterwards) at its own width w, zero-padded to ``embedding_size`` columns if wider."""
+        width = self.polytope_width
+        assert width is not None  # anchors=None means uses_polytope, which sets the width
         builder = getattr(geometry, self.polytope)
-        vertices = builder(num_classes, self.polytope_width, seed=seed, **anchor_kwargs)
-        return F.pad(vertices, (0, embedding_size - self.polytope_width))
+        vertices = builder(num_classes, width, seed=seed, **anchor_kwargs)
+        return F.pad(vertices, (0, embedding_size - width))
 
     def polytope_rows(self) -> int:
         """Rows of the polytope classifier: K (simplex or ``drop_unused``), 2w = 2 ceil(K/2) or 2^w."""
         if self.drop_unused or self.polytope == "simplex":
             return self.num_classes
-        return 2 * self.polytope_width if self.polytope == "orthoplex" else 2**self.polytope_width
+        width = self.polytope_width
+        if width is None:  # custom anchors: the rows the polytope would have (named in shape errors)
+            width = geometry.required_embedding_size(self.polytope, self.num_classes)
+        return 2 * width if self.polytope == "orthoplex" else 2**width
 
     def expected_anchor_shape(self) -> tuple[int, ...]:
         return (self.polytope_rows(), self.embedding_size)

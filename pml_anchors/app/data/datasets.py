@@ -28,10 +28,12 @@ Heavy imports (torchvision, scikit-learn, numpy) happen inside the functions tha
 from __future__ import annotations
 
 import difflib
+import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
@@ -149,13 +151,18 @@ class LabeledSubset(Dataset):
         return f"LabeledSubset(n={len(self)}, base={type(self.base).__name__})"
 
 
+def _size(dataset: Dataset) -> int:
+    """``len(dataset)``: the datasets here are map-style and sized (torch's ``Dataset`` does not declare ``__len__``)."""
+    return len(cast(Sized, dataset))
+
+
 def get_labels(dataset: Dataset) -> torch.Tensor:
     """Labels of ``dataset`` as a ``LongTensor`` (``.labels``, ``.targets``, or by iterating)."""
     for attr in ("labels", "targets"):
         labels = getattr(dataset, attr, None)
         if labels is not None:
             return torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in range(_size(dataset))], dtype=torch.long)
 
 
 def subset(dataset: Dataset, indices, labels=None) -> Dataset:
@@ -254,7 +261,7 @@ class DatasetSplits:
 
     def summary(self) -> str:
         return (
-            f"{self.name} [{self.protocol}] train={len(self.train)} test={len(self.test)} "
+            f"{self.name} [{self.protocol}] train={_size(self.train)} test={_size(self.test)} "
             f"num_classes={self.num_classes} test_classes={self.num_test_classes} input={tuple(self.input_shape)}"
         )
 
@@ -320,9 +327,9 @@ def _make_splits(
             raise ValueError("num_train_classes only applies to protocol='open_set'")
         unseen = sorted(te_set - tr_set)
         if unseen:
-            names = [class_names[i] for i in unseen[:5]]
+            absent = [class_names[i] for i in unseen[:5]]
             raise ValueError(
-                f"protocol='same_class' but the test split has classes absent from training: {names}; "
+                f"protocol='same_class' but the test split has classes absent from training: {absent}; "
                 "use protocol='open_set' for disjoint class sets"
             )
         classes = sorted(tr_set)
@@ -356,7 +363,7 @@ def _make_splits(
         if len(extra_sel):
             extra = subset(train_pool_eval, extra_sel, [remap[c] for c in tr_labels[extra_sel].tolist()])
             test = _concat(extra, test)
-    if len(test) == 0:
+    if _size(test) == 0:
         raise ValueError("open_set: the test split has no items of the unseen classes")
     names = tuple(class_names[c] for c in train_classes + test_classes)
     return DatasetSplits(train, test, k, tuple(input_shape), name, protocol, names, seed, info)
@@ -525,10 +532,10 @@ def _build_imagefolder(
         raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size}), the centre crop")
     train_tf, eval_tf = _imagefolder_transforms(int(image_size), augment, resize_size)
     shape = (3, int(image_size), int(image_size))
-    sizes = {"image_size": int(image_size), "resize_size": resize_size, "augment": bool(augment)}
+    sizes: dict[str, object] = {"image_size": int(image_size), "resize_size": resize_size, "augment": bool(augment)}
     sizes.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
     split_layout = (root / "train").is_dir() and (root / "test").is_dir()
-    common = dict(name="imagefolder", protocol=protocol, seed=seed, input_shape=shape)
+    make_splits = functools.partial(_make_splits, name="imagefolder", protocol=protocol, seed=seed, input_shape=shape)
     if split_layout:
         train_ds = datasets.ImageFolder(str(root / "train"), transform=train_tf)
         test_ds = datasets.ImageFolder(str(root / "test"), transform=eval_tf)
@@ -536,7 +543,7 @@ def _build_imagefolder(
         train_eval = None
         if protocol == "open_set" and open_set_test == "all":
             train_eval = _relabel_folder(datasets.ImageFolder(str(root / "train"), transform=eval_tf), names)
-        return _make_splits(
+        return make_splits(
             train_pool=_relabel_folder(train_ds, names),
             test_pool=_relabel_folder(test_ds, names),
             train_pool_eval=train_eval,
@@ -544,7 +551,6 @@ def _build_imagefolder(
             num_train_classes=num_train_classes,
             open_set_test=open_set_test or "test",
             info={"root": str(root), "layout": "train/test", **sizes},
-            **common,
         )
     train_ds = datasets.ImageFolder(str(root), transform=train_tf)
     eval_ds = train_ds if train_tf is eval_tf else datasets.ImageFolder(str(root), transform=eval_tf)
@@ -555,14 +561,13 @@ def _build_imagefolder(
         train_pool, test_pool = subset(train_ds, tr_idx), subset(eval_ds, te_idx)
     else:  # open_set: all images of unseen classes form the test set
         train_pool, test_pool = train_ds, eval_ds
-    return _make_splits(
+    return make_splits(
         train_pool=train_pool,
         test_pool=test_pool,
         class_names=list(train_ds.classes),
         num_train_classes=num_train_classes,
         open_set_test="test",
         info=info,
-        **common,
     )
 
 

@@ -80,10 +80,11 @@ def prepare_mnist_root(idx_dir: str | os.PathLike, root: str | os.PathLike, *, v
     idx_dir, root = Path(idx_dir).expanduser(), Path(root).expanduser()
     if not idx_dir.is_dir():
         raise FileNotFoundError(f"IDX folder {idx_dir} does not exist")
-    sources = {name: _find_idx_source(idx_dir, name) for name in MNIST_FILES}
-    missing = [n for n, s in sources.items() if s is None]
+    found = {name: _find_idx_source(idx_dir, name) for name in MNIST_FILES}
+    missing = [n for n, s in found.items() if s is None]
     if missing:
         raise FileNotFoundError(f"{idx_dir} lacks MNIST IDX files (plain or .gz): {', '.join(missing)}")
+    sources = {n: s for n, s in found.items() if s is not None}
     sums_file = idx_dir / "SHA256SUMS"
     sums = _read_sums(sums_file) if verify and sums_file.is_file() else {}
     raw = root / "MNIST" / "raw"
