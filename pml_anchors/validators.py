@@ -19,6 +19,7 @@ import math
 import numbers
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -69,25 +70,36 @@ def check_seed(seed: Any) -> int | None:
     return optional_int(seed, "seed")
 
 
-def _real_phrase(minimum: float | None, maximum: float | None, open_min: bool, open_max: bool) -> str:
-    bounds = []
-    if minimum is not None:
-        bounds.append(f"{'>' if open_min else '>='} {minimum:g}")
-    if maximum is not None:
-        bounds.append(f"{'<' if open_max else '<='} {maximum:g}")
-    return "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+@dataclass(frozen=True)
+class _Range:
+    """Bounds of a real number: inclusive unless ``open_min`` / ``open_max``."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    open_min: bool = False
+    open_max: bool = False
+
+    def phrase(self) -> str:
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"{'>' if self.open_min else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            bounds.append(f"{'<' if self.open_max else '<='} {self.maximum:g}")
+        return "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+
+    def holds(self, number: float) -> bool:
+        low, high = self.minimum, self.maximum
+        above = low is None or (number > low if self.open_min else number >= low)
+        below = high is None or (number < high if self.open_max else number <= high)
+        return math.isfinite(number) and above and below
 
 
-def _checked_real(value: Any, name: str, bounds: tuple[float | None, float | None, bool, bool], expected: str) -> float:
-    minimum, maximum, open_min, open_max = bounds
+def _checked_real(value: Any, name: str, bounds: _Range, expected: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    number = float(value)
-    too_low = minimum is not None and (number <= minimum if open_min else number < minimum)
-    too_high = maximum is not None and (number >= maximum if open_max else number > maximum)
-    if not math.isfinite(number) or too_low or too_high:
+    if not bounds.holds(float(value)):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return number
+    return float(value)
 
 
 def check_real(
@@ -101,22 +113,14 @@ def check_real(
 ) -> float:
     """``value`` as a finite ``float`` (any real type but ``bool``) within ``[minimum, maximum]``; either bound is
     exclusive with ``open_min`` / ``open_max``."""
-    bounds = (minimum, maximum, open_min, open_max)
-    return _checked_real(value, name, bounds, _real_phrase(*bounds))
+    bounds = _Range(minimum, maximum, open_min, open_max)
+    return _checked_real(value, name, bounds, bounds.phrase())
 
 
-def optional_real(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    open_min: bool = False,
-    open_max: bool = False,
-) -> float | None:
-    """``None``, or ``value`` checked as by :func:`check_real`."""
-    bounds = (minimum, maximum, open_min, open_max)
-    return None if value is None else _checked_real(value, name, bounds, "None or " + _real_phrase(*bounds))
+def optional_real(value: Any, name: str, **bounds: Any) -> float | None:
+    """``None``, or ``value`` checked as by :func:`check_real` (the same keyword bounds)."""
+    allowed = _Range(**bounds)
+    return None if value is None else _checked_real(value, name, allowed, "None or " + allowed.phrase())
 
 
 def check_bool(value: Any, name: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pml_anchors.app.data.datasets import (
+from pml_anchors.app.data import (
     DATASETS,
     MNIST_FILES,
     DatasetSplits,

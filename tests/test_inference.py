@@ -8,7 +8,7 @@ from training_toys import (
 )
 
 import pml_anchors
-import pml_anchors.app.data.datasets as data
+import pml_anchors.app.data as data
 from pml_anchors.app.inference import TrainedModel, load_trained
 from pml_anchors.app.session import run
 from pml_anchors.evaluation import embed

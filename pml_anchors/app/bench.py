@@ -25,10 +25,9 @@ from ..evaluation.tester import METRICS
 from ..plugin.api import get_method, list_methods
 from .baselines import BASELINES, PREFIX, get_baseline
 from .config import TrainConfig
-from .data import load_dataset
 from .plots import plot_accuracy_vs_time, plot_embeddings, project
 from .results import results_dict, write_json
-from .session import build, evaluate_session, train
+from .session import build, evaluate_session, load_config_dataset, train
 
 
 def select_methods(methods: str | Sequence[str]) -> list[str]:
@@ -82,15 +81,7 @@ def bench(
         raise ValueError("nothing to benchmark: no methods and no baselines selected")
     output = Path(output)
     base = TrainConfig(method=names[0], dataset=dataset, epochs=epochs, eval_every_epoch=True, **config)
-    splits = load_dataset(
-        base.dataset,
-        data_root=base.data_root,
-        protocol=base.protocol,
-        seed=base.seed,
-        limit=base.limit,
-        test_limit=base.test_limit,
-        **base.dataset_kwargs,
-    )
+    splits = load_config_dataset(base)
     runs, projections = [], {}
     for name in names:
         cfg = TrainConfig.from_dict({**base.to_dict(), "method": name, "output": None})

@@ -65,7 +65,16 @@ from .resume import check_resume, load_states
 from .seeding import epoch_seed, seed_everything, use_deterministic_algorithms
 from .trainer import AMPMetricLossOnly, amp_setup
 
-__all__ = ["Session", "build", "build_models", "evaluate_session", "resolve_method", "run", "train"]
+__all__ = [
+    "Session",
+    "build",
+    "build_models",
+    "evaluate_session",
+    "load_config_dataset",
+    "resolve_method",
+    "run",
+    "train",
+]
 
 
 def resolve_method(name: str) -> tuple[MethodSpec, Callable[[], Any] | None]:
@@ -187,6 +196,20 @@ def build_models(
     return trunk.to(device), embedder.to(device), loss.to(device), width, backbone
 
 
+def load_config_dataset(config: TrainConfig) -> Any:
+    """The :class:`~pml_anchors.app.data.DatasetSplits` a config names (dataset, root, protocol, seed, limits and
+    the dataset's own options)."""
+    return load_dataset(
+        config.dataset,
+        data_root=config.data_root,
+        protocol=config.protocol,
+        seed=config.seed,
+        limit=config.limit,
+        test_limit=config.test_limit,
+        **config.dataset_kwargs,
+    )
+
+
 def build(
     config: TrainConfig,
     *,
@@ -227,15 +250,7 @@ def build(
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     if splits is None:
-        splits = load_dataset(
-            config.dataset,
-            data_root=config.data_root,
-            protocol=config.protocol,
-            seed=config.seed,
-            limit=config.limit,
-            test_limit=config.test_limit,
-            **config.dataset_kwargs,
-        )
+        splits = load_config_dataset(config)
     if len(splits.train) < 2:
         raise ValueError(f"the training set has {len(splits.train)} items; need at least 2")
     n_classes = int(num_classes if num_classes is not None else splits.num_classes)

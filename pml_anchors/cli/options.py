@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 PROTOCOLS = ("same_class", "open_set")
 
@@ -20,7 +22,7 @@ def json_arg(text: str) -> dict:
     return value
 
 
-def int_list(what: str):
+def int_list(what: str) -> Callable[[str], list[int]]:
     """An argparse type: comma-separated ints, e.g. ``10,20``; the error names ``what`` (with an example)."""
 
     def parse(text: str) -> list[int]:
@@ -198,7 +200,7 @@ def setup_output(args: argparse.Namespace) -> None:
     set_verbosity(args.verbose)
 
 
-def fmt(value) -> str:
+def fmt(value: Any) -> str:
     return "–" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 

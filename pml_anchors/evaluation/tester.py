@@ -40,13 +40,18 @@ class RecordingTester(GlobalEmbeddingSpaceTester):
     ``embeddings[split]`` what the kNN saw (PML deletes its own copy at the end of ``test``).
     """
 
-    def maybe_normalize(self, embeddings):
+    def maybe_normalize(self, embeddings: torch.Tensor) -> torch.Tensor:
         self._last_raw = embeddings
         return super().maybe_normalize(embeddings)
 
     def get_all_embeddings_for_all_splits(
-        self, dataset_dict, trunk_model, embedder_model, splits_to_compute_embeddings, collate_fn
-    ):
+        self,
+        dataset_dict: dict[str, Any],
+        trunk_model: torch.nn.Module,
+        embedder_model: torch.nn.Module,
+        splits_to_compute_embeddings: list[str],
+        collate_fn: Any,
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         self.embeddings, self.raw_embeddings = {}, {}
         for split in splits_to_compute_embeddings:
             emb, labels = self.get_all_embeddings(dataset_dict[split], trunk_model, embedder_model, collate_fn)

@@ -118,7 +118,7 @@ def list_initializers() -> list[str]:
     return sorted(_registry().initializers)
 
 
-def build_loss(spec: MethodSpec, num_classes: int, embedding_size: int | None = None, **kwargs):
+def build_loss(spec: MethodSpec, num_classes: int, embedding_size: int | None = None, **kwargs: Any) -> Any:
     """Instantiate ``spec``'s loss; ``spec.defaults`` merged under ``kwargs``."""
     cls = spec.resolve_loss()
     options = {**spec.defaults, **kwargs}
@@ -129,7 +129,7 @@ def build_loss(spec: MethodSpec, num_classes: int, embedding_size: int | None = 
     return cls(num_classes, embedding_size, **options)
 
 
-def get_loss(name: str, num_classes: int, embedding_size: int | None = None, **kwargs):
+def get_loss(name: str, num_classes: int, embedding_size: int | None = None, **kwargs: Any) -> Any:
     """A ready PML loss for method ``name``: ``spec.defaults`` merged under your ``kwargs``.
 
     >>> loss = get_loss("proxy_anchor", num_classes=100, embedding_size=128)  # doctest: +SKIP
@@ -137,13 +137,15 @@ def get_loss(name: str, num_classes: int, embedding_size: int | None = None, **k
     return build_loss(get_method(name), num_classes, embedding_size, **kwargs)
 
 
-def get_trainer_hooks(name: str, **kwargs):
+def get_trainer_hooks(name: str, **kwargs: Any) -> Any:
     """The method's :class:`~pml_anchors.TrainerHooks` (a no-op one if it declares none)."""
     spec = get_method(name)
     return build_trainer_hooks(spec, **kwargs)
 
 
-def build_trainer_hooks(spec: MethodSpec, **kwargs):
+def build_trainer_hooks(spec: MethodSpec, **kwargs: Any) -> Any:
+    """``spec``'s trainer hooks built with ``kwargs``: the base :class:`TrainerHooks` when it declares none, else its
+    factory's result, which must have PML's ``end_of_iteration_hook`` and ``end_of_epoch_hook``."""
     if spec.trainer_hooks is None:
         return TrainerHooks(**kwargs)
     factory = resolve_object(spec.trainer_hooks, what=f"trainer_hooks of method {spec.name!r}")

@@ -16,7 +16,13 @@ records the distribution that made it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:  # the spec is only named in the hooks' signatures
+    from .spec import MethodSpec
 
 PROJECT_NAME = "pml_anchors"
 
@@ -25,7 +31,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def register_methods(register):
+def register_methods(register: Callable[[MethodSpec], None]) -> None:
     """Register metric-learning methods, each bundled as one :class:`~pml_anchors.MethodSpec`.
 
     :param register: ``register(spec: MethodSpec) -> None``. Call it once per method. The
@@ -49,7 +55,7 @@ def register_methods(register):
 
 
 @hookspec
-def register_initializers(register):
+def register_initializers(register: Callable[..., None]) -> None:
     """Register anchor/proxy geometries that any method may use by name (``anchors="name"``).
 
     :param register: ``register(name: str, initializer, *, aliases=()) -> None`` where

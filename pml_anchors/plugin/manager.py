@@ -184,7 +184,9 @@ class PluginManager:
             return
         self._objects[name] = plugin
 
-    def _fail(self, record: PluginRecord, message: str, exc: BaseException | None = None, status: str = "failed"):
+    def _fail(
+        self, record: PluginRecord, message: str, exc: BaseException | None = None, status: str = "failed"
+    ) -> None:
         record.status, record.error = status, message
         if strict_mode():
             raise PluginLoadError(f"plugin {record.label} could not be loaded: {message}") from exc
@@ -282,7 +284,7 @@ class PluginManager:
         return [self.records[k] for k in sorted(self.records, key=lambda k: (self.records[k].source != "core", k))]
 
 
-def _iter_entry_points():
+def _iter_entry_points() -> list[tuple[str, str | None, metadata.EntryPoint]]:
     seen = set()
     found = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):

@@ -5,12 +5,15 @@ name, alias or qualified name. Pure data, built by :mod:`pml_anchors.plugin.mana
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..errors import DuplicateMethodError, UnknownMethodError
 from .spec import InitializerEntry, MethodSpec
 
 __all__ = ["Registry"]
+
+Entry = TypeVar("Entry", MethodSpec, InitializerEntry)
 
 
 class Registry:
@@ -55,7 +58,7 @@ class Registry:
     def get_initializer_entry(self, name: str) -> InitializerEntry:
         return self._lookup(name, self.initializers, self._init_index, "initializer")
 
-    def _lookup(self, name, table, index, kind):
+    def _lookup(self, name: Any, table: Mapping[str, Entry], index: Mapping[str, list[str]], kind: str) -> Entry:
         if not isinstance(name, str):
             raise TypeError(f"{kind} name must be a string, got {type(name).__name__}")
         if name in table:

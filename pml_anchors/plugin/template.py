@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import keyword
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..version import PLUGIN_API_VERSION
+
+if TYPE_CHECKING:  # Python 3.10 has it here (importlib.resources.abc from 3.11)
+    from importlib.abc import Traversable
 
 TEMPLATE_PACKAGE = "pml_anchors.plugin"
 TEMPLATE_DIR = "plugin_template"
@@ -130,16 +134,16 @@ def render_text(text: str, context: Mapping[str, str], *, where: str = "template
     return PLACEHOLDER.sub(fill, text)
 
 
-def template_root():
+def template_root() -> Traversable:
     """The template folder inside the installed package (an ``importlib.resources`` Traversable)."""
     return resources.files(TEMPLATE_PACKAGE).joinpath(TEMPLATE_DIR)
 
 
-def template_files(root=None) -> list[tuple[PurePosixPath, str]]:
+def template_files(root: Traversable | None = None) -> list[tuple[PurePosixPath, str]]:
     """``(relative template path, text)`` for every ``*.tmpl`` file, sorted by path."""
     root = template_root() if root is None else root
 
-    def walk(node, prefix: PurePosixPath):
+    def walk(node: Traversable, prefix: PurePosixPath) -> Iterator[tuple[PurePosixPath, str]]:
         for child in sorted(node.iterdir(), key=lambda c: c.name):
             if child.is_dir():
                 if child.name != "__pycache__":

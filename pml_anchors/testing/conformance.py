@@ -25,7 +25,7 @@ class ConformanceError(AssertionError):
     """A method failed :func:`check_method`; the message names the method and the failed check."""
 
 
-def _resolve_spec(name_or_spec: Any):
+def _resolve_spec(name_or_spec: Any) -> MethodSpec:
     if isinstance(name_or_spec, MethodSpec):
         return validate_spec(name_or_spec, name_or_spec.plugin or "<check_method>")
     return get_method(name_or_spec)
@@ -60,7 +60,7 @@ def check_method(
     kwargs = dict(loss_kwargs or {})
     where = f"method {spec.qualified_name!r}"
 
-    def make(seed=0):
+    def make(seed: int = 0) -> Any:
         return (
             build_loss(spec, num_classes, embedding_size, **{"seed": seed, **kwargs})
             if _takes_seed(spec)
@@ -131,11 +131,13 @@ def check_method(
     }
 
 
-def _takes_seed(spec) -> bool:
+def _takes_seed(spec: MethodSpec) -> bool:
     return accepts_keyword(spec.resolve_loss(), "seed")
 
 
-def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epochs: int, where: str) -> float:
+def _run_trainer(
+    loss: Any, hooks: Any, num_classes: int, width: int, iterations: int, epochs: int, where: str
+) -> float:
     """``epochs`` x ``iterations`` of PML's MetricLossOnly (no miner) on tiny separable data."""
     import torch  # torch, PML and the losses layer only when a check runs: pytest loads this module every session
     from pytorch_metric_learning import trainers
@@ -161,10 +163,10 @@ def _run_trainer(loss, hooks, num_classes: int, width: int, iterations: int, epo
     losses_seen: list[float] = []
     stopped_after: list[int] = []
 
-    def record(trainer):
+    def record(trainer: Any) -> None:
         losses_seen.append(float(trainer.losses["total_loss"].detach()))
 
-    def method_epoch_hook(trainer):
+    def method_epoch_hook(trainer: Any) -> Any:
         keep_going = hooks.end_of_epoch_hook(trainer)
         if keep_going is False and trainer.epoch < epochs:  # after the last epoch it changes nothing
             stopped_after.append(trainer.epoch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ class IsolatedRegistry:
 
 
 @pytest.fixture
-def pml_registry(monkeypatch):
+def pml_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[IsolatedRegistry]:
     """An empty registry (core geometries only): installed plugins and plugins-dir files are not loaded."""
     monkeypatch.setenv(settings.ENV_LOAD, "")
     monkeypatch.delenv(settings.ENV_DISABLE, raising=False)
