@@ -138,3 +138,11 @@ def test_check_method_runs_pmls_trainer_without_its_progress_bar_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         check_method(MethodSpec(name="toy", loss=ToyCosineLoss, initializer="one_hot"))
+
+
+def test_check_method_report_repeats_and_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first, second = check_method("c_ncm"), check_method("c_ncm")
+    assert first == second  # the trainer run starts from seed 0 every time
+    assert torch.equal(torch.random.get_rng_state(), before)

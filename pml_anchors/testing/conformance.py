@@ -138,8 +138,30 @@ def _takes_seed(spec: MethodSpec) -> bool:
 def _run_trainer(
     loss: Any, hooks: Any, num_classes: int, width: int, iterations: int, epochs: int, where: str
 ) -> float:
-    """``epochs`` x ``iterations`` of PML's MetricLossOnly (no miner) on tiny separable data."""
+    """``epochs`` x ``iterations`` of PML's MetricLossOnly (no miner) on tiny separable data, from seed 0 (the
+    report repeats; the caller's random state is left as it was); the last iteration's loss."""
     import torch  # torch, PML and the losses layer only when a check runs: pytest loads this module every session
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        losses_seen, stopped_after = _train_tiny(loss, hooks, num_classes, width, iterations, epochs)
+    if stopped_after:
+        raise ConformanceError(
+            f"{where}: end_of_epoch_hook returned False after epoch {stopped_after[0]} of {epochs}, which stops "
+            "PML's training; return True (or None) to go on"
+        )
+    expected = epochs * iterations
+    if len(losses_seen) != expected:
+        raise ConformanceError(f"{where}: trainer ran {len(losses_seen)} iterations, expected {expected}")
+    return losses_seen[-1]
+
+
+def _train_tiny(
+    loss: Any, hooks: Any, num_classes: int, width: int, iterations: int, epochs: int
+) -> tuple[list[float], list[int]]:
+    """Train a tiny trunk + embedder with ``loss`` and ``hooks``: (every iteration's loss, epochs after which the
+    epoch hook asked to stop)."""
+    import torch
     from pytorch_metric_learning import trainers
     from pytorch_metric_learning.utils import common_functions as c_f
 
@@ -188,12 +210,4 @@ def _run_trainer(
     attach_hooks(hooks, trainer)  # the same call pml_anchors.app makes (attach is optional)
     with pml_progress_warning_hidden():
         trainer.train(num_epochs=epochs)
-    if stopped_after:
-        raise ConformanceError(
-            f"{where}: end_of_epoch_hook returned False after epoch {stopped_after[0]} of {epochs}, which stops "
-            "PML's training; return True (or None) to go on"
-        )
-    expected = epochs * iterations
-    if len(losses_seen) != expected:
-        raise ConformanceError(f"{where}: trainer ran {len(losses_seen)} iterations, expected {expected}")
-    return losses_seen[-1]
+    return losses_seen, stopped_after
