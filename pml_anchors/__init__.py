@@ -14,9 +14,6 @@ first time the registry is touched (``list_methods``, ``get_method``, ``get_loss
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 from .errors import (
     DuplicateMethodError,
     IncompatiblePluginError,
@@ -42,8 +39,10 @@ from .plugin import (
     load_plugins,
     register_plugin,
     reset,
+    tester_kwargs,
     unregister_plugin,
 )
+from .plugin.lazy import lazy_exports
 from .version import PLUGIN_API_VERSION, __version__
 
 # Heavy (torch/PML) objects are imported on first attribute access, by name: the package root sits below every
@@ -51,15 +50,13 @@ from .version import PLUGIN_API_VERSION, __version__
 _LAZY = {
     "AnchorLoss": "pml_anchors.losses",
     "param_groups": "pml_anchors.losses",
+    "loss_optimizers": "pml_anchors.losses",
     "RecallAtKCalculator": "pml_anchors.evaluation",
     "load_trained": "pml_anchors.app.inference",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pml_anchors' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
@@ -88,8 +85,10 @@ __all__ = [
     "list_methods",
     "load_plugins",
     "load_trained",
+    "loss_optimizers",
     "param_groups",
     "register_plugin",
     "reset",
+    "tester_kwargs",
     "unregister_plugin",
 ]

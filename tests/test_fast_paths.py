@@ -365,10 +365,10 @@ def test_cache_is_reused_and_invalidated_when_the_anchors_change(name):
     loss = pml_anchors.get_loss(name, 12, 6, **_kw(name))
     x, y = _batch(12, 6, dtype=torch.float32)
     before = _value(loss, x, y)
-    cache = dict(loss.__dict__["_anchor_cache"])
+    cache = dict(loss.anchor_cache.entries)
     assert cache, "fixed anchors should be cached"
     _value(loss, x, y)
-    assert all(loss.__dict__["_anchor_cache"][k][1] is v[1] for k, v in cache.items()), "cache not reused"
+    assert all(loss.anchor_cache.entries[k][1] is v[1] for k, v in cache.items()), "cache not reused"
 
     # load_state_dict with other anchors
     other = pml_anchors.get_loss(name, 12, 6, seed=5, **_kw(name))
@@ -399,9 +399,9 @@ def test_cache_follows_dtype_moves_and_input_dtype(name):
     v64_in = _value(loss, x.double(), y)  # float64 inputs: a float64 cached copy, the buffer stays float32
     assert loss.anchors.dtype == torch.float32
     assert v64_in == pytest.approx(v32, rel=1e-5)
-    assert {k[1].dtype if torch.is_tensor(k[1]) else None for k in loss.__dict__["_anchor_cache"].values()}
+    assert {k[1].dtype if torch.is_tensor(k[1]) else None for k in loss.anchor_cache.entries.values()}
     loss.double()
-    assert not loss.__dict__["_anchor_cache"]  # .to() drops the cache
+    assert not loss.anchor_cache  # .to() drops the cache
     assert _value(loss, x.double(), y) == pytest.approx(v32, rel=1e-5)
     loss.float()
     assert _value(loss, x, y) == pytest.approx(v32, rel=1e-6)
@@ -421,7 +421,7 @@ def test_learnable_anchors_are_never_cached():
     loss = pml_anchors.get_loss("c_ncm", 12, 6, learnable=True)
     x, y = _batch(12, 6, dtype=torch.float32)
     loss(x, y)
-    assert not loss.__dict__.get("_anchor_cache")
+    assert not loss.anchor_cache
 
 
 @pytest.mark.cuda

@@ -26,17 +26,19 @@ computed from already validated inputs and a cast copy of the anchors) and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from pytorch_metric_learning.distances import BaseDistance
 from pytorch_metric_learning.losses import BaseMetricLossFunction, WeightRegularizerMixin
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..anchors.diagnostics import min_pairwise_angle
+from ..anchors.diagnostics import CHEAP_ANGLE_BUDGET, min_pairwise_angle
 from ..plugin.api import resolve_initializer
 from ..validators import check_bool, check_seed, optional_bool, positive_int
+from .anchor_cache import MISSING, AnchorCache
 from .inputs import check_embeddings, check_label_range_and_finite, check_labels
 from .logsumexp import check_chunk_size
 
@@ -61,8 +63,14 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         :func:`pml_anchors.losses.logsumexp.class_logsumexp` process the anchor rows in chunks of this many (whole
         classes), recomputing each chunk in backward: peak memory O(B * chunk_size) instead of
         O(B * num_classes), identical values and gradients (up to float rounding), one more GEMM.
-    :param kwargs: PML's ``reducer``, ``distance``, ``weight_regularizer``, ``weight_reg_weight``,
-        ``embedding_regularizer``, ``weight_init_func`` (applied to learnable anchors), ...
+    :param kwargs: PML's ``reducer``, ``distance`` (a method that computes one similarity refuses any other, see
+        :meth:`require_distance`), ``weight_regularizer`` (learnable anchors only: on fixed ones it is a
+        ``ValueError``), ``weight_reg_weight``, ``embedding_regularizer``, ``weight_init_func`` (applied to learnable
+        anchors), ...
+
+    ``load_state_dict`` also takes the ``state_dict`` of the PML loss a method replaces (see
+    :meth:`_read_pml_weights`). PML's logging presets record ``num_classes``, ``embedding_size`` and
+    :attr:`anchor_geometry` (and a method's hyper-parameters) through ``_record_these``.
     """
 
     #: Whether anchors are an ``nn.Parameter`` unless ``learnable=`` says otherwise.
@@ -71,6 +79,14 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     default_anchors: AnchorsArg = "one_hot"
     #: Constructor arguments that decide the anchors' shape, named in shape-mismatch errors.
     shape_arguments: tuple[str, ...] = ("num_classes", "embedding_size")
+    #: The PML loss this method replaces (``"NormalizedSoftmaxLoss"``), named in the messages below.
+    pml_counterpart: str | None = None
+    #: Arguments of :attr:`pml_counterpart` this loss has no counterpart for: ``{name: what to do instead}``. Passing
+    #: one is a ``TypeError`` with that advice, instead of PML's bare "unexpected keyword argument".
+    refused_pml_arguments: Mapping[str, str] = {}
+    #: Names under which PML's losses store their class weights in a ``state_dict``, and how to read them as this
+    #: loss's anchors: ``"rows"`` (K x d: ``proxies``) or ``"columns"`` (d x K: ``W``, SoftTriple's ``fc``).
+    pml_weight_names: Mapping[str, str] = {"proxies": "rows", "W": "columns", "fc": "columns"}
 
     def __init__(
         self,
@@ -86,8 +102,11 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         **kwargs: Any,
     ):
         chunk_size = check_chunk_size(chunk_size)
+        self._refuse_pml_arguments(kwargs)
         custom_init = "weight_init_func" in kwargs
         super().__init__(**kwargs)
+        if not isinstance(self.distance, BaseDistance):
+            raise TypeError(f"distance must be a PML distance (BaseDistance), got {type(self.distance).__name__}")
         self.num_classes = positive_int(num_classes, "num_classes")
         if embedding_size is None:
             embedding_size = self.derive_embedding_size(self.num_classes)
@@ -104,7 +123,33 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
                 self.weight_init_func(self.anchors)
         else:
             self.register_buffer("anchors", tensor, persistent=True)
+        if self.weight_regularizer is not None and not self.learnable:
+            raise ValueError(
+                f"weight_regularizer regularises learnable anchors, but {type(self).__name__}'s are fixed (a buffer): "
+                "it would add a constant; pass learnable=True to learn (and regularise) them, or leave it out"
+            )
+        # what PML's logging presets (record-keeper, TensorBoard) record of the loss every log_freq iterations
         self.add_to_recordable_attributes(list_of_names=["num_classes", "embedding_size"], is_stat=False)
+        self._record_these.append("anchor_geometry")  # a property: PML's helper would read it before subclasses finish
+
+    def _refuse_pml_arguments(self, kwargs: Mapping[str, Any]) -> None:
+        for name in kwargs:
+            if name in self.refused_pml_arguments:
+                raise TypeError(
+                    f"{type(self).__name__} got {name!r}, an argument of PML's {self.pml_counterpart}: "
+                    f"{self.refused_pml_arguments[name]}"
+                )
+
+    def require_distance(self, accepted: bool, computes: str, default: str) -> None:
+        """A ``ValueError`` unless ``accepted``: the method's maths ``computes`` one similarity, which PML calls
+        ``default`` (see :mod:`pml_anchors.losses.distances`), and a ``distance=`` it would not honour is refused
+        rather than ignored."""
+        if not accepted:
+            raise ValueError(
+                f"{type(self).__name__} computes {computes}; distance must be {default} (the default), got "
+                f"{self.distance!r} with normalize_embeddings={self.distance.normalize_embeddings}, "
+                f"p={self.distance.p}, power={self.distance.power}"
+            )
 
     # -- anchors --------------------------------------------------------------------------------
     def derive_embedding_size(self, num_classes: int) -> int:
@@ -169,18 +214,25 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             embeddings.device,
             embeddings.dtype,
         )
-        cache = self.__dict__.setdefault("_anchor_cache", {})
-        hit = cache.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        with torch.inference_mode(False), torch.no_grad():
-            value = compute(self.cast_anchors(embeddings))
-        cache[name] = (key, value)
+        cache = self.anchor_cache
+        value = cache.get(name, key)
+        if value is MISSING:
+            with torch.inference_mode(False), torch.no_grad():
+                value = compute(self.cast_anchors(embeddings))
+            cache.put(name, key, value)
         return value
+
+    @property
+    def anchor_cache(self) -> AnchorCache:
+        """What :meth:`cached_anchors` holds (empty for learnable anchors)."""
+        cache = self.__dict__.get("_anchor_cache")
+        if cache is None:
+            cache = self.__dict__["_anchor_cache"] = AnchorCache()
+        return cache
 
     def clear_anchor_cache(self) -> None:
         """Drop everything :meth:`cached_anchors` holds (needed only after writes through ``.data``)."""
-        self.__dict__.get("_anchor_cache", {}).clear()
+        self.anchor_cache.clear()
 
     def _apply(self, fn, *args, **kwargs):
         self.clear_anchor_cache()
@@ -191,6 +243,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     ):
         self.clear_anchor_cache()
         key = prefix + "anchors"
+        self._read_pml_weights(state_dict, prefix)
         if key in state_dict and tuple(state_dict[key].shape) != tuple(self.anchors.shape):
             args = ", ".join(f"{name}={getattr(self, name)}" for name in self.shape_arguments)
             raise ValueError(
@@ -201,6 +254,28 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _read_pml_weights(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """A PML loss's ``state_dict`` loads too: its class weights (``W``, ``proxies``, ``fc``) become the anchors.
+
+        ``NormalizedSoftmaxLoss``/``ArcFaceLoss`` store ``W`` as (d, K) columns, ``ProxyAnchorLoss`` ``proxies`` as
+        (K, d) rows, ``SoftTripleLoss`` ``fc`` as (d, K * centers) columns, class-major; all are read as this loss's
+        anchor rows (reshaped to (K, s, d) for sub-centres). Only when the dict has no ``anchors`` of its own."""
+        if prefix + "anchors" in state_dict:
+            return
+        for name, layout in self.pml_weight_names.items():
+            if prefix + name not in state_dict:
+                continue
+            weight = state_dict.pop(prefix + name)
+            rows = weight.T if layout == "columns" else weight
+            if rows.numel() != self.anchors.numel():
+                raise ValueError(
+                    f"PML weights {prefix + name!r} of shape {tuple(weight.shape)} do not fit the anchors of shape "
+                    f"{tuple(self.anchors.shape)} of this {type(self).__name__}: build it with the PML loss's "
+                    "num_classes and embedding_size"
+                )
+            state_dict[prefix + "anchors"] = rows.reshape(self.anchors.shape)
+            return
 
     # -- validation -----------------------------------------------------------------------------
     def validate_embeddings(self, embeddings: Any) -> None:
@@ -269,6 +344,15 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         """The smallest angle (radians) the method builds or keeps between two anchors, e.g. Margin-RePoNet's
         phi; ``None`` when the method has no such target (learnable proxies, Euclidean constraints)."""
         return None
+
+    @property
+    def anchor_geometry(self) -> dict[str, Any]:
+        """:meth:`geometry` when it is cheap (K^2 d within ``CHEAP_ANGLE_BUDGET``), else only the mean anchor norm:
+        what PML's logging presets record every ``log_freq`` iterations (a recordable attribute)."""
+        rows = self.anchors.shape[0] * (self.anchors.shape[1] if self.anchors.ndim == 3 else 1)
+        if rows * rows * self.anchors.shape[-1] <= CHEAP_ANGLE_BUDGET:
+            return self.geometry()
+        return {"mean_anchor_norm": float(self.anchors.detach().float().norm(dim=-1).mean())}
 
     @torch.no_grad()
     def geometry(self) -> dict[str, Any]:

@@ -1,8 +1,8 @@
-"""Optimizer parameter groups with a method's learning-rate multipliers."""
+"""Optimizer parameter groups with a method's learning-rate multipliers, and PML's ``metric_loss_optimizer``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -28,3 +28,22 @@ def param_groups(module: Any, lr: float, lr_multipliers: Mapping[str, float] | A
     for name, param in named:
         groups.setdefault(float(multipliers.get(name, 1.0)), []).append(param)
     return [{"params": params, "lr": lr * mult} for mult, params in groups.items()]
+
+
+def loss_optimizers(
+    loss: Any, optimizer_class: Callable[..., Any], lr: float, lr_multipliers: Any = None, **kwargs: Any
+) -> dict[str, Any]:
+    """PML's ``{"metric_loss_optimizer": ...}`` for ``loss``, or ``{}`` when it has nothing to train.
+
+    The one line that works for every method, fixed anchors included (where ``optimizer_class(loss.parameters())``
+    raises "optimizer got an empty parameter list")::
+
+        optimizers = {"trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3)}
+        optimizers.update(pml_anchors.loss_optimizers(loss, torch.optim.Adam, lr=1e-3, lr_multipliers=spec))
+
+    :param lr_multipliers: as in :func:`param_groups` (a mapping or the method's ``MethodSpec``, e.g. Proxy Anchor's
+        proxies at 100x lr).
+    :param kwargs: further arguments of ``optimizer_class`` (``weight_decay``, ``momentum``, ...).
+    """
+    groups = param_groups(loss, lr, lr_multipliers)
+    return {"metric_loss_optimizer": optimizer_class(groups, lr=lr, **kwargs)} if groups else {}

@@ -25,6 +25,7 @@ from .api import (
     register_plugin,
     reset,
     resolve_initializer,
+    tester_kwargs,
     unregister_plugin,
 )
 from .hookspecs import hookimpl, hookspec
@@ -52,5 +53,6 @@ __all__ = [
     "register_plugin",
     "reset",
     "resolve_initializer",
+    "tester_kwargs",
     "unregister_plugin",
 ]

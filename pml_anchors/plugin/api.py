@@ -32,6 +32,7 @@ __all__ = [
     "register_plugin",
     "reset",
     "resolve_initializer",
+    "tester_kwargs",
     "unregister_plugin",
 ]
 
@@ -156,3 +157,14 @@ def build_trainer_hooks(spec: MethodSpec, **kwargs: Any) -> Any:
             f"trainer_hooks of method {spec.qualified_name!r} returned {hooks!r}, which lacks {', '.join(missing)}"
         )
     return hooks
+
+
+def tester_kwargs(method: str | MethodSpec) -> dict[str, Any]:
+    """What PML's ``GlobalEmbeddingSpaceTester`` needs to evaluate ``method`` in the space it was trained in:
+    ``{"normalize_embeddings": spec.normalize_embeddings}``. E-NCM and CAM train on raw Euclidean distances and are
+    scored without normalisation; PML's tester normalises by default.
+
+    >>> tester = GlobalEmbeddingSpaceTester(**pml_anchors.tester_kwargs("e_ncm"))  # doctest: +SKIP
+    """
+    spec = method if isinstance(method, MethodSpec) else get_method(method)
+    return {"normalize_embeddings": spec.normalize_embeddings}

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["accepts_keyword", "describe_object", "is_lazy_path", "resolve_object"]
+__all__ = ["accepts_keyword", "describe_object", "is_lazy_path", "lazy_exports", "resolve_object"]
 
 
 def describe_object(obj: Any) -> Any:
@@ -60,3 +61,18 @@ def accepts_keyword(cls: type, param: str) -> bool:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return False
     return False
+
+
+def lazy_exports(module: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` (PEP 562) that imports ``exports[name]`` (a module path) on first access and
+    returns its ``name``: a plugin package exports its loss classes by name while importing it stays cheap::
+
+        __getattr__ = lazy_exports(__name__, {"CNCMLoss": "pml_anchors_ncm.ncm_loss"})
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

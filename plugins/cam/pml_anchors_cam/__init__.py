@@ -8,10 +8,12 @@ trainer hooks warn if no optimizer steps them, and record the loss's geometry ev
 """
 
 from pml_anchors import MethodSpec, hookimpl
+from pml_anchors.plugin.lazy import lazy_exports
 
 from .initializers import standard_normal
 
 __version__ = "0.1.0"
+__all__ = ["ClassAnchorMarginLoss", "PAPER", "register_initializers", "register_methods", "standard_normal"]
 
 PAPER = (
     "Ghita & Ionescu, Class Anchor Margin Loss for Content-Based Image Retrieval "
@@ -40,3 +42,7 @@ def register_methods(register):
             aliases=("class_anchor_margin",),
         )
     )
+
+
+# the loss class by name, imported on first use
+__getattr__ = lazy_exports(__name__, {"ClassAnchorMarginLoss": "pml_anchors_cam.cam_loss"})

@@ -29,6 +29,7 @@ import torch
 from pytorch_metric_learning.distances import LpDistance
 
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.distances import is_euclidean
 from pml_anchors.validators import check_bool, check_real, optional_bool, optional_real
 
 from .initializers import standard_normal
@@ -94,12 +95,9 @@ class ClassAnchorMarginLoss(AnchorLoss):
         self.neighbor_skin = neighbor_skin
         self._neighbors: NeighborList | None = None
         super().__init__(num_classes, embedding_size, **kwargs)
-        dist = self.distance
-        if not (isinstance(dist, LpDistance) and not dist.normalize_embeddings and dist.p == 2 and dist.power == 1):
-            raise TypeError(
-                "ClassAnchorMarginLoss works on raw Euclidean distances; distance must be "
-                f"LpDistance(normalize_embeddings=False, p=2, power=1), got {dist!r}"
-            )
+        self.require_distance(
+            is_euclidean(self.distance), "raw Euclidean distances (eq. 1-3)", "LpDistance(normalize_embeddings=False)"
+        )
         self.add_to_recordable_attributes(list_of_names=["margin", "min_norm"], is_stat=False)
 
     def get_default_distance(self) -> LpDistance:

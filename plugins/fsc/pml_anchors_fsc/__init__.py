@@ -6,10 +6,16 @@ Registers the method ``fsc``. Importing this package imports no torch: everythin
 """
 
 from pml_anchors import MethodSpec, hookimpl
+from pml_anchors.plugin.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 PAPER = "Z. Zhang, X. Gong. The Fixed Sub-Center: A Better Way to Capture Data Complexity. arXiv:2203.12928, 2022."
+
+_LOSS_MODULE = "pml_anchors_fsc.fsc_loss"
+__getattr__ = lazy_exports(
+    __name__, dict.fromkeys(["FixedSubCenterLoss", "intra_class_cosine"], _LOSS_MODULE)
+)  # imported on first use
 
 
 @hookimpl
@@ -23,3 +29,6 @@ def register_methods(register):
             description="F-SC: softmax summed over fixed Gaussian sub-centres + sub-class compactness (beta=1e-4)",
         )
     )
+
+
+__all__ = ["FixedSubCenterLoss", "intra_class_cosine", "PAPER", "register_methods"]

@@ -22,8 +22,10 @@ import inspect
 from typing import Any
 
 import torch
+from pytorch_metric_learning.distances import DotProductSimilarity
 
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.distances import is_dot_product
 from pml_anchors.losses.logsumexp import LinearLogits, class_cross_entropy
 from pml_anchors.validators import check_choice, check_real, positive_int
 
@@ -68,18 +70,30 @@ class FixedSubCenterLoss(AnchorLoss):
     :param anchors: default ``"gaussian_subcenters"`` (eq. 4-5, seeded by ``seed``); any initializer that
         returns (K, s, d), or a (K, s, d) tensor. Initializers that accept ``sub_centers``/``variance`` get
         them from this loss's options.
+    :param centers_per_class: PML's ``SoftTripleLoss`` name for ``sub_centers`` (its ``la``, ``gamma``, ``margin``
+        and ``reg_weight`` have no counterpart here and are refused with the reason).
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``seed``, ``learnable``,
         ``anchor_kwargs``, ``chunk_size`` (in sub-centre rows, rounded down to whole classes), PML's
-        ``reducer``, ...).
+        ``reducer``, ...). ``distance`` is ``DotProductSimilarity(normalize_embeddings=False)`` (raw logits,
+        eq. 3); any other is a ``ValueError``. SoftTriple's ``state_dict`` (``fc``) loads as the sub-centres.
 
     Sub-losses (PML reducer protocol): ``"loss"`` the per-sample cross-entropy (mean-reduced by the default
     reducer) and ``"compactness"`` the already reduced beta * L_sc-c (a sum over the batch, as eq. 7).
     Miner weights (``indices_tuple``) multiply both per-sample terms.
     """
 
-    learnable_anchors = False
     default_anchors = "gaussian_subcenters"
     shape_arguments = ("num_classes", "embedding_size", "sub_centers")
+    pml_counterpart = "SoftTripleLoss"
+    refused_pml_arguments = {
+        "la": "F-SC's logits are raw dot products w^T x with no scale (eq. 3), so SoftTriple's lambda has no "
+        "counterpart",
+        "gamma": "F-SC sums the sub-class probabilities of a class (eq. 3) instead of SoftTriple's relaxed max over "
+        "its centres, so there is no gamma",
+        "margin": "F-SC has no margin (eq. 3)",
+        "reg_weight": "F-SC's second term is beta, the sub-class compactness weight (eq. 7-8), not SoftTriple's "
+        "centre-merging regulariser",
+    }
 
     def __init__(
         self,
@@ -89,9 +103,18 @@ class FixedSubCenterLoss(AnchorLoss):
         variance: float = 1e-3,
         beta: float = 1e-4,
         assign: str = "logit",
+        *,
+        centers_per_class: int | None = None,
         **kwargs: Any,
     ):
         anchors = kwargs.get("anchors")
+        if centers_per_class is not None:  # SoftTriple's name for the same number
+            if sub_centers is not None and sub_centers != centers_per_class:
+                raise ValueError(
+                    f"sub_centers={sub_centers!r} and centers_per_class={centers_per_class!r} (SoftTriple's name for "
+                    "it) disagree; pass one"
+                )
+            sub_centers = centers_per_class
         if sub_centers is None:
             if torch.is_tensor(anchors) and anchors.ndim == 3:
                 sub_centers = int(anchors.shape[1])
@@ -110,7 +133,20 @@ class FixedSubCenterLoss(AnchorLoss):
         options = {"sub_centers": self.sub_centers, "variance": self.variance}
         anchor_kwargs.update({k: v for k, v in options.items() if k in accepted})
         super().__init__(num_classes, embedding_size, anchor_kwargs=anchor_kwargs, **kwargs)
-        self.add_to_recordable_attributes(list_of_names=["sub_centers"], is_stat=False)
+        self.require_distance(
+            is_dot_product(self.distance),
+            "raw dot products w^T x (eq. 3)",
+            "DotProductSimilarity(normalize_embeddings=False)",
+        )
+        self.add_to_recordable_attributes(list_of_names=["sub_centers", "variance", "beta"], is_stat=False)
+
+    @property
+    def centers_per_class(self) -> int:
+        """SoftTriple's name for :attr:`sub_centers`."""
+        return self.sub_centers
+
+    def get_default_distance(self) -> DotProductSimilarity:
+        return DotProductSimilarity(normalize_embeddings=False)
 
     def expected_anchor_shape(self) -> tuple[int, ...]:
         return (self.num_classes, self.sub_centers, self.embedding_size)

@@ -6,6 +6,7 @@ Networks", arXiv:1804.08087 (2018). Registers the methods ``e_ncm`` and ``c_ncm`
 """
 
 from pml_anchors import MethodSpec, hookimpl
+from pml_anchors.plugin.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,14 @@ PAPER = (
     "F. Hao, J. Cheng, L. Wang, X. Wang, J. Cao, X. Hu, D. Tao. Anchor-based Nearest Class Mean Loss for "
     "Convolutional Neural Networks. arXiv:1804.08087, 2018."
 )
+
+_EXPORTS = {
+    "NCMLoss": "pml_anchors_ncm.ncm_loss",
+    "ENCMLoss": "pml_anchors_ncm.ncm_loss",
+    "CNCMLoss": "pml_anchors_ncm.ncm_loss",
+    "ncm_tiered": "pml_anchors_ncm.tiered",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # the classes by name, imported on first use
 
 
 @hookimpl
@@ -41,3 +50,6 @@ def register_methods(register):
             description="C-NCM: softmax cross-entropy on the cosine to fixed unit anchors, scale 1 (eq. 8)",
         )
     )
+
+
+__all__ = ["CNCMLoss", "ENCMLoss", "ncm_tiered", "NCMLoss", "PAPER", "register_initializers", "register_methods"]

@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pytorch_metric_learning.distances import BaseDistance, CosineSimilarity, LpDistance
 
 from pml_anchors.anchors import min_pairwise_angle, min_pairwise_angle_if_cheap
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.distances import is_cosine, is_euclidean
 from pml_anchors.losses.logsumexp import (
     LinearLogits,
     NegEuclideanLogits,
@@ -34,7 +36,7 @@ from pml_anchors.losses.logsumexp import (
     class_logsumexp,
     cross_entropy_from_lse,
 )
-from pml_anchors.validators import check_bool, check_choice, check_real
+from pml_anchors.validators import check_choice, check_real, optional_bool
 
 from .tiered import ncm_tier, ncm_tiered
 
@@ -93,7 +95,10 @@ class NCMLoss(AnchorLoss):
     :param embedding_size: embedding width d.
     :param metric: ``"euclidean"`` (E-NCM, eq. 7) or ``"cosine"`` (C-NCM, eq. 8).
     :param squared: E-NCM only: use the squared distance (the GMM reading of §3.3) instead of the plain
-        distance of eq. 7.
+        distance of eq. 7. ``None`` (default): from ``distance`` when one is given (``power=2``), else ``False``.
+    :param temperature: C-NCM only: the logits are cos / temperature. The paper's C-NCM is 1 (eq. 8, the default);
+        PML's ``NormalizedSoftmaxLoss(temperature=t)`` is this loss with the same ``t`` on learned instead of
+        fixed anchors (its default is 0.05).
     :param eps: smallest resolved norm/distance. C-NCM divides by ``max(||x||, eps)`` (as ``F.normalize``), so a
         zero feature gives cos 0 and finite gradients. E-NCM computes the own class's distance from ``x - a_y``
         itself (exact at any distance; clamped at ``eps``, so a feature exactly on its anchor gets a zero
@@ -104,7 +109,9 @@ class NCMLoss(AnchorLoss):
     :param anchors: default the tiered rule :func:`~pml_anchors_ncm.tiered.ncm_tiered` (seeded random
         class assignment); any registered geometry name, callable or (K, d) tensor works.
     :param kwargs: :class:`~pml_anchors.losses.AnchorLoss` options (``anchors``, ``seed``, ``learnable``,
-        ``anchor_kwargs``, ``chunk_size``, PML's ``reducer``, regularizers, ...).
+        ``anchor_kwargs``, ``chunk_size``, PML's ``reducer``, regularizers, ...). ``distance``: E-NCM computes raw
+        Euclidean distances, ``LpDistance(normalize_embeddings=False)`` (``power=2``: squared); C-NCM cosines,
+        ``CosineSimilarity()``; any other is a ``ValueError``.
     """
 
     default_anchors = staticmethod(ncm_tiered)  # fixed anchors (the base default): "fixed during training", §3.2
@@ -114,20 +121,42 @@ class NCMLoss(AnchorLoss):
         num_classes: int,
         embedding_size: int | None = None,
         metric: str = "euclidean",
-        squared: bool = False,
+        squared: bool | None = None,
         eps: float = 1e-12,
+        temperature: float = 1.0,
         **kwargs: Any,
     ):
         check_choice(metric, "metric", METRICS)
-        check_bool(squared, "squared")
+        squared = optional_bool(squared, "squared")
         if squared and metric != "euclidean":
             raise ValueError("squared=True applies to the Euclidean metric (E-NCM) only, not to metric='cosine'")
-        eps = check_real(eps, "eps", minimum=0.0, open_min=True)
+        distance = kwargs.get("distance")
+        if squared is None:  # from the distance a PML user passes: LpDistance(power=2) is the squared distance
+            squared = metric == "euclidean" and getattr(distance, "power", 1) == 2
+        self.temperature = check_real(temperature, "temperature", minimum=0.0, open_min=True)
+        if self.temperature != 1.0 and metric != "cosine":
+            raise ValueError("temperature applies to C-NCM (metric='cosine') only: E-NCM's logits are -distances")
+        self.metric, self.squared = metric, squared  # before PML's __init__, which asks get_default_distance
+        self.eps = check_real(eps, "eps", minimum=0.0, open_min=True)
         super().__init__(num_classes, embedding_size, **kwargs)
-        self.metric = metric
-        self.squared = squared
-        self.eps = eps
+        if metric == "cosine":
+            self.require_distance(is_cosine(self.distance), "cosines (eq. 8)", "CosineSimilarity()")
+        else:
+            power = 2 if squared else 1
+            self.require_distance(
+                is_euclidean(self.distance, (power,)),
+                f"raw Euclidean distances{' squared' if squared else ''} (eq. 7)",
+                f"LpDistance(normalize_embeddings=False, p=2, power={power})",
+            )
+            self.add_to_recordable_attributes(name="eps", is_stat=False)
+        if metric == "cosine":
+            self.add_to_recordable_attributes(name="temperature", is_stat=False)
         self._design_angle = _design_min_angle(self.anchors, tiered=kwargs.get("anchors") is None)
+
+    def get_default_distance(self) -> BaseDistance:
+        if self.metric == "cosine":
+            return CosineSimilarity()
+        return LpDistance(normalize_embeddings=False, p=2, power=2 if self.squared else 1)
 
     # -- scores ---------------------------------------------------------------------------------
     def _unit_features(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -148,7 +177,7 @@ class NCMLoss(AnchorLoss):
         if self.metric == "cosine":
             x = self._unit_features(embeddings)
             a = F.normalize(anchors.to(acc), dim=1, eps=self.eps).to(anchors.dtype)
-            return (x @ a.T).to(acc)
+            return (x @ a.T).to(acc) / self.temperature
         x_sq = embeddings.to(acc).square().sum(dim=1, keepdim=True)  # B x 1
         a_sq = anchors.to(acc).square().sum(dim=1)  # K
         xa = embeddings @ anchors.T  # the one GEMM (autocast may run it in bf16)
@@ -176,7 +205,8 @@ class NCMLoss(AnchorLoss):
             else:
                 rows = self._unit_anchors(embeddings)
             x = self._unit_features(embeddings)
-            ce, _ = class_cross_entropy(x, rows, LinearLogits(), labels, chunk_size=self.chunk_size)
+            logits = LinearLogits(1.0 / self.temperature)
+            ce, _ = class_cross_entropy(x, rows, logits, labels, chunk_size=self.chunk_size)
         else:
             x_sq = embeddings.detach().to(acc).square().sum(dim=1)  # its gradient is in the map's backward
             a_sq, a_sq_max = self._anchor_sq_norms(embeddings, anchors)
@@ -215,11 +245,11 @@ class NCMLoss(AnchorLoss):
         return self.cached_anchors("sq_norms", embeddings, sq_norms)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """-M(f(x), a_c): minus the (squared) distance for E-NCM, the cosine for C-NCM (B x K)."""
+        """-M(f(x), a_c): minus the (squared) distance for E-NCM, the cosine / temperature for C-NCM (B x K), as
+        PML's ``NormalizedSoftmaxLoss.get_logits``."""
         if self.metric == "cosine" and not self.anchors.requires_grad:  # reuse the cached unit anchors
-            return (self._unit_features(embeddings) @ self._unit_anchors(embeddings).T).to(
-                _accumulate_dtype(embeddings.dtype)
-            )
+            cosines = self._unit_features(embeddings) @ self._unit_anchors(embeddings).T
+            return cosines.to(_accumulate_dtype(embeddings.dtype)) / self.temperature
         return self._logits(embeddings, self.cast_anchors(embeddings))
 
     def target_min_angle(self) -> float | None:
@@ -236,7 +266,7 @@ class NCMLoss(AnchorLoss):
         return self._design_angle
 
     def extra_repr(self) -> str:
-        extra = f", squared={self.squared}" if self.metric == "euclidean" else ""
+        extra = f", squared={self.squared}" if self.metric == "euclidean" else f", temperature={self.temperature:g}"
         return f"{super().extra_repr()}, metric={self.metric!r}{extra}, eps={self.eps:g}"
 
 
@@ -250,19 +280,35 @@ class ENCMLoss(NCMLoss):
         self,
         num_classes: int,
         embedding_size: int | None = None,
-        squared: bool = False,
+        squared: bool | None = None,
         eps: float = 1e-12,
         **kwargs: Any,
     ):
         if "metric" in kwargs:
             raise TypeError("ENCMLoss uses the Euclidean metric; use NCMLoss(metric=...) to choose")
+        if "temperature" in kwargs:
+            raise TypeError("ENCMLoss takes no temperature: its logits are -distances (eq. 7); C-NCM has one")
         super().__init__(num_classes, embedding_size, metric="euclidean", squared=squared, eps=eps, **kwargs)
 
 
 class CNCMLoss(NCMLoss):
-    """C-NCM (Hao et al., arXiv 1804.08087, eq. 4, 5, 8): softmax cross-entropy on cos(f(x), a_c), scale 1."""
+    """C-NCM (Hao et al., arXiv 1804.08087, eq. 4, 5, 8): softmax cross-entropy on cos(f(x), a_c), scale 1.
 
-    def __init__(self, num_classes: int, embedding_size: int | None = None, eps: float = 1e-12, **kwargs: Any):
+    The drop-in for PML's ``NormalizedSoftmaxLoss(num_classes, embedding_size, temperature)`` with fixed anchors:
+    the same arguments (``temperature`` defaults to the paper's 1, PML's to 0.05), and its ``state_dict`` (``W``)
+    loads as the anchors.
+    """
+
+    pml_counterpart = "NormalizedSoftmaxLoss"
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int | None = None,
+        temperature: float = 1.0,
+        eps: float = 1e-12,
+        **kwargs: Any,
+    ):
         if "metric" in kwargs or "squared" in kwargs:
             raise TypeError("CNCMLoss uses the cosine metric and takes no 'metric' or 'squared' option")
-        super().__init__(num_classes, embedding_size, metric="cosine", eps=eps, **kwargs)
+        super().__init__(num_classes, embedding_size, metric="cosine", eps=eps, temperature=temperature, **kwargs)

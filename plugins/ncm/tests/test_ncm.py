@@ -182,7 +182,7 @@ def test_anchors_are_a_fixed_buffer_from_the_tiered_rule():
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        ({"squared": "yes"}, TypeError, "squared must be True or False, got 'yes'"),
+        ({"squared": "yes"}, TypeError, "squared must be True, False or None, got 'yes'"),
         ({"eps": 0.0}, ValueError, "eps must be"),
         ({"eps": -1e-6}, ValueError, "eps must be"),
         ({"eps": float("nan")}, ValueError, "eps must be"),

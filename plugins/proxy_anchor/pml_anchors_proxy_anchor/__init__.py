@@ -5,10 +5,8 @@ listing methods imports no loss code and not PML (the core geometries need torch
 them on first access (the one-line switch from ``pytorch_metric_learning.losses.ProxyAnchorLoss``).
 """
 
-from importlib import import_module
-from typing import Any
-
 from pml_anchors import MethodSpec, hookimpl
+from pml_anchors.plugin.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -31,16 +29,12 @@ def register_methods(register):
     )
 
 
-_LAZY = {
-    "ProxyAnchorLoss": "pml_anchors_proxy_anchor.proxy_anchor_loss",
-    "proxy_anchor_from_cosine": "pml_anchors_proxy_anchor.proxy_anchor_loss",
-    "ProxyAnchorHooks": "pml_anchors_proxy_anchor.hooks",
-}
-
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ProxyAnchorLoss": "pml_anchors_proxy_anchor.proxy_anchor_loss",
+        "proxy_anchor_from_cosine": "pml_anchors_proxy_anchor.proxy_anchor_loss",
+        "ProxyAnchorHooks": "pml_anchors_proxy_anchor.hooks",
+    },
+)
 __all__ = ["PAPER", "ProxyAnchorHooks", "ProxyAnchorLoss", "proxy_anchor_from_cosine", "register_methods"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pml_anchors_proxy_anchor' has no attribute {name!r}")

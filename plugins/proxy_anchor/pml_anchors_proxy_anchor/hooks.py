@@ -96,16 +96,12 @@ class ProxyAnchorHooks(TrainerHooks):
         **kwargs: Any,
     ):
         super().__init__(log_geometry_every=log_geometry_every, **kwargs)
-        warmup_epochs = optional_int(warmup_epochs, "warmup_epochs", minimum=0)
-        optional_bool(freeze_bn, "freeze_bn")
-        optional_bool(pretrained_trunk, "pretrained_trunk")
-        clip_grad_value = optional_real(clip_grad_value, "clip_grad_value", minimum=0.0, open_min=True)
-        self.warmup_epochs = warmup_epochs
-        self.freeze_bn = freeze_bn
-        self.pretrained_trunk = pretrained_trunk
+        self.warmup_epochs = optional_int(warmup_epochs, "warmup_epochs", minimum=0)
+        self.freeze_bn = optional_bool(freeze_bn, "freeze_bn")
+        self.pretrained_trunk = optional_bool(pretrained_trunk, "pretrained_trunk")
+        self.clip_grad_value = optional_real(clip_grad_value, "clip_grad_value", minimum=0.0, open_min=True)
         #: what :meth:`attach` applied: ``{"pretrained_trunk", "warmup_epochs", "freeze_bn"}``
         self.recipe: dict[str, Any] = {}
-        self.clip_grad_value = clip_grad_value
         self._frozen: list[torch.nn.Parameter] = []  # parameters this object froze and will unfreeze
         self._warmup_until = 0
 

@@ -228,16 +228,17 @@ class ProxyAnchorLoss(AnchorLoss):
 
     learnable_anchors = True
     default_anchors = "kaiming_normal"
+    pml_counterpart = "ProxyAnchorLoss"  # same arguments; its state_dict (``proxies``) loads as the anchors
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.1, alpha: float = 32, **kwargs: Any):
         margin = check_real(margin, "margin (delta of eq. 4)", minimum=0.0)
         alpha = check_real(alpha, "alpha (eq. 4)", minimum=0.0, open_min=True)
         super().__init__(num_classes, embedding_size, **kwargs)
-        if not isinstance(self.distance, DotProductSimilarity) or self.distance.power != 1:
-            raise ValueError(
-                "ProxyAnchorLoss needs a cosine similarity (eq. 4): distance must be CosineSimilarity() or "
-                f"DotProductSimilarity(power=1), got {self.distance!r}"
-            )
+        self.require_distance(
+            isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1,
+            "a cosine similarity (eq. 4) (or, as PML allows, a raw dot product)",
+            "CosineSimilarity()",
+        )
         self.margin = margin
         self.alpha = alpha
         self.add_to_recordable_attributes(list_of_names=["alpha", "margin"], is_stat=False)
@@ -254,16 +255,6 @@ class ProxyAnchorLoss(AnchorLoss):
                 self.check_anchor_shape(value)
             name = "anchors"
         super().__setattr__(name, value)
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        # A state_dict of PML's ProxyAnchorLoss stores the proxies as "proxies".
-        if prefix + "proxies" in state_dict and prefix + "anchors" not in state_dict:
-            state_dict[prefix + "anchors"] = state_dict.pop(prefix + "proxies")
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     # -- PML protocol -----------------------------------------------------------------------------------
     def get_default_reducer(self):

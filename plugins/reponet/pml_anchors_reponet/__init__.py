@@ -7,6 +7,7 @@ margin m = phi, the angle between neighbouring vertices (paper eq. 9-12). The lo
 """
 
 from pml_anchors import MethodSpec, hookimpl
+from pml_anchors.plugin.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,9 @@ PAPER = (
     "Pernici, Bruni, Baecchi & Del Bimbo, Maximally Compact and Separated Features with Regular Polytope "
     "Networks, CVPR Workshops 2019 (Margin-RePoNet)"
 )
+
+# the loss class by name, imported on first use
+__getattr__ = lazy_exports(__name__, {"RePoNetLoss": "pml_anchors_reponet.reponet_loss"})
 
 
 @hookimpl
@@ -32,3 +36,6 @@ def register_methods(register):
             aliases=("margin_reponet",),
         )
     )
+
+
+__all__ = ["PAPER", "register_methods", "RePoNetLoss"]

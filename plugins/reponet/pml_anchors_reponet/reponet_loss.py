@@ -28,6 +28,7 @@ from pytorch_metric_learning.distances import CosineSimilarity
 
 from pml_anchors import anchors as geometry
 from pml_anchors.losses import AnchorLoss
+from pml_anchors.losses.distances import is_cosine
 from pml_anchors.losses.logsumexp import LinearLogits, class_logsumexp, cross_entropy_from_lse
 from pml_anchors.validators import check_bool, check_choice, check_real
 
@@ -68,7 +69,7 @@ class RePoNetLoss(AnchorLoss):
     multiply the per-sample cross-entropy, as in PML's classification losses.
     """
 
-    learnable_anchors = False
+    pml_counterpart = "ArcFaceLoss"  # same argument names, but margin in radians here (degrees in PML)
 
     def __init__(
         self,
@@ -108,8 +109,9 @@ class RePoNetLoss(AnchorLoss):
         elif embedding_size is None and torch.is_tensor(anchors):
             embedding_size = anchors.shape[-1]
         super().__init__(num_classes, embedding_size, **kwargs)
-        if not isinstance(self.distance, CosineSimilarity):  # cosine-based, like PML's ArcFaceLoss
-            raise TypeError(f"RePoNetLoss works on cosines; distance must be a CosineSimilarity, got {self.distance!r}")
+        self.require_distance(
+            is_cosine(self.distance), "cosines (eq. 9-12), like PML's ArcFaceLoss", "CosineSimilarity()"
+        )
         self.num_rows = self.anchors.shape[0]
         self._phi: float | None
         if self.uses_polytope:

@@ -413,7 +413,7 @@ def test_state_dict_records_num_classes_that_the_padded_vertices_hide(polytope):
         ({"fallback": "clip"}, ValueError, "fallback must be one of"),
         ({"drop_unused": "yes"}, TypeError, "drop_unused"),
         ({"polytope": "cube", "anchors": "simplex"}, ValueError, "contradicts"),
-        ({"distance": LpDistance()}, TypeError, "CosineSimilarity"),
+        ({"distance": LpDistance()}, ValueError, r"computes cosines .* distance must be CosineSimilarity\(\)"),
     ],
 )
 def test_bad_hyper_parameters(kwargs, error, match):
