@@ -8,6 +8,7 @@ One spawn runs every case (a process group costs tens of seconds to start): each
 import functools
 
 import method_cases
+import pml_twins
 import pytest
 import torch
 from dist_worker import run_distributed, single_process
@@ -40,6 +41,12 @@ FACTORIES = {
 JOBS = {
     **{key: (factory, DistributedLoss, True) for key, factory in FACTORIES.items()},
     "pml_wrapper": (pml_proxy_anchor, DistributedLossWrapper, False),
+    # drop-in parity: a method whose maths PML has, under PML's own wrapper, beside its PML counterpart
+    **{
+        f"pml_wrapper_twin:{name}:{side}": (factory, DistributedLossWrapper, False)
+        for name, factories in pml_twins.FACTORIES.items()
+        for side, factory in zip(("ours", "pml"), factories)
+    },
 }
 
 
@@ -104,3 +111,17 @@ def test_without_process_group_it_is_the_plain_loss():
         wrapped(emb, labels, indices_tuple=(torch.tensor([0]),) * 3)
     with pytest.raises(TypeError):
         DistributedLoss("not a loss")
+
+
+@pytest.mark.parametrize("name", sorted(pml_twins.FACTORIES))
+def test_under_pmls_distributed_loss_wrapper_like_the_pml_counterpart(dist_results, name):
+    """The three methods PML also has, wrapped in PML's DistributedLossWrapper, give each rank the value and the
+    model and proxy gradients PML's own loss gives (both carry the wrapper's world_size scaling alike)."""
+    ours, theirs = (dist_results[f"pml_wrapper_twin:{name}:{side}"] for side in ("ours", "pml"))
+    for rank, (got, expected) in enumerate(zip(ours, theirs)):
+        assert "error" not in got and "error" not in expected, got.get("error") or expected.get("error")
+        torch.testing.assert_close(got["value"], expected["value"], rtol=1e-9, atol=1e-12, msg=f"rank {rank}")
+        for key in ("model.weight", "model.bias"):
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-8, atol=1e-12, msg=f"rank {rank} {key}")
+        if "loss.proxies" in expected:  # learnable proxies (Proxy Anchor): ours are "anchors"
+            torch.testing.assert_close(got["loss.anchors"], expected["loss.proxies"], rtol=1e-8, atol=1e-12)

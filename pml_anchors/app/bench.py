@@ -14,6 +14,7 @@ writes, under ``output``:
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -84,7 +85,8 @@ def bench(
     splits = load_config_dataset(base)
     runs, projections = [], {}
     for name in names:
-        cfg = TrainConfig.from_dict({**base.to_dict(), "method": name, "output": None})
+        logs = None if base.tensorboard is None else os.path.join(base.tensorboard, name.replace(":", "_"))
+        cfg = TrainConfig.from_dict({**base.to_dict(), "method": name, "output": None, "tensorboard": logs})
         started = time.perf_counter()
         try:
             session = train(build(cfg, splits=splits))

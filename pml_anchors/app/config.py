@@ -51,6 +51,9 @@ class TrainConfig:
     :param dataloader_num_workers: DataLoader worker processes for training and evaluation (PML's
         trainer and tester); 0 loads in the main process. Without random transforms the results do
         not depend on it.
+    :param tensorboard: a folder for PML's logging presets (record-keeper + TensorBoard,
+        :mod:`pml_anchors.app.tensorboard`): the losses, the loss's recordable attributes (hyper-parameters, anchor
+        geometry) and the learning rates every 50 iterations, and each epoch's metrics; ``None``: no logging.
     :param recall_at: the Ks of the ``recall_at_<K>`` metrics evaluated beside PML's (default 1, 2, 4, 8, the
         Proxy Anchor paper's CUB/Cars columns; SOP's are 1, 10, 100, 1000); see :mod:`pml_anchors.evaluation.recall_at_k`.
     """
@@ -90,6 +93,7 @@ class TrainConfig:
     compile_kwargs: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = False
     recall_at: list[int] = field(default_factory=lambda: list(DEFAULT_RECALL_AT))
+    tensorboard: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:

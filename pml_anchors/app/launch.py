@@ -166,7 +166,7 @@ def _worker(rank: int, world: int, port: int, config_dict: dict, resume: str | N
     elif not values.get("num_threads"):  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     if rank != 0:  # only rank 0 evaluates and writes files
-        values.update(output=None, eval_every_epoch=False)
+        values.update(output=None, eval_every_epoch=False, tensorboard=None)
     config = TrainConfig.from_dict(values)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     session: Session | None = None

@@ -76,5 +76,6 @@ def config_for_checkpoint(checkpoint: Mapping[str, Any], **overrides: Any) -> Tr
         backbone_kwargs=backbone_kwargs,
         output=None,
         compile=False,
+        tensorboard=None,
     )
     return TrainConfig.from_dict(values)

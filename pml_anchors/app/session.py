@@ -63,6 +63,7 @@ from .optimizers import make_optimizers
 from .results import results_dict, write_json
 from .resume import check_resume, load_states
 from .seeding import epoch_seed, seed_everything, use_deterministic_algorithms
+from .tensorboard import TensorBoardLog
 from .trainer import AMPMetricLossOnly, amp_setup
 
 __all__ = [
@@ -117,6 +118,8 @@ class Session:
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     iteration_losses: list[float] = field(default_factory=list)
+    #: PML's logging presets when ``config.tensorboard`` names a folder
+    tensorboard: TensorBoardLog | None = None
 
 
 class _Bookkeeper:
@@ -154,6 +157,8 @@ class _Bookkeeper:
         if s.config.eval_every_epoch:
             entry.update(evaluate_session(s))
         s.history.append(entry)
+        if s.tensorboard is not None:
+            s.tensorboard.record_epoch(trainer, entry)
         if s.config.output and s.config.checkpoint_every_epoch:
             save_checkpoint(s, Path(s.config.output) / "checkpoint.pt")
         seed_everything(epoch_seed(s.config.seed, trainer.epoch + 1))
@@ -268,6 +273,8 @@ def build(
     session.hooks = build_trainer_hooks(spec, **config.hook_kwargs)
     amp_dtype, session.scaler = amp_setup(config.amp, config.amp_dtype, device)
     bookkeeper = _Bookkeeper(session)
+    if config.tensorboard:
+        session.tensorboard = TensorBoardLog(config.tensorboard)
     session.trainer = AMPMetricLossOnly(
         models={"trunk": trunk, "embedder": embedder},
         optimizers=session.optimizers,
@@ -278,7 +285,10 @@ def build(
         data_device=device,
         dataloader_num_workers=config.dataloader_num_workers,
         end_of_iteration_hook=chain_hooks(
-            session.hooks.end_of_iteration_hook, end_of_iteration_hook, bookkeeper.end_of_iteration_hook
+            session.hooks.end_of_iteration_hook,
+            end_of_iteration_hook,
+            bookkeeper.end_of_iteration_hook,
+            None if session.tensorboard is None else session.tensorboard.end_of_iteration_hook,
         ),
         end_of_epoch_hook=chain_hooks(session.hooks.end_of_epoch_hook, end_of_epoch_hook, bookkeeper.end_of_epoch_hook),
         amp_dtype=amp_dtype,
@@ -372,9 +382,18 @@ def run(
         end_of_epoch_hook=end_of_epoch_hook,
         resume=resume,
     )
-    train(session)
-    last = session.history[-1] if session.history else {}
-    metrics = last if last.get("epoch") == session.epoch and "precision_at_1" in last else evaluate_session(session)
+    try:
+        train(session)
+        last = session.history[-1] if session.history else {}
+        if last.get("epoch") == session.epoch and "precision_at_1" in last:
+            metrics = last
+        else:  # evaluated after the last epoch only (no eval_every_epoch): logged beside that epoch's loss
+            metrics = evaluate_session(session)
+            if session.tensorboard is not None and session.trainer is not None:
+                session.tensorboard.record_epoch(session.trainer, {"epoch": session.epoch, **metrics})
+    finally:
+        if session.tensorboard is not None:
+            session.tensorboard.close()
     results = results_dict(session, metrics, wall_seconds=time.perf_counter() - started)
     if config.output:
         out = Path(config.output)

@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, LookupError, FileNotFoundError, PluginError) as exc:  # PluginLoadError when strict
+    # PluginLoadError when strict; ImportError: an optional package a flag needs (e.g. --tensorboard)
+    except (ValueError, TypeError, LookupError, FileNotFoundError, ImportError, PluginError) as exc:
         print(f"pml-anchors {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`pml-anchors methods | head`): stop quietly, like other tools

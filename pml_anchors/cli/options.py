@@ -120,6 +120,13 @@ def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     )
     add_recall_at(p)
     p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="log with PML's logging presets (record-keeper + TensorBoard) into DIR: losses, the loss's "
+        "hyper-parameters and anchor geometry, learning rates and each epoch's metrics (bench: one sub-folder per "
+        "run); needs pip install 'pml-anchors[tensorboard]'",
+    )
+    p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often fastest for tiny models)"
     )
     p.add_argument(
@@ -165,12 +172,15 @@ CONFIG_ARGS = {
     "loss_kwargs": "loss_kwargs",
     "hook_kwargs": "hook_kwargs",
     "recall_at": "recall_at",
+    "tensorboard": "tensorboard",
 }
 
 
 def given_config(args: argparse.Namespace) -> dict:
     """Config fields given on the command line."""
     given = {field: getattr(args, attr) for field, attr in CONFIG_ARGS.items() if getattr(args, attr, None) is not None}
+    if "tensorboard" in given:
+        given["tensorboard"] = os.path.abspath(os.path.expanduser(given["tensorboard"]))
     if "data_root" in given:  # stored in the checkpoint: `eval` and `--resume` may run from another directory
         given["data_root"] = os.path.abspath(os.path.expanduser(given["data_root"]))
     if getattr(args, "backbone_kwargs", None) is not None:
