@@ -125,7 +125,7 @@ def test_backbone_kwargs_flag_builds_the_trunk_and_the_checkpoint_rebuilds_it(to
     assert json.loads((out / "results.json").read_text())["config"]["backbone_kwargs"] == {"pooling": "avg+max"}
     assert isinstance(pml_anchors.load_trained(out / "checkpoint.pt").trunk.avgpool, GlobalAvgMaxPool)
     capsys.readouterr()
-    assert main([*argv, "--backbone-kwargs", '{"pooling": "gem"}']) == 2
+    assert main([*argv, "--backbone-kwargs", '{"pooling": "gem"}', "--overwrite"]) == 2
     assert "pooling must be one of 'avg', 'max', 'avg+max', got 'gem'" in capsys.readouterr().err
 
 

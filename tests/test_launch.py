@@ -24,6 +24,7 @@ def test_train_nproc_2(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "results.json"]  # rank 0 only
     assert results["method"] == "proxy_anchor" and results["epochs"] == 2 and len(results["history"]) == 2
     assert results["world_size"] == 2 and results["batch_size"] == 32 and results["batch_size_per_process"] == 16
+    assert results["global_batch_size"] == 32  # what each step trained on
     assert results["replica_max_abs_diff"] <= 1e-6  # every process ends with the same weights and anchors
     assert 0.0 <= results["precision_at_1"] <= 1.0 and all(h["loss"] > 0 for h in results["history"])
     checkpoint = load_checkpoint(out / "checkpoint.pt")  # torch.load(weights_only=True)
@@ -40,6 +41,12 @@ def test_train_nproc_2(tmp_path, capsys):
         (["--method", "proxy_anchor", "--nproc", "0"], "nproc must be a positive int, got 0"),
         (["--method", "proxy_anchor", "--nproc", "2", "--batch-size", "3"], "must be at least 2 x nproc = 4, got 3"),
         (["--method", "baseline:pml_contrastive", "--nproc", "2"], "it uses a miner"),
+        (
+            ["--method", "proxy_anchor", "--nproc", "3", "--batch-size", "64"],
+            "--batch-size 64 does not divide among 3 processes (it is the global batch); use a multiple of 3, "
+            "e.g. 63 or 66",
+        ),
+        (["--method", "proxy_anchor", "--nproc", "2", "--timeout", "0"], "timeout_s must be a finite number > 0"),
         (["--method", "proxy_anchr", "--nproc", "2"], "unknown method 'proxy_anchr'"),
     ],
 )
@@ -47,6 +54,22 @@ def test_nproc_errors_before_spawning(capsys, extra, message):
     assert main(["train", *TINY, "--epochs", "1", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pml-anchors train: error:") and message in err
+
+
+def test_batch_size_that_does_not_divide_is_refused_before_any_process_starts(monkeypatch):
+    """``--nproc 3 --batch-size 64`` trained on 63 per step while results.json said 64: now refused up front."""
+    from pml_anchors.app import launch as launch_module
+    from pml_anchors.app.config import TrainConfig
+
+    def no_spawn(*args, **kwargs):
+        raise AssertionError("a process was started")
+
+    monkeypatch.setattr(launch_module, "run_workers", no_spawn)
+    config = TrainConfig(method="proxy_anchor", batch_size=64, device="cpu")
+    with pytest.raises(ValueError, match=r"^--batch-size 64 does not divide among 3 processes .* e\.g\. 63 or 66$"):
+        launch_module.launch(config, 3)
+    with pytest.raises(ValueError, match="e.g. 64 or 68"):
+        launch_module.launch(TrainConfig(method="proxy_anchor", batch_size=66, device="cpu"), 4)
 
 
 def test_train_nproc_2_plateau_schedule_lowers_every_processs_lr_at_the_same_epoch(tmp_path, capsys):

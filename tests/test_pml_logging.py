@@ -109,7 +109,7 @@ def test_train_and_bench_write_tensorboard_records(toys, tmp_path):
     out, logs = tmp_path / "run", tmp_path / "tb"
     assert main(["train", "--method", "toy_learnable", *argv, "--output", str(out), "--tensorboard", str(logs)]) == 0
     tags = _scalar_tags(logs)
-    assert {"epoch/precision_at_1", "epoch/loss", "loss_histories/total_loss"} <= tags
+    assert {"test/precision_at_1", "epoch/loss", "loss_histories/total_loss"} <= tags
     assert any(tag.endswith("_anchor_geometry/mean_anchor_norm") for tag in tags)
     assert json.loads((out / "results.json").read_text())["config"]["tensorboard"] == str(logs)
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--no-progress"]) == 0  # eval logs nothing
@@ -118,4 +118,4 @@ def test_train_and_bench_write_tensorboard_records(toys, tmp_path):
     bench = ["bench", "--methods", "toy_fixed", "--baselines", "cross_entropy", "--no-plots", "--tensorboard"]
     assert main([*bench, str(bench_logs), *argv, "--output", str(tmp_path / "bench")]) == 0
     assert {p.name for p in bench_logs.iterdir()} == {"toy_fixed", "baseline_cross_entropy"}  # one folder per run
-    assert "epoch/precision_at_1" in _scalar_tags(bench_logs / "toy_fixed")
+    assert "test/precision_at_1" in _scalar_tags(bench_logs / "toy_fixed")

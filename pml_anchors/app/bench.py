@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .plots import plot_accuracy_vs_time, plot_embeddings, project
 from .results import results_dict, write_json
 from .session import build, evaluate_session, load_config_dataset, train
+from .tensorboard import require_tensorboard
 
 
 def select_methods(methods: str | Sequence[str]) -> list[str]:
@@ -82,6 +83,8 @@ def bench(
         raise ValueError("nothing to benchmark: no methods and no baselines selected")
     output = Path(output)
     base = TrainConfig(method=names[0], dataset=dataset, epochs=epochs, eval_every_epoch=True, **config)
+    if base.tensorboard:
+        require_tensorboard()  # once, before any run, instead of every run failing on it
     splits = load_config_dataset(base)
     runs, projections = [], {}
     for name in names:
@@ -89,7 +92,12 @@ def bench(
         cfg = TrainConfig.from_dict({**base.to_dict(), "method": name, "output": None, "tensorboard": logs})
         started = time.perf_counter()
         try:
-            session = train(build(cfg, splits=splits))
+            session = build(cfg, splits=splits)
+            try:
+                train(session)
+            finally:
+                if session.tensorboard is not None:
+                    session.tensorboard.close()
             result = results_dict(session, session.history[-1] if session.history else evaluate_session(session))
             if plots:
                 projections[name] = project(session)

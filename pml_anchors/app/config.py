@@ -54,6 +54,8 @@ class TrainConfig:
     :param tensorboard: a folder for PML's logging presets (record-keeper + TensorBoard,
         :mod:`pml_anchors.app.tensorboard`): the losses, the loss's recordable attributes (hyper-parameters, anchor
         geometry) and the learning rates every 50 iterations, and each epoch's metrics; ``None``: no logging.
+    :param timeout_s: ``--nproc`` only: seconds a collective (or the process group's rendezvous) may wait for the
+        other processes before it fails; a dead or stalled process then ends the whole job (default 300).
     :param recall_at: the Ks of the ``recall_at_<K>`` metrics evaluated beside PML's (default 1, 2, 4, 8, the
         Proxy Anchor paper's CUB/Cars columns; SOP's are 1, 10, 100, 1000); see :mod:`pml_anchors.evaluation.recall_at_k`.
     """
@@ -94,6 +96,7 @@ class TrainConfig:
     deterministic: bool = False
     recall_at: list[int] = field(default_factory=lambda: list(DEFAULT_RECALL_AT))
     tensorboard: str | None = None
+    timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -107,6 +110,7 @@ class TrainConfig:
         self.embedding_size = optional_int(self.embedding_size, "embedding_size", minimum=1)
         self.seed = check_int(self.seed, "seed")
         self.num_threads = optional_int(self.num_threads, "num_threads", minimum=1)
+        self.timeout_s = check_real(self.timeout_s, "timeout_s", minimum=0.0, open_min=True)
         self.lr_milestones = check_schedule(
             self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
         )

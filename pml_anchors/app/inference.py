@@ -28,10 +28,11 @@ import torch
 
 from ..devices import resolve_device
 from ..evaluation.diagnostics import predict
-from .checkpoints import load_checkpoint
+from ..plugin.api import registered_names_only
+from .checkpoints import CheckpointError, load_checkpoint
 from .config import TrainConfig
-from .resume import config_for_checkpoint
-from .session import build_models, resolve_method
+from .resume import checkpoint_source, config_for_checkpoint
+from .session import build_models, checkpoint_method, resolve_method
 
 __all__ = ["TrainedModel", "load_trained"]
 
@@ -116,8 +117,9 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """
     checkpoint = load_checkpoint(path)
     config = config_for_checkpoint(checkpoint, device=str(device))
-    spec, _ = resolve_method(config.method)
-    with _random_state_kept():  # building seeds the RNGs; the weights come from the checkpoint anyway
+    spec, _ = resolve_method(checkpoint_method(config, checkpoint))
+    # normal tensors even under the caller's torch.inference_mode(); names from the file resolve to plugins only
+    with _random_state_kept(), torch.inference_mode(False), registered_names_only(checkpoint_source(checkpoint)):
         trunk, embedder, loss, _, _ = build_models(
             config,
             spec,
@@ -125,8 +127,11 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             tuple(checkpoint["input_shape"]),
             resolve_device(config.device),
         )
-    for name, module in (("trunk", trunk), ("embedder", embedder), ("loss", loss)):
-        module.load_state_dict(checkpoint[name])
+        for name, module in (("trunk", trunk), ("embedder", embedder), ("loss", loss)):
+            try:
+                module.load_state_dict(checkpoint[name])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"{checkpoint_source(checkpoint)}: its {name} weights do not fit: {exc}") from exc
     model = TrainedModel(
         trunk,
         embedder,

@@ -16,6 +16,7 @@ from ..evaluation.tester import METRICS
 from ..plugin.api import get_plugins
 from ..version import __version__
 from .checkpoints import plain
+from .output_folder import write_atomically
 
 
 def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float | None = None) -> dict[str, Any]:
@@ -80,5 +81,5 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     """``data`` as strict JSON (NaN/Inf → null) at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
-    return path
+    text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text))

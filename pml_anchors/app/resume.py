@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .checkpoints import plain
+from .checkpoints import CheckpointError, plain
 from .config import TrainConfig, field_default
 from .lr_schedules import load_scheduler_state
 
-__all__ = ["RESUME_KEYS", "check_resume", "config_for_checkpoint", "load_states"]
+__all__ = ["RESUME_KEYS", "check_resume", "checked_config", "checkpoint_source", "config_for_checkpoint", "load_states"]
 
 #: config fields a resumed run must share with its checkpoint
 RESUME_KEYS = (
@@ -37,17 +37,32 @@ def check_resume(config: TrainConfig, checkpoint: Mapping[str, Any]) -> None:
         raise ValueError("cannot resume: the config differs from the checkpoint's: " + "; ".join(diff))
 
 
+def checkpoint_source(checkpoint: Mapping[str, Any]) -> str:
+    """How messages name a checkpoint: its file (:func:`~pml_anchors.app.checkpoints.load_checkpoint` records it)."""
+    return f"checkpoint {checkpoint.get('_path', '(in memory)')}"
+
+
 def load_states(session: Any, checkpoint: Mapping[str, Any], optimizers: bool) -> None:
+    source = checkpoint_source(checkpoint)
     for name in ("trunk", "embedder", "loss"):
-        getattr(session, name).load_state_dict(checkpoint[name])
+        try:
+            getattr(session, name).load_state_dict(checkpoint[name])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{source}: its {name} weights do not fit the {name} its config rebuilds: {exc}"
+            ) from exc
     if optimizers:
-        missing = set(session.optimizers) ^ set(checkpoint["optimizers"])
-        if missing:
-            raise ValueError(
-                f"checkpoint optimizers {sorted(checkpoint['optimizers'])} do not match {sorted(session.optimizers)}"
+        saved = checkpoint.get("optimizers")
+        if not isinstance(saved, Mapping) or set(session.optimizers) ^ set(saved):
+            raise CheckpointError(
+                f"{source}: its optimizers {sorted(saved) if isinstance(saved, Mapping) else saved!r} do not match "
+                f"{sorted(session.optimizers)}: it cannot be resumed (pml-anchors eval still reads it)"
             )
         for key, opt in session.optimizers.items():
-            opt.load_state_dict(checkpoint["optimizers"][key])
+            try:
+                opt.load_state_dict(saved[key])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{source}: its {key} state does not fit: {exc}") from exc
         schedulers = session.trainer.lr_schedulers if session.trainer is not None else {}
         for key, state in (checkpoint.get("lr_schedulers") or {}).items():
             if key in schedulers:
@@ -78,4 +93,12 @@ def config_for_checkpoint(checkpoint: Mapping[str, Any], **overrides: Any) -> Tr
         compile=False,
         tensorboard=None,
     )
-    return TrainConfig.from_dict(values)
+    return checked_config(values, checkpoint)
+
+
+def checked_config(values: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> TrainConfig:
+    """``TrainConfig.from_dict(values)``, an invalid stored value named as the checkpoint's fault."""
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint_source(checkpoint)}: its config is not valid: {exc}") from exc

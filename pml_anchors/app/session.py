@@ -35,6 +35,7 @@ writes ``results.json`` and ``checkpoint.pt``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -46,22 +47,24 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
+from ..errors import UnknownMethodError
 from ..evaluation.diagnostics import anchor_rows
 from ..evaluation.tester import evaluate
 from ..losses import AnchorLoss
-from ..plugin.api import build_loss, build_trainer_hooks, get_method
+from ..plugin.api import build_loss, build_trainer_hooks, get_method, registered_names_only
 from ..plugin.lazy import accepts_keyword
 from ..plugin.spec import MethodSpec
 from ..plugin.trainer_hooks import attach_hooks, chain_hooks, pml_progress_warning_hidden
 from .baselines import get_baseline, is_baseline
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import checkpoint_bytes, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EMBEDDING_SIZE, TrainConfig
 from .data import load_dataset
 from .lr_schedules import make_lr_schedulers, step_plateau
 from .models import build_backbone, compile_models, default_backbone
 from .optimizers import make_optimizers
+from .output_folder import check_room, claimed
 from .results import results_dict, write_json
-from .resume import check_resume, load_states
+from .resume import check_resume, checkpoint_source, load_states
 from .seeding import epoch_seed, seed_everything, use_deterministic_algorithms
 from .tensorboard import TensorBoardLog
 from .trainer import AMPMetricLossOnly, amp_setup
@@ -76,6 +79,20 @@ __all__ = [
     "run",
     "train",
 ]
+
+
+def checkpoint_method(config: TrainConfig, checkpoint: Mapping[str, Any]) -> str:
+    """The method to rebuild a checkpoint with: its qualified ``dist:name`` (still unambiguous when another plugin
+    registers the same short name since), unless it is a baseline, the config asks for another method, or the
+    qualified name is not installed (then the short name, whose error says what is missing)."""
+    qualified = checkpoint.get("method")
+    if not isinstance(qualified, str) or is_baseline(config.method) or config.method != checkpoint["config"]["method"]:
+        return config.method
+    try:
+        get_method(qualified)
+    except UnknownMethodError:
+        return config.method
+    return qualified
 
 
 def resolve_method(name: str) -> tuple[MethodSpec, Callable[[], Any] | None]:
@@ -245,7 +262,8 @@ def build(
     if checkpoint is not None and with_trainer:
         check_resume(config, checkpoint)
     if loss is None:
-        spec, registry_miner = resolve_method(config.method)  # fail fast on an unknown method
+        name = config.method if checkpoint is None else checkpoint_method(config, checkpoint)
+        spec, registry_miner = resolve_method(name)  # fail fast on an unknown method
         miner = miner if miner is not None else (registry_miner() if registry_miner else None)
     elif spec is None:
         spec = MethodSpec(name=config.method, loss=type(loss) if isinstance(loss, torch.nn.Module) else loss)
@@ -260,7 +278,8 @@ def build(
         raise ValueError(f"the training set has {len(splits.train)} items; need at least 2")
     n_classes = int(num_classes if num_classes is not None else splits.num_classes)
 
-    trunk, embedder, loss, width, backbone = build_models(config, spec, n_classes, splits.input_shape, device, loss)
+    with contextlib.nullcontext() if checkpoint is None else registered_names_only(checkpoint_source(checkpoint)):
+        trunk, embedder, loss, width, backbone = build_models(config, spec, n_classes, splits.input_shape, device, loss)
     session = Session(config, spec, splits, device, trunk, embedder, loss, width, backbone, n_classes, miner=miner)
     if not with_trainer:
         if checkpoint is not None:
@@ -366,22 +385,47 @@ def run(
     miner: Any = None,
     end_of_iteration_hook: Callable | None = None,
     end_of_epoch_hook: Callable | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate and (with ``config.output``) write ``results.json`` + ``checkpoint.pt``.
 
-    Returns the results dict (see :func:`results_dict`). Keyword arguments as in :func:`build`.
+    ``config.output`` is claimed for the run (:mod:`pml_anchors.app.output_folder`): locked against a second run,
+    checked writable and roomy before training, and refused when it holds a finished run unless ``resume`` or
+    ``overwrite``. Returns the results dict (see :func:`results_dict`). Keyword arguments as in :func:`build`.
     """
+    if not config.output:
+        return _run(
+            config,
+            resume,
+            dict(
+                splits=splits,
+                loss=loss,
+                spec=spec,
+                miner=miner,
+                end_of_iteration_hook=end_of_iteration_hook,
+                end_of_epoch_hook=end_of_epoch_hook,
+            ),
+        )
+    with claimed(config.output, resume=resume is not None, overwrite=overwrite):
+        return _run(
+            config,
+            resume,
+            dict(
+                splits=splits,
+                loss=loss,
+                spec=spec,
+                miner=miner,
+                end_of_iteration_hook=end_of_iteration_hook,
+                end_of_epoch_hook=end_of_epoch_hook,
+            ),
+        )
+
+
+def _run(config: TrainConfig, resume: str | os.PathLike | None, options: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
-    session = build(
-        config,
-        splits=splits,
-        loss=loss,
-        spec=spec,
-        miner=miner,
-        end_of_iteration_hook=end_of_iteration_hook,
-        end_of_epoch_hook=end_of_epoch_hook,
-        resume=resume,
-    )
+    session = build(config, resume=resume, **options)
+    if config.output:
+        check_room(config.output, 2 * checkpoint_bytes(session))
     try:
         train(session)
         last = session.history[-1] if session.history else {}
@@ -390,14 +434,13 @@ def run(
         else:  # evaluated after the last epoch only (no eval_every_epoch): logged beside that epoch's loss
             metrics = evaluate_session(session)
             if session.tensorboard is not None and session.trainer is not None:
-                session.tensorboard.record_epoch(session.trainer, {"epoch": session.epoch, **metrics})
+                session.tensorboard.record_test(session.trainer, metrics)
     finally:
         if session.tensorboard is not None:
             session.tensorboard.close()
     results = results_dict(session, metrics, wall_seconds=time.perf_counter() - started)
     if config.output:
         out = Path(config.output)
-        out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(session, out / "checkpoint.pt")
         write_json(results, out / "results.json")
     return results

@@ -4,7 +4,7 @@ PML's ``HookContainer`` records, every ``log_freq`` iterations, the losses, the 
 attribute of the loss (``_record_these``: a method's hyper-parameters and :attr:`~pml_anchors.AnchorLoss.
 anchor_geometry`), the models' and the optimizers' (their learning rates); :meth:`TensorBoardLog.record_epoch` adds
 each epoch's mean loss, lr and evaluation metrics (group ``epoch``). TensorBoard's event files are written to
-``DIR`` (``tensorboard --logdir DIR``) and record-keeper's CSV records to ``DIR/records``. Needs the optional
+``DIR`` (``tensorboard --logdir DIR``; the evaluation's metrics under ``test/…``) and record-keeper's CSV records to ``DIR/records``. Needs the optional
 packages record-keeper and tensorboard (``pip install "pml-anchors[tensorboard]"``).
 """
 
@@ -14,21 +14,26 @@ import math
 import os
 from typing import Any
 
-__all__ = ["TensorBoardLog"]
+__all__ = ["TensorBoardLog", "require_tensorboard"]
+
+
+def require_tensorboard() -> None:
+    """An ``ImportError`` saying what to install when record-keeper or tensorboard is missing."""
+    try:
+        import record_keeper  # noqa: F401 - PML's presets import it themselves; here only to say what is missing
+        import tensorboard  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"--tensorboard needs the packages record-keeper and tensorboard ({exc}); install them with "
+            "pip install 'pml-anchors[tensorboard]'"
+        ) from exc
 
 
 class TensorBoardLog:
     """PML's record-keeper, TensorBoard writer and ``HookContainer`` for one run, writing to ``folder``."""
 
     def __init__(self, folder: str | os.PathLike, log_freq: int = 50) -> None:
-        try:
-            import record_keeper  # noqa: F401 - PML's presets import it themselves; here only to say what is missing
-            import tensorboard  # noqa: F401
-        except ModuleNotFoundError as exc:
-            raise ImportError(
-                f"--tensorboard needs the packages record-keeper and tensorboard ({exc}); install them with "
-                "pip install 'pml-anchors[tensorboard]'"
-            ) from exc
+        require_tensorboard()
         from pytorch_metric_learning.utils import logging_presets
 
         self.folder = os.fspath(folder)
@@ -42,14 +47,21 @@ class TensorBoardLog:
         self.hooks.end_of_iteration_hook(trainer)
 
     def record_epoch(self, trainer: Any, entry: dict[str, Any]) -> None:
-        """The epoch's numbers (mean loss, lr, evaluation metrics) under ``epoch/<name>``; written to disk now."""
+        """An epoch's numbers, written to disk now: its mean loss, lr and time under ``epoch/<name>``, and the
+        evaluation's metrics (when the entry has them) under ``test/<name>``."""
         numbers = {
             key: float(value)
             for key, value in entry.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         }
-        self.record_keeper.update_records({"epoch": numbers}, trainer.get_global_iteration())
+        training = {key: numbers.pop(key) for key in ("epoch", "seconds", "loss", "lr") if key in numbers}
+        groups = {"epoch": training, "test": numbers} if numbers else {"epoch": training}
+        self.record_keeper.update_records(groups, trainer.get_global_iteration())
         self.flush()
+
+    def record_test(self, trainer: Any, metrics: dict[str, Any]) -> None:
+        """The evaluation after the last epoch (a run without ``eval_every_epoch``) under ``test/<name>``."""
+        self.record_epoch(trainer, {k: v for k, v in metrics.items() if k not in ("epoch", "seconds", "loss", "lr")})
 
     def flush(self) -> None:
         self.record_keeper.save_records()

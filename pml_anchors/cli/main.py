@@ -72,11 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    # PluginLoadError when strict; ImportError: an optional package a flag needs (e.g. --tensorboard)
-    except (ValueError, TypeError, LookupError, FileNotFoundError, ImportError, PluginError) as exc:
-        print(f"pml-anchors {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C (or a plugin raising it while loading, named in the message)
+        print(f"pml-anchors {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130  # 128 + SIGINT
     except BrokenPipeError:  # the reader went away (`pml-anchors methods | head`): stop quietly, like other tools
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+    # PluginLoadError when strict; ImportError: an optional package a flag needs (e.g. --tensorboard); OSError: a file
+    # that cannot be read or written (a full disk), named in its message
+    except (ValueError, TypeError, LookupError, OSError, ImportError, PluginError) as exc:
+        print(f"pml-anchors {args.command}: error: {exc}", file=sys.stderr)
+        return 2

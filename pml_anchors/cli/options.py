@@ -173,6 +173,7 @@ CONFIG_ARGS = {
     "hook_kwargs": "hook_kwargs",
     "recall_at": "recall_at",
     "tensorboard": "tensorboard",
+    "timeout_s": "timeout",
 }
 
 

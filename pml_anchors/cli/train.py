@@ -34,11 +34,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", help="continue from this checkpoint: its config and output folder; options given here override"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output (results.json, checkpoint.pt); without it such a folder is refused",
+    )
+    p.add_argument(
         "--nproc",
         type=int,
         default=1,
         help="data-parallel processes on this machine (gloo on CPU, one GPU each on CUDA); --batch-size stays the "
         "global batch; rank 0 evaluates and writes the files (default 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --nproc: how long a process waits for the others in a collective before the whole job fails, "
+        "naming the process (default 300)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
@@ -51,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     setup_output(args)
     from ..app.checkpoints import load_checkpoint
     from ..app.config import TrainConfig
+    from ..app.resume import checked_config
     from ..app.session import run as run_training
 
-    values, done = {}, None
+    values, done, checkpoint = {}, None, {}
     if args.resume:
         checkpoint = load_checkpoint(args.resume)
         values, done = dict(checkpoint["config"]), int(checkpoint["epoch"])
@@ -63,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if key in given:
             given[key] = {**values.get(key, {}), **given[key]}
     values.update(given)
-    config = TrainConfig.from_dict(values)
+    config = checked_config(values, checkpoint) if args.resume else TrainConfig.from_dict(values)
     if done is not None and done >= config.epochs:
         print(
             f"nothing left to train: the checkpoint finished epoch {done} of {config.epochs}; evaluating it again "
@@ -73,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         from ..app.launch import launch  # N processes, DDP + DistributedLoss
 
-        results = launch(config, args.nproc, resume=args.resume, verbose=args.verbose)
+        results = launch(config, args.nproc, resume=args.resume, verbose=args.verbose, overwrite=args.overwrite)
     else:
-        results = run_training(config, resume=args.resume)
+        results = run_training(config, resume=args.resume, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:

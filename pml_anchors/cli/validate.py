@@ -4,8 +4,11 @@ For each method (every registered one, or those named: a method name, alias or `
 distribution for all of its methods) it resolves what registration leaves lazy (the loss class, the initializer,
 the trainer hooks) and, with ``--run``, runs the conformance check every plugin's own tests run
 (:func:`pml_anchors.testing.check_method`: forward/backward, anchors, ``state_dict``, PML's ``MetricLossOnly``
-with the method's hooks, on the CPU). A plugin that failed to load, is incompatible or clashes counts as a failure.
-The exit status is 1 when anything failed, so plugin CI and deployment scripts can call it.
+with the method's hooks, on the CPU). The initializers the checked plugins register as lazy ``"module:function"``
+strings are imported too (a failure is a row of its own). A plugin that failed to load, is incompatible, clashes
+or tampered with pml_anchors counts as a failure; so does a lazy reference whose module is missing or whose import
+raises (``sys.exit()`` included). The exit status is 1 when anything failed, so plugin CI and deployment scripts
+can call it; 130 when interrupted while a plugin loads (the plugin is named).
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import sys
 import warnings
 from typing import Any
 
-from ..plugin.api import build_trainer_hooks, get_method, get_plugins, list_methods, resolve_initializer
+from ..plugin.api import (
+    build_trainer_hooks,
+    get_method,
+    get_plugin_manager,
+    get_plugins,
+    list_methods,
+    resolve_initializer,
+)
+from ..plugin.lazy import is_lazy_path
 from ..plugin.settings import normalize_dist_name
 from ..testing.conformance import check_method
 
@@ -50,10 +61,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is first imported: no bars from the trainer runs
-    with warnings.catch_warnings():  # load failures are reported below, as failures
-        warnings.simplefilter("ignore")
-        plugins = {normalize_dist_name(r["name"]): r for r in get_plugins(all=True)}
-        specs = list_methods()
+    try:
+        with warnings.catch_warnings():  # load failures are reported below, as failures
+            warnings.simplefilter("ignore")
+            plugins = {normalize_dist_name(r["name"]): r for r in get_plugins(all=True)}
+            specs = list_methods()
+    except KeyboardInterrupt as exc:  # Ctrl-C still stops the command; say which plugin was loading
+        print(f"pml-anchors validate: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    for note in get_plugin_manager().notes:  # the settings themselves (e.g. a misspelt plugin name)
+        print(f"pml-anchors validate: warning: {note}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     chosen = [] if args.names else list(specs)
     # without names: every method, and every plugin that is broken (a switched-off one is not: that was chosen)
@@ -73,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     for spec in chosen:  # each method once, in the order first named
         unique.setdefault(spec.qualified_name, spec)
     rows += [_check(spec, args.run, args.num_classes, args.embedding_size or None) for spec in unique.values()]
+    named = (
+        None if not args.names else {normalize_dist_name(n) for n in args.names if normalize_dist_name(n) in plugins}
+    )
+    rows += _lazy_initializer_rows(named, plugins)
     failed = [r for r in rows if r["status"] != "ok"]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -80,14 +101,16 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         where = f"[{r['plugin']}{' ' + r['version'] if r['version'] else ''}]"
         detail = r["detail"] if r["status"] == "ok" else r["error"]
-        print(f"{'ok' if r['status'] == 'ok' else 'FAILED':6}  {r['method'] or r['plugin']}  {where}  {detail}")
+        name = r["method"] or r.get("initializer") or r["plugin"]
+        print(f"{'ok' if r['status'] == 'ok' else 'FAILED':6}  {name}  {where}  {detail}")
     summary = f"{len(rows)} checked{' (with --run)' if args.run else ''}, {len(failed)} failed"
     print(summary, file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0
 
 
-#: plugin statuses that count as failures (``disabled`` and ``skipped`` are the user's choice)
-BROKEN = ("failed", "incompatible")
+#: plugin statuses that count as failures (``disabled``, ``skipped`` and ``refused`` are not: the user's choice, or a
+#: distribution found only through the current directory; named explicitly, they fail as "not loaded")
+BROKEN = ("failed", "incompatible", "tampered")
 
 
 def _plugin_row(plugin: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +136,38 @@ def _check(spec: Any, run: bool, num_classes: int, embedding_size: int | None) -
             row["detail"] += (
                 f"; conformance passed (loss {report['loss']:.4g}, in PML's trainer {report['trainer_loss']:.4g})"
             )
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a row of the report
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - every failure becomes a row, sys.exit() in a lazy module too
+        row.update(status="failed", error=_error(exc))
     return row
+
+
+def _lazy_initializer_rows(plugins: set[str] | None, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """A failed row for each initializer registered as a lazy ``"module:function"`` string (by the plugins named,
+    or by every plugin) that cannot be imported; the ones that resolve add no row (they are not methods)."""
+    rows = []
+    for entry in get_plugin_manager().registry().initializers.values():
+        if not is_lazy_path(entry.function):
+            continue
+        if plugins is not None and normalize_dist_name(entry.plugin) not in plugins:
+            continue
+        try:
+            entry.resolve()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a row of the report
+            report = reports.get(normalize_dist_name(entry.plugin), {})
+            rows.append(
+                {
+                    "method": None,
+                    "initializer": entry.name,
+                    "plugin": entry.plugin,
+                    "version": report.get("version"),
+                    "status": "failed",
+                    "error": f"initializer {entry.qualified_name!r} ({entry.function}): {_error(exc)}",
+                }
+            )
+    return rows
+
+
+def _error(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): importing it called sys.exit()"
+    return f"{type(exc).__name__}: {exc}"

@@ -116,13 +116,23 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.check_finite = check_bool(check_finite, "check_finite")
         self.chunk_size = chunk_size
         self.seed = check_seed(seed)
-        tensor = self.build_anchors(self.default_anchors if anchors is None else anchors, seed, anchor_kwargs or {})
-        if self.learnable:
-            self.anchors = torch.nn.Parameter(tensor)
-            if custom_init:
-                self.weight_init_func(self.anchors)
-        else:
-            self.register_buffer("anchors", tensor, persistent=True)
+        # built outside inference mode even under one: inference tensors cannot be saved for backward or versioned,
+        # so a loss built (or a checkpoint loaded) inside ``torch.inference_mode()`` would fail in every later forward
+        with torch.inference_mode(False):
+            tensor = self.build_anchors(
+                self.default_anchors if anchors is None else anchors, seed, anchor_kwargs or {}
+            ).clone()
+            if self.learnable:
+                self.anchors = torch.nn.Parameter(tensor)
+                if custom_init:
+                    self.weight_init_func(self.anchors)
+            else:
+                self.register_buffer("anchors", tensor, persistent=True)
+        if custom_init and not self.learnable:
+            raise ValueError(
+                f"weight_init_func initialises learnable anchors, but {type(self).__name__}'s are fixed (a buffer "
+                "built by its initializer): choose them with anchors= (a registered name, a callable or a tensor)"
+            )
         if self.weight_regularizer is not None and not self.learnable:
             raise ValueError(
                 f"weight_regularizer regularises learnable anchors, but {type(self).__name__}'s are fixed (a buffer): "
@@ -206,7 +216,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         if anchors.requires_grad:
             return compute(self.cast_anchors(embeddings))
         key = (
-            anchors._version,
+            -1 if anchors.is_inference() else anchors._version,  # inference tensors have no version counter
             anchors.data_ptr(),
             anchors.device,
             anchors.dtype,

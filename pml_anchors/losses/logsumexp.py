@@ -384,6 +384,20 @@ def _stats2(z2: torch.Tensor, dim: int, add_zero: bool):
     return e, s, m, (m + torch.log2(s)).mul_(LN2)
 
 
+def _combine2(shifts: torch.Tensor, sums: torch.Tensor, add_zero: bool):
+    """Per row, the chunks' ``(max, sum of 2^(z2 - max))`` (B, chunks) as one ``(lse, M, S)`` with
+    ``lse = ln2 (M + log2 S)``, ``S = sum_c S_c 2^(m_c - M)`` (+ ``2^-M`` with ``add_zero``)."""
+    shifts = torch.where(sums > 0, shifts, float("-inf"))  # a chunk with nothing in it (all excluded) adds nothing
+    m = shifts.amax(dim=1, keepdim=True)
+    if add_zero:
+        m.clamp_min_(0)
+    m.nan_to_num_(neginf=0.0)  # no chunk has anything: S = 0, lse = -inf
+    s = (sums * torch.exp2(shifts - m)).sum(dim=1, keepdim=True)
+    if add_zero:
+        s.add_(torch.exp2(-m))
+    return (m + torch.log2(s)).mul_(LN2), m, s
+
+
 class _ClassLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rows, labels, spec: _Spec):
@@ -393,6 +407,7 @@ class _ClassLogSumExp(torch.autograd.Function):
         single = len(bounds) == 1
         own2 = None  # the own-class (excluded) logits, base 2
         parts = []
+        shifts, sums = [], []  # dim 1, several chunks: each chunk's (max, sum of 2^(z2 - max)), combined below
         ctx.saved = None
         for start, stop in bounds:
             z2 = fmap.forward(x, rows[start:stop], start, LOG2E)
@@ -407,14 +422,18 @@ class _ClassLogSumExp(torch.autograd.Function):
             e, s, m, lse = _stats2(z2, dim, add_zero)
             if single:  # keep exp(z - m) and its sum for backward: it becomes the gradient in place
                 ctx.saved, ctx.sums, ctx.shift2 = e, s, m
+            elif dim == 1:
+                shifts.append(m)
+                sums.append(s)
             del z2, e
             parts.append(lse)
         if dim == 0:
             lse = parts[0] if single else torch.cat(parts, dim=1)
-        else:
-            lse = parts[0] if single else torch.logsumexp(torch.cat(parts, dim=1), dim=1, keepdim=True)
-            if spec.add_zero and not single:
-                lse = torch.logaddexp(lse, torch.zeros_like(lse))
+        elif single:
+            lse = parts[0]
+        else:  # one (shift, sum) per row over every chunk, which backward normalises with exactly: a logsumexp
+            # of the chunks' lse would put its rounding (an ulp of |lse|, large for large logits) into every weight
+            lse, ctx.shift2, ctx.sums = _combine2(torch.cat(shifts, dim=1), torch.cat(sums, dim=1), spec.add_zero)
         lse = lse.squeeze(dim)
         ctx.spec, ctx.bounds = spec, bounds
         ctx.save_for_backward(x, rows, labels, lse)
@@ -454,7 +473,7 @@ class _ClassLogSumExp(torch.autograd.Function):
         for start, stop in bounds:
             chunk = rows[start:stop]
             ex = None if labels is None else _Exclusion(labels, start, stop, spec.group, whole=single)
-            if single:  # exp(z - m) / S * g, in place (recomputed bit for bit after a first backward)
+            if single or dim == 1:  # exp(z - m) / S * g, in place (recomputed bit for bit after a first backward)
                 if saved is not None:
                     grad, saved = saved, None
                 else:
@@ -462,8 +481,8 @@ class _ClassLogSumExp(torch.autograd.Function):
                     if ex is not None:
                         ex.take(grad, mask=not spec.ce)
                     grad.sub_(ctx.shift2).exp2_()
-                factor = g / ctx.sums.clamp_min(torch.finfo(ctx.sums.dtype).tiny)
-            else:  # recompute this chunk's logits: exp(z - lse) * g
+                factor = torch.where(ctx.sums > 0, g / ctx.sums.clamp_min(torch.finfo(ctx.sums.dtype).tiny), 0.0)
+            else:  # per-proxy lse of this chunk's own columns (dim 0): recompute its logits, exp(z - lse) * g
                 grad = fmap.forward(x, chunk, start, LOG2E)
                 if ex is not None:
                     ex.take(grad, mask=not spec.ce)

@@ -7,7 +7,9 @@ run. Nothing here imports torch: a loss is imported when it is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from ..errors import InvalidMethodSpec
@@ -30,6 +32,7 @@ __all__ = [
     "list_methods",
     "load_plugins",
     "register_plugin",
+    "registered_names_only",
     "reset",
     "resolve_initializer",
     "tester_kwargs",
@@ -100,10 +103,36 @@ def get_initializer(name: str) -> Callable:
     return _registry().get_initializer_entry(name).resolve()
 
 
+#: Set while building from a file (a checkpoint): what it names, not the user (see :func:`registered_names_only`).
+_NAMES_FROM: ContextVar[str | None] = ContextVar("pml_anchors_names_from", default=None)
+
+
+@contextmanager
+def registered_names_only(source: str) -> Iterator[None]:
+    """Inside, a ``"module:attr"`` string that is not a registered initializer is refused instead of imported.
+
+    For everything built from a file (a checkpoint's stored options, e.g. ``anchors="somemod:make"``): resolving such a
+    string would import any module on ``sys.path`` and call it with arguments from the file. Registered names (the
+    installed plugins') still resolve. ``source`` names the file in the error.
+    """
+    token = _NAMES_FROM.set(source)
+    try:
+        yield
+    finally:
+        _NAMES_FROM.reset(token)
+
+
 def resolve_initializer(ref: str) -> Callable:
     """An ``anchors=``/``initializer`` string as a callable: a registered initializer (``"simplex"``, or qualified
-    ``"plugin:simplex"``), else a lazy ``"module:function"``."""
+    ``"plugin:simplex"``), else a lazy ``"module:function"`` (never inside :func:`registered_names_only`)."""
     if ":" in ref and ref not in _registry().initializers:
+        source = _NAMES_FROM.get()
+        if source is not None:
+            raise ValueError(
+                f"{source} names anchors={ref!r}, which is not a registered initializer: a file may name only "
+                "installed initializers (resolving a 'module:attr' string would import and run code the file "
+                f"chooses). Registered: {', '.join(sorted(_registry().initializers))}"
+            )
         try:
             return resolve_object(ref, what="anchors")
         except ImportError as exc:
