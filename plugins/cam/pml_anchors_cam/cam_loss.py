@@ -33,7 +33,15 @@ from pml_anchors.losses.distances import is_euclidean
 from pml_anchors.validators import check_bool, check_real, optional_bool, optional_real
 
 from .initializers import standard_normal
-from .repeller import NeighborList, _centred, _gram_d2, repeller_blocked, repeller_on_pairs
+from .repeller import (
+    NeighborList,
+    _centred,
+    _gram_d2,
+    check_search_cost,
+    check_step_cost,
+    repeller_blocked,
+    repeller_on_pairs,
+)
 
 #: Above this many anchors L_R uses the neighbour list by default.
 NEIGHBOR_LIST_MIN_CLASSES = 256
@@ -94,11 +102,15 @@ class ClassAnchorMarginLoss(AnchorLoss):
         self.neighbor_list = neighbor_list
         self.neighbor_skin = neighbor_skin
         self._neighbors: NeighborList | None = None
+        if type(num_classes) is int and type(embedding_size) is int:  # refuse before drawing K x n anchors
+            self._check_repeller_cost(num_classes, embedding_size)
         super().__init__(num_classes, embedding_size, **kwargs)
         self.require_distance(
             is_euclidean(self.distance), "raw Euclidean distances (eq. 1-3)", "LpDistance(normalize_embeddings=False)"
         )
         self.add_to_recordable_attributes(list_of_names=["margin", "min_norm"], is_stat=False)
+        if self.anchors.dim() == 2:
+            self._check_repeller_cost(*self.anchors.shape)
 
     def get_default_distance(self) -> LpDistance:
         return LpDistance(normalize_embeddings=False, p=2, power=1)
@@ -133,11 +145,32 @@ class ClassAnchorMarginLoss(AnchorLoss):
         return repeller, 0.5 * shortfall.sum()
 
     def _close_pairs(self, anchors: torch.Tensor) -> torch.Tensor | None:
-        """Pairs (2, P) holding every anchor pair closer than 2m (neighbour list), or None if too many."""
+        """Pairs (2, P) holding every anchor pair closer than 2m (neighbour list), or None if too many (then L_R
+        sums every pair: refused where that costs more than ``MAX_STEP_MACS`` per step)."""
         if self._neighbors is None:
             skin = self.margin if self.neighbor_skin is None else self.neighbor_skin
             self._neighbors = NeighborList(self.margin, skin, max_pairs=max(1 << 20, 4 * anchors.shape[0]))
-        return self._neighbors.pairs(anchors)
+        pairs = self._neighbors.pairs(anchors)
+        if pairs is None:
+            k, d = anchors.shape
+            reason = (
+                f"more than {self._neighbors.max_pairs:,} anchor pairs lie closer than 2m + skin = "
+                f"{self._neighbors.reach:g}, too many for the neighbour list (anchors much closer together than 2m "
+                f"= {2 * self.margin:g}: a smaller margin or wider initial anchors also avoid it)"
+            )
+            check_step_cost(k, d, reason)
+        return pairs
+
+    def _check_repeller_cost(self, k: int, d: int) -> None:
+        """Refuse at construction a repeller over all K anchors that cannot finish: a first neighbour-list search
+        above ``MAX_SEARCH_MACS``, or (``neighbor_list=False``) every pair each step above ``MAX_STEP_MACS``."""
+        if self.batch_classes_only or self.margin == 0:
+            return
+        if self._use_neighbor_list(k):
+            check_search_cost(k, d)
+        else:
+            reason = "neighbor_list=False" if self.neighbor_list is False else f"K <= {NEIGHBOR_LIST_MIN_CLASSES}"
+            check_step_cost(k, d, reason)
 
     def _sparse_terms(self, x, labels, weights, anchors):
         """(attractor, L_R, L_N) touching only the anchor rows that can contribute, or None (use the dense form).
