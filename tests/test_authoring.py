@@ -3,6 +3,8 @@
 The end-to-end proof (install the rendered plugin, list it, train it) is tests/test_authoring_e2e.py.
 """
 
+import datetime
+import re
 import shutil
 import subprocess
 import sys
@@ -14,10 +16,14 @@ import pytest
 from pml_anchors import PLUGIN_API_VERSION
 from pml_anchors.cli import main
 from pml_anchors.plugin.template import (
+    DOCS_URL,
     PLACEHOLDER,
+    PROJECT_URL,
+    TUTORIAL_URL,
     TemplateError,
     derive_names,
     new_plugin,
+    next_steps,
     pml_anchors_requirement,
     render_files,
     render_text,
@@ -27,7 +33,9 @@ from pml_anchors.plugin.template import (
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pml-anchors-center-loss"
 EXPECTED_FILES = {
+    ".github/workflows/test.yml",
     ".gitignore",
+    "LICENSE",
     "README.md",
     "pyproject.toml",
     "pml_anchors_center_loss/__init__.py",
@@ -105,7 +113,7 @@ def test_new_plugin_cli_writes_the_project_and_refuses_to_overwrite(tmp_path, ca
     assert main(["new-plugin", "center-loss", "--dir", str(tmp_path), "--author", "A. Author"]) == 0
     out = capsys.readouterr().out
     target = tmp_path / "pml-anchors-center-loss"
-    assert f"Created pml-anchors-center-loss in {target}" in out and "pip install -e ." in out
+    assert f"Created pml-anchors-center-loss in {target}" in out
     assert {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} == EXPECTED_FILES
     assert 'authors = [{ name = "A. Author" }]' in (target / "pyproject.toml").read_text()
     before = (target / "README.md").read_text()
@@ -113,6 +121,55 @@ def test_new_plugin_cli_writes_the_project_and_refuses_to_overwrite(tmp_path, ca
     assert main(["new-plugin", "center-loss", "--dir", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (target / "README.md").read_text() == "edited" != before
+
+
+def _repository_path(url: str) -> Path | None:
+    """The file of this repository that an absolute link into it names (None for other links)."""
+    match = re.match(re.escape(PROJECT_URL) + r"/(?:blob|tree)/main/([^#?]+)", url)
+    return ROOT / match.group(1) if match else None
+
+
+def test_next_steps_install_the_test_extra_and_link_the_tutorial(tmp_path):
+    names = derive_names("center-loss", author="A. Author")
+    text = next_steps(names, tmp_path / names.distribution)
+    assert 'python -m pip install -e ".[test]"' in text  # `-e .` alone leaves `python -m pytest` without pytest
+    assert f"Walk-through: {TUTORIAL_URL}" in text and "source repository" not in text
+    assert TUTORIAL_URL == f"{DOCS_URL}/plugins/tutorial.md" and _repository_path(TUTORIAL_URL).exists()
+    assert "LICENSE" in text and ".github/workflows/test.yml" in text
+
+
+def test_rendered_project_has_a_license_a_test_extra_and_ci():
+    files = render_files(derive_names("center-loss", author="A. Author"))
+    license_text = files[PurePosixPath("LICENSE")]
+    assert license_text.startswith("MIT License\n")
+    assert f"Copyright (c) {datetime.date.today().year} A. Author\n" in license_text
+    assert license_text.split("A. Author", 1)[1] == (ROOT / "LICENSE").read_text().split("contributors", 1)[1]
+    pyproject = files[PurePosixPath("pyproject.toml")].splitlines()
+    assert {'license = "MIT"', 'license-files = ["LICENSE"]', 'test = ["pytest>=8"]'} <= set(pyproject)
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        project = tomllib.loads(files[PurePosixPath("pyproject.toml")])["project"]
+        assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+        assert project["optional-dependencies"]["test"] == ["pytest>=8"]
+    workflow = files[PurePosixPath(".github/workflows/test.yml")]
+    assert re.search(r"^on:\n  push:\n  pull_request:\n", workflow, re.MULTILINE)
+    assert "uses: actions/checkout@v4" in workflow and "uses: actions/setup-python@v5" in workflow
+    assert "--index-url https://download.pytorch.org/whl/cpu" in workflow  # CPU torch: no CUDA wheels on CI
+    assert 'run: python -m pip install -e ".[test]"' in workflow and "run: python -m pytest" in workflow
+    assert "\t" not in workflow  # YAML indents with spaces
+
+
+def test_rendered_readme_links_resolve_off_the_repository():
+    """The generated README is the plugin's PyPI page once published: only absolute links, into files that exist."""
+    readme = render_files(derive_names("center-loss"))[PurePosixPath("README.md")]
+    targets = re.findall(r"\]\(([^)\s]+)", readme)
+    assert targets and all(t.startswith("https://") for t in targets), targets
+    for url in targets:
+        path = _repository_path(url)
+        assert path is None or path.exists(), f"{url} names no file of this repository"
+    assert f"{DOCS_URL}/plugins/tutorial.md" in readme
+    assert 'python -m pip install -e ".[test]"' in readme and "source repository" not in readme
 
 
 def test_new_plugin_options(tmp_path):
@@ -145,11 +202,23 @@ def test_new_plugin_help_imports_no_torch():
 def test_worked_example_keeps_the_template_layout():
     """examples/pml-anchors-center-loss was made with `pml-anchors new-plugin center-loss` and then edited."""
     rendered = render_files(derive_names("center-loss"))
-    assert {str(p) for p in rendered} <= {p.relative_to(EXAMPLE).as_posix() for p in EXAMPLE.rglob("*") if p.is_file()}
+    example_files = {p.relative_to(EXAMPLE).as_posix() for p in EXAMPLE.rglob("*") if p.is_file()}
+    # the CI workflow runs in a repository of its own; the example is a folder of this one, tested by its suite
+    assert {str(p) for p in rendered} - {".github/workflows/test.yml"} <= example_files
+    assert (EXAMPLE / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()
     example = (EXAMPLE / "pyproject.toml").read_text()
     for line in rendered[PurePosixPath("pyproject.toml")].splitlines():
         if line.startswith(
-            ("name =", "dependencies =", "[project.entry-points", "pml-anchors-center-loss =", "packages")
+            (
+                "name =",
+                "dependencies =",
+                "license =",
+                "license-files =",
+                "test =",
+                "[project.entry-points",
+                "pml-anchors-center-loss =",
+                "packages",
+            )
         ):
             assert line in example.splitlines(), f"examples/pml-anchors-center-loss/pyproject.toml lacks {line!r}"
 
@@ -161,9 +230,9 @@ def test_new_plugin_works_from_an_installed_wheel(tmp_path):
 
     src = tmp_path / "src"
     src.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", src)
+    for name in ("pyproject.toml", "LICENSE", "README_PYPI.md"):  # the project's files besides the package
+        shutil.copy(ROOT / name, src)
     shutil.copytree(ROOT / "pml_anchors", src / "pml_anchors", ignore=shutil.ignore_patterns("__pycache__"))
-    (src / "README.md").write_text((ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "readme\n")
     pip = ["-m", "pip", "--disable-pip-version-check"]
     wheel_cmd = [*pip, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
     subprocess.run(

@@ -106,6 +106,7 @@ def test_relative_paths_are_stored_absolute_and_download_reaches_the_dataset(tmp
 
 def test_dataset_kwargs_flag_reaches_the_dataset(toys, tmp_path, capsys):
     argv = ["train", "--method", "toy_fixed", "--epochs", "0", "--batch-size", "32", "--device", "cpu", "--json"]
+    argv += ["--no-output"]
     assert main([*argv, "--dataset-kwargs", '{"test_fraction": 0.5}']) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["config"]["dataset_kwargs"] == {"test_fraction": 0.5}
@@ -224,7 +225,7 @@ def test_resume_with_backbone_weights_keeps_the_checkpoints_backbone_options(toy
 
 def test_eval_every_epoch_puts_each_epochs_metrics_in_history_and_checkpoint(toys, tmp_path, capsys):
     argv = ["train", "--method", "toy_fixed", *TINY, "--epochs", "2", "--json"]
-    assert main(argv) == 0
+    assert main([*argv, "--no-output"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert [h["epoch"] for h in plain["history"]] == [1, 2]
     assert all("precision_at_1" not in h for h in plain["history"])  # default: evaluated once, at the end
@@ -243,7 +244,7 @@ def test_eval_every_epoch_puts_each_epochs_metrics_in_history_and_checkpoint(toy
 
 
 def test_train_open_set_has_no_nearest_anchor_accuracy(toys, tmp_path, capsys):
-    assert main(["train", "--method", "toy_fixed", *TINY, "--protocol", "open_set", "--json"]) == 0
+    assert main(["train", "--method", "toy_fixed", *TINY, "--protocol", "open_set", "--json", "--no-output"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["protocol"] == "open_set" and results["nearest_anchor_accuracy"] is None
 
@@ -257,7 +258,9 @@ def test_bench_two_methods_two_baselines_writes_md_json_png(toys, tmp_path, caps
     assert [r["method"] for r in summary["runs"]] == ["toy_fixed", "pml_proxy", "cross_entropy", "pml_contrastive"]
     assert all(len(r["history"]) == 1 and "precision_at_1" in r["history"][0] for r in summary["runs"])
     table = (out / "results.md").read_text()
-    header = "| method | d | P@1 | R@2 | R@4 | R@8 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds |"
+    header = (
+        "| method | d | P@1 | R@2 | R@4 | R@8 | MAP@R | R-precision | mAP | nearest-anchor acc | seconds | s/epoch |"
+    )
     assert header in table
     assert "cross_entropy (PML baseline)" in table and "| toy_fixed |" in table
     for png in ("accuracy_vs_time.png", "embeddings.png"):

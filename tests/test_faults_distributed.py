@@ -139,6 +139,7 @@ def _fails_naming_rank_1(job, argv: list[str], monkeypatch, capsys) -> tuple[Wor
 def test_a_worker_that_dies_ends_the_job_at_once_naming_it(job, monkeypatch, capsys):
     """Rank 1 exits (os._exit(3), no traceback) in its first step: the job ends long before the 60 s timeout."""
     argv = ["train", "--method", "faulty", *TINY, "--epochs", "2", "--timeout", "60", *job.loss_kwargs(fault="exit")]
+    argv += ["--no-output"]
     error, ended = _fails_naming_rank_1(job, argv, monkeypatch, capsys)
     assert str(error).startswith(f"worker rank 1 (pid {error.pid}) exited with code 3\n")
     assert "every other worker of the job has been ended" in str(error)
@@ -150,6 +151,7 @@ def test_a_stalled_worker_ends_the_job_within_the_timeout_naming_it(job, monkeyp
     """Rank 1 stops itself (SIGSTOP) in its first step: rank 0's collective gives up after --timeout 8 s (it used
     to wait 30 minutes), and the error names the stopped rank, not the one that timed out waiting for it."""
     argv = ["train", "--method", "faulty", *TINY, "--epochs", "2", "--timeout", "8", *job.loss_kwargs(fault="stop")]
+    argv += ["--no-output"]
     error, ended = _fails_naming_rank_1(job, argv, monkeypatch, capsys)
     message = str(error)
     assert message.startswith(f"worker rank 1 (pid {error.pid}) stopped responding: its process ")
@@ -160,6 +162,7 @@ def test_a_stalled_worker_ends_the_job_within_the_timeout_naming_it(job, monkeyp
 
 def test_a_worker_that_raises_ends_the_job_with_its_traceback(job, monkeypatch, capsys):
     argv = ["train", "--method", "faulty", *TINY, "--epochs", "2", "--timeout", "60", *job.loss_kwargs(fault="raise")]
+    argv += ["--no-output"]
     error, ended = _fails_naming_rank_1(job, argv, monkeypatch, capsys)
     message = str(error)
     assert message.startswith(f"worker rank 1 (pid {error.pid}) raised RuntimeError: injected fault in rank 1\n")

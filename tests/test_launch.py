@@ -77,7 +77,7 @@ def test_train_nproc_2_plateau_schedule_lowers_every_processs_lr_at_the_same_epo
     fingerprints the lrs too, so a process that lowered its lr alone would show a difference >= 0.5 here."""
     argv = ["train", "--method", "proxy_anchor", *TINY, "--limit", "64", "--epochs", "6", "--batch-size", "32"]
     argv += ["--optimizer", "sgd", "--lr", "8", "--lr-schedule", "plateau", "--lr-gamma", "0.5", "--lr-patience", "0"]
-    assert main([*argv, "--nproc", "2", "--json"]) == 0
+    assert main([*argv, "--nproc", "2", "--json", "--no-output"]) == 0
     results = json.loads(capsys.readouterr().out)
     lrs = [h["lr"] for h in results["history"]]
     assert lrs[0] == 8.0 and lrs[-1] < 8.0  # the schedule lowered the lr during the run

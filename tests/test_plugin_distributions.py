@@ -109,7 +109,7 @@ def test_load_plugins_allowlist(plugin_python):
         "import pml_anchors; print(pml_anchors.get_method('shared_name'))",
         PML_ANCHORS_LOAD_PLUGINS="pml-anchors-fixture-good",
     )
-    assert "is not loaded (not listed in PML_ANCHORS_LOAD_PLUGINS)" in out.stderr
+    assert "not loaded (not listed in PML_ANCHORS_LOAD_PLUGINS)" in out.stderr
 
 
 def test_load_plugins_empty_loads_none(plugin_python):

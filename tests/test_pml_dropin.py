@@ -122,6 +122,30 @@ def test_loss_optimizers_is_one_line_for_every_method(name):
         assert optimizers == {}  # fixed anchors: nothing to step (SGD(loss.parameters()) would raise)
 
 
+def test_the_methods_multipliers_apply_to_its_learnable_variant_only():
+    """Proxy Anchor's spec puts its proxies at 100x lr; built with fixed proxies (a buffer) there is nothing to train,
+    so the same one line gives no optimizer instead of an error. A misspelt name is still refused."""
+    spec = pml_anchors.get_method("proxy_anchor")
+    fixed = pml_anchors.get_loss("proxy_anchor", 10, 8, learnable=False)
+    assert pml_anchors.loss_optimizers(fixed, torch.optim.SGD, lr=0.01, lr_multipliers=spec) == {}
+    with pytest.raises(ValueError, match=r"\['anchor'\].*does not have"):
+        pml_anchors.param_groups(fixed, 0.01, {"anchor": 10.0})
+
+
+def test_an_unknown_argument_names_the_loss_and_what_it_takes():
+    with pytest.raises(TypeError) as error:
+        pml_anchors.get_loss("c_ncm", 10, 9, scale=3.0)
+    message = str(error.value)
+    assert message.startswith("CNCMLoss() got an unexpected keyword argument 'scale'; it takes num_classes")
+    assert "temperature" in message and "PML's" in message and "reducer" in message
+
+
+def test_a_loss_whose_init_failed_still_has_a_repr():
+    loss = NCMLoss.__new__(NCMLoss)
+    torch.nn.Module.__init__(loss)
+    assert "(not built)" in repr(loss)
+
+
 @pytest.mark.parametrize("name", BUILTIN)
 def test_tester_kwargs_give_the_space_the_method_was_trained_in(name):
     normalize = pml_anchors.get_method(name).normalize_embeddings

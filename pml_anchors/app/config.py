@@ -40,8 +40,11 @@ class TrainConfig:
     :param output: folder for ``results.json`` and ``checkpoint.pt`` (written every epoch when
         ``checkpoint_every_epoch``).
     :param eval_every_epoch: evaluate after every epoch (``history``; used by ``bench``).
-    :param num_threads: ``torch.set_num_threads`` for the run (``None``: leave it). Tiny CPU models
-        are often fastest with 1, especially on a busy machine.
+    :param num_threads: ``torch.set_num_threads`` for the run (``None``: leave it). The command line passes
+        :func:`pml_anchors.app.threads.default_threads` unless ``--threads`` is given (the CPUs this process may use:
+        ``OMP_NUM_THREADS``, the affinity mask and cgroup quota, less the CPUs other processes keep busy); the count
+        and its reason are recorded in ``results.json`` (``threads``, ``threads_from``). Tiny CPU models are often
+        fastest with 1, especially on a busy machine.
     :param compile: compile the trunk's and the embedder's forward with ``torch.compile``
         (:func:`pml_anchors.app.models.compile_models`; the loss is left eager, see ``docs/compile.md``);
         ``compile_kwargs`` are ``torch.compile``'s ``backend``, ``mode``, ``dynamic``, ``fullgraph``, ``options``.

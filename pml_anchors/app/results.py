@@ -16,6 +16,7 @@ from ..evaluation.tester import METRICS
 from ..plugin.api import get_plugins
 from ..version import __version__
 from .checkpoints import plain
+from .data.containers import get_labels
 from .output_folder import write_atomically
 
 
@@ -34,8 +35,11 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
         "dataset": config.dataset,
         "protocol": config.protocol,
         "epochs": session.epoch,
-        "seconds": session.train_seconds,
+        "seconds": session.train_seconds,  # training only, no evaluation: one measurement, not an average
+        "seconds_per_epoch": session.train_seconds / session.epoch if session.epoch else None,
         "wall_seconds": wall_seconds,
+        "threads": getattr(session, "threads", None) or torch.get_num_threads(),
+        "threads_from": getattr(session, "threads_from", None) or "torch's default",
         "device": str(session.device),
         "amp": config.amp,
         "seed": config.seed,
@@ -44,6 +48,7 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
         "num_classes": session.num_classes,
         "train_size": len(session.splits.train),
         "test_size": len(session.splits.test),
+        **test_classes(session.splits.test),
         "batch_size": config.batch_size,
         "lr": config.lr,
         "optimizer": config.optimizer,
@@ -63,6 +68,19 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
             "torch": torch.__version__,
         },
     }
+
+
+def test_classes(dataset: Any) -> dict[str, int | None]:
+    """``test_classes`` (how many) and ``smallest_test_class`` (its number of items) of a test split: with the test
+    set's size they say how fine a metric can be (P@1 moves by 1/N) and which Recall@K are trivially high."""
+    try:
+        counts = torch.bincount(get_labels(dataset))
+    except (TypeError, ValueError, RuntimeError, IndexError):  # no labels to count (an empty or unusual dataset)
+        return {"test_classes": None, "smallest_test_class": None}
+    counts = counts[counts > 0]
+    if not len(counts):
+        return {"test_classes": 0, "smallest_test_class": None}
+    return {"test_classes": len(counts), "smallest_test_class": int(counts.min())}
 
 
 def _json_safe(value: Any) -> Any:

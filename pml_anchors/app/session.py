@@ -63,6 +63,7 @@ from .lr_schedules import make_lr_schedulers, step_plateau
 from .models import build_backbone, compile_models, default_backbone
 from .optimizers import make_optimizers
 from .output_folder import check_room, claimed
+from .progress import RunProgress
 from .results import results_dict, write_json
 from .resume import check_resume, checkpoint_source, load_states
 from .seeding import epoch_seed, seed_everything, use_deterministic_algorithms
@@ -137,6 +138,11 @@ class Session:
     iteration_losses: list[float] = field(default_factory=list)
     #: PML's logging presets when ``config.tensorboard`` names a folder
     tensorboard: TensorBoardLog | None = None
+    #: what the run shows while it trains (:mod:`pml_anchors.app.progress`); ``None``: nothing of its own
+    progress: RunProgress | None = None
+    #: the CPU threads torch used, and why that many (:mod:`pml_anchors.app.threads`)
+    threads: int = 0
+    threads_from: str = ""
 
 
 class _Bookkeeper:
@@ -155,6 +161,8 @@ class _Bookkeeper:
         value = float(total.detach()) if torch.is_tensor(total) else float(total)
         self.session.iteration_losses.append(value)
         self.epoch_losses.append(value)
+        if self.session.progress is not None:
+            self.session.progress.iteration(trainer, value)
 
     def end_of_epoch_hook(self, trainer: Any) -> bool:
         s = self.session
@@ -172,8 +180,12 @@ class _Bookkeeper:
             "lr": s.optimizers["trunk_optimizer"].param_groups[0]["lr"],  # make_optimizers always makes it
         }
         if s.config.eval_every_epoch:
+            if s.progress is not None:
+                s.progress.evaluating()
             entry.update(evaluate_session(s))
         s.history.append(entry)
+        if s.progress is not None:
+            s.progress.epoch(entry)
         if s.tensorboard is not None:
             s.tensorboard.record_epoch(trainer, entry)
         if s.config.output and s.config.checkpoint_every_epoch:
@@ -244,6 +256,8 @@ def build(
     resume: str | os.PathLike | Mapping | None = None,
     num_classes: int | None = None,
     with_trainer: bool = True,
+    progress: RunProgress | None = None,
+    threads_from: str | None = None,
 ) -> Session:
     """Build data, models, loss, optimizers, hooks and the PML trainer for ``config``.
 
@@ -257,6 +271,10 @@ def build(
     :param resume: checkpoint path (or loaded dict) to continue from, at its epoch + 1.
     :param num_classes: override ``splits.num_classes`` (to rebuild a checkpoint's loss).
     :param with_trainer: ``False`` builds models and loss only (for evaluation).
+    :param progress: what to show while training (:class:`~pml_anchors.app.progress.RunProgress`; default: nothing
+        of its own, PML's bars as PML draws them).
+    :param threads_from: why ``config.num_threads`` is what it is (e.g. ``"cgroup quota (2 CPUs)"``, from
+        :func:`pml_anchors.app.threads.default_threads`), recorded in ``results.json``.
     """
     checkpoint = load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
     if checkpoint is not None and with_trainer:
@@ -272,6 +290,7 @@ def build(
         use_deterministic_algorithms()
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
+    threads_from = threads_from or ("num_threads" if config.num_threads else "torch's default")
     if splits is None:
         splits = load_config_dataset(config)
     if len(splits.train) < 2:
@@ -281,6 +300,7 @@ def build(
     with contextlib.nullcontext() if checkpoint is None else registered_names_only(checkpoint_source(checkpoint)):
         trunk, embedder, loss, width, backbone = build_models(config, spec, n_classes, splits.input_shape, device, loss)
     session = Session(config, spec, splits, device, trunk, embedder, loss, width, backbone, n_classes, miner=miner)
+    session.threads, session.threads_from, session.progress = torch.get_num_threads(), threads_from, progress
     if not with_trainer:
         if checkpoint is not None:
             load_states(session, checkpoint, optimizers=False)
@@ -353,8 +373,12 @@ def train(session: Session) -> Session:
         return session
     seed_everything(epoch_seed(config.seed, session.start_epoch))
     trainer.bookkeeper.restart_clock()
-    with pml_progress_warning_hidden():
-        trainer.train(start_epoch=session.start_epoch, num_epochs=config.epochs)
+    try:
+        with pml_progress_warning_hidden():
+            trainer.train(start_epoch=session.start_epoch, num_epochs=config.epochs)
+    finally:
+        if session.progress is not None:
+            session.progress.close()
     session.start_epoch = session.epoch + 1
     return session
 
@@ -386,6 +410,8 @@ def run(
     end_of_iteration_hook: Callable | None = None,
     end_of_epoch_hook: Callable | None = None,
     overwrite: bool = False,
+    progress: RunProgress | None = None,
+    threads_from: str | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and (with ``config.output``) write ``results.json`` + ``checkpoint.pt``.
 
@@ -393,32 +419,20 @@ def run(
     checked writable and roomy before training, and refused when it holds a finished run unless ``resume`` or
     ``overwrite``. Returns the results dict (see :func:`results_dict`). Keyword arguments as in :func:`build`.
     """
+    options = dict(
+        splits=splits,
+        loss=loss,
+        spec=spec,
+        miner=miner,
+        end_of_iteration_hook=end_of_iteration_hook,
+        end_of_epoch_hook=end_of_epoch_hook,
+        progress=progress,
+        threads_from=threads_from,
+    )
     if not config.output:
-        return _run(
-            config,
-            resume,
-            dict(
-                splits=splits,
-                loss=loss,
-                spec=spec,
-                miner=miner,
-                end_of_iteration_hook=end_of_iteration_hook,
-                end_of_epoch_hook=end_of_epoch_hook,
-            ),
-        )
+        return _run(config, resume, options)
     with claimed(config.output, resume=resume is not None, overwrite=overwrite):
-        return _run(
-            config,
-            resume,
-            dict(
-                splits=splits,
-                loss=loss,
-                spec=spec,
-                miner=miner,
-                end_of_iteration_hook=end_of_iteration_hook,
-                end_of_epoch_hook=end_of_epoch_hook,
-            ),
-        )
+        return _run(config, resume, options)
 
 
 def _run(config: TrainConfig, resume: str | os.PathLike | None, options: dict[str, Any]) -> dict[str, Any]:

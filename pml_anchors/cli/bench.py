@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .options import add_common, fmt, given_config, setup_output
+from .options import add_common, fmt, given_config, resolve_threads, setup_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,22 +26,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_common(p)
     p.add_argument("--output", default="bench", help="output folder (default ./bench)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="skip the figures (accuracy_vs_time.png, accuracy_per_epoch.png, embeddings.png)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_output(args)
+    mode = setup_output(args)
     from ..app.bench import bench
 
     config = given_config(args)
     for key in ("dataset", "output", "method", "loss_kwargs", "hook_kwargs"):
         config.pop(key, None)
     epochs = config.pop("epochs", 2)
+    threads_from = resolve_threads(config, dict(config))
 
     def report(r: dict) -> None:
         if "error" in r:
-            print(f"{r['method']}: FAILED {r['error']}", file=sys.stderr)
+            if mode != "lines":  # in "lines" mode bench's own line says it
+                print(f"{r['method']}: FAILED {r['error']}", file=sys.stderr)
         else:
             print(f"{r['method']}: P@1 {fmt(r['precision_at_1'])}, {r['seconds']:.1f} s", flush=True)
 
@@ -53,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         output=args.output,
         plots=not args.no_plots,
         on_result=report,
+        progress=mode,
+        threads_from=threads_from,
         **config,
     )
-    print(f"wrote {os.path.join(args.output, 'results.md')}, results.json" + ("" if args.no_plots else " and plots"))
+    written = ["results.md", "results.json", *(os.path.basename(f) for f in summary.get("figures", []))]
+    print(f"wrote {', '.join(written)} in {args.output}")
     return 1 if any("error" in r for r in summary["runs"]) else 0

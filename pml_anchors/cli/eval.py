@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_output(args)
+    setup_output(args, own_progress=False)  # on a terminal, PML's tester bar is the one display
     from ..app.reload import evaluate_checkpoint
     from ..app.results import write_json
 

@@ -9,12 +9,14 @@ prepends ``DIR`` to ``PML_ANCHORS_PLUGINS_DIR`` for every command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
-from ..errors import PluginError
+from ..errors import PluginError, PluginLoadWarning
 from ..plugin.settings import ENV_PLUGINS_DIR
 from ..version import __version__
 
@@ -62,6 +64,37 @@ def _add_plugins_dirs(dirs: Sequence[str]) -> None:
     os.environ[ENV_PLUGINS_DIR] = os.pathsep.join([*dirs, *([current] if current else [])])
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show the warnings of pml-anchors itself (a plugin that failed to load, a failed bench run, ...) as one line
+    each, ``pml-anchors: warning: ...``, and each text once per command: the source line Python quotes under a
+    warning is the loader's, which means nothing on the command line. Other packages' warnings are shown as Python
+    shows them. (``warnings.formatwarning`` is replaced, not ``showwarning``: tests that record warnings still do.)"""
+    original = warnings.formatwarning
+    shown: set[str] = set()
+
+    def one_line(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if not (issubclass(category, PluginLoadWarning) or filename.startswith(_PACKAGE_DIR)):
+            return original(message, category, filename, lineno, line)
+        text = str(message).removeprefix("pml_anchors: ")
+        if text in shown:
+            return ""
+        shown.add(text)
+        return f"pml-anchors: warning: {text}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        if warnings.formatwarning is one_line:
+            warnings.formatwarning = original
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    with _one_line_warnings():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C (or a plugin raising it while loading, named in the message)

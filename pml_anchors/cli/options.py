@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -127,7 +128,10 @@ def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         "run); needs pip install 'pml-anchors[tensorboard]'",
     )
     p.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often fastest for tiny models)"
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: the CPUs this process may use: OMP_NUM_THREADS, else the CPU affinity and "
+        "cgroup quota, less the CPUs other processes keep busy; recorded in results.json with the reason)",
     )
     p.add_argument(
         "--workers",
@@ -140,7 +144,12 @@ def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
 
 def add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show PML's log messages")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="show no progress (default: one progress bar on a terminal; short lines when stderr is a file or a "
+        "pipe, or TQDM_DISABLE is set)",
+    )
 
 
 CONFIG_ARGS = {
@@ -199,8 +208,29 @@ def given_config(args: argparse.Namespace) -> dict:
     return given
 
 
-def setup_output(args: argparse.Namespace) -> None:
-    if args.no_progress:  # read by tqdm when it is first imported
+def progress_mode(args: argparse.Namespace) -> str:
+    """How a command shows progress (:mod:`pml_anchors.app.progress`): ``"off"`` with ``--no-progress``; ``"lines"``
+    when stderr is not a terminal (a log file, a pipe) or ``TQDM_DISABLE`` is set (to anything but an empty string,
+    as tqdm reads it); ``"bar"`` otherwise."""
+    if getattr(args, "no_progress", False):
+        return "off"
+    if os.environ.get("TQDM_DISABLE"):
+        return "lines"
+    try:
+        return "bar" if sys.stderr.isatty() else "lines"
+    except (AttributeError, ValueError):  # replaced or closed
+        return "lines"
+
+
+def setup_output(args: argparse.Namespace, *, own_progress: bool = True) -> str:
+    """Logging and progress for a command that trains or evaluates; returns the :func:`progress_mode`.
+
+    PML's own tqdm bars (its trainer's per epoch, its tester's per evaluation) are turned off with ``TQDM_DISABLE``,
+    which tqdm reads when it is imported (so this runs before anything imports PML): with ``own_progress`` the
+    command shows a :class:`~pml_anchors.app.progress.RunProgress` instead; without it (``eval``, ``train --nproc``),
+    PML's bars stay on a terminal."""
+    mode = progress_mode(args)
+    if own_progress or mode != "bar":
         os.environ["TQDM_DISABLE"] = "1"
     from ..app.trainer import set_verbosity
 
@@ -209,6 +239,21 @@ def setup_output(args: argparse.Namespace) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
     set_verbosity(args.verbose)
+    return mode
+
+
+def resolve_threads(values: dict, given: dict, processes: int = 1) -> str:
+    """Set ``values["num_threads"]`` (a config's fields) to the default thread count when neither the command line
+    (``given``) nor a resumed checkpoint (already in ``values``) sets it; returns why it is what it is, for
+    ``results.json`` (:mod:`pml_anchors.app.threads`). ``processes``: ``--nproc``, which shares the CPUs."""
+    from ..app.threads import THREADS_GIVEN, default_threads, split_threads
+
+    if given.get("num_threads") is not None:
+        return THREADS_GIVEN
+    if values.get("num_threads") is not None:
+        return "the resumed checkpoint's config"
+    values["num_threads"], why = split_threads(default_threads(), processes)
+    return why
 
 
 def fmt(value: Any) -> str:

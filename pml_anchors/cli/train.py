@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
+import time
 
-from .options import add_common, fmt, given_config, json_arg, recall_text, setup_output
+from .options import add_common, fmt, given_config, json_arg, recall_text, resolve_threads, setup_output
+
+#: where a run without --output goes, relative to the current directory
+DEFAULT_RUNS = "runs"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +28,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--loss-kwargs", type=json_arg, help="JSON object of loss keyword arguments")
     p.add_argument("--hook-kwargs", type=json_arg, help="JSON object of trainer-hook keyword arguments")
-    p.add_argument("--output", help="folder for results.json and checkpoint.pt")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--output",
+        metavar="DIR",
+        help=f"folder for results.json and checkpoint.pt (default: a new {DEFAULT_RUNS}/<method>-<YYYYmmdd-HHMMSS> "
+        "in the current directory, printed at the start)",
+    )
+    where.add_argument("--no-output", action="store_true", help="write nothing: print the results only")
     p.add_argument(
         "--eval-every-epoch",
         action="store_true",
@@ -60,13 +73,12 @@ def run(args: argparse.Namespace) -> int:
     given = given_config(args)
     if not args.resume and "method" not in given:
         raise ValueError("--method is required (see `pml-anchors methods`), unless --resume is given")
-    setup_output(args)
+    mode = setup_output(args, own_progress=args.nproc == 1)
     from ..app.checkpoints import load_checkpoint
-    from ..app.config import TrainConfig
-    from ..app.resume import checked_config
-    from ..app.session import run as run_training
 
-    values, done, checkpoint = {}, None, {}
+    values: dict = {}
+    done: int | None = None
+    checkpoint: dict = {}
     if args.resume:
         checkpoint = load_checkpoint(args.resume)
         values, done = dict(checkpoint["config"]), int(checkpoint["epoch"])
@@ -76,7 +88,52 @@ def run(args: argparse.Namespace) -> int:
         if key in given:
             given[key] = {**values.get(key, {}), **given[key]}
     values.update(given)
+    if args.no_output:
+        values["output"] = None
+    created: list[str] = []
+    if not args.resume and not args.no_output and values.get("output") is None:
+        values["output"], created = default_output(str(values["method"]))
+    threads_from = resolve_threads(values, given, args.nproc)
+    try:
+        return _train(args, values, done, checkpoint, mode, threads_from, announce=bool(created))
+    except BaseException:
+        for folder in reversed(created):  # a default folder that the failed run left empty is not kept
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+def default_output(method: str, now: float | None = None) -> tuple[str, list[str]]:
+    """A new folder for a run of ``method`` (``runs/c_ncm-20250131-142501``, relative to the current directory;
+    ``-2``, ``-3``, ... when it exists), and the folders that creating it will make (removed again when the run fails
+    before writing anything into them)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = os.path.join(DEFAULT_RUNS, f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}-{stamp}")
+    folder, n = base, 1
+    while os.path.exists(folder):
+        n += 1
+        folder = f"{base}-{n}"
+    return folder, [p for p in (DEFAULT_RUNS, folder) if not os.path.exists(p)]
+
+
+def _train(
+    args: argparse.Namespace,
+    values: dict,
+    done: int | None,
+    checkpoint: dict,
+    mode: str,
+    threads_from: str,
+    *,
+    announce: bool = False,
+) -> int:
+    from ..app.config import TrainConfig
+    from ..app.progress import RunProgress
+    from ..app.resume import checked_config
+    from ..app.session import run as run_training
+
     config = checked_config(values, checkpoint) if args.resume else TrainConfig.from_dict(values)
+    # the default folder is said when training starts (a configuration error is then the only line on stderr)
+    header = f"writing the run to {config.output} (--output DIR to choose the folder, --no-output for none)"
     if done is not None and done >= config.epochs:
         print(
             f"nothing left to train: the checkpoint finished epoch {done} of {config.epochs}; evaluating it again "
@@ -88,7 +145,14 @@ def run(args: argparse.Namespace) -> int:
 
         results = launch(config, args.nproc, resume=args.resume, verbose=args.verbose, overwrite=args.overwrite)
     else:
-        results = run_training(config, resume=args.resume, overwrite=args.overwrite)
+        progress = None
+        if mode != "off":
+            progress = RunProgress(
+                mode, config.method, config.epochs, epoch_lines=True, header=header if announce else None
+            )
+        results = run_training(
+            config, resume=args.resume, overwrite=args.overwrite, progress=progress, threads_from=threads_from
+        )
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:

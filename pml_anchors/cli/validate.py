@@ -5,10 +5,12 @@ distribution for all of its methods) it resolves what registration leaves lazy (
 the trainer hooks) and, with ``--run``, runs the conformance check every plugin's own tests run
 (:func:`pml_anchors.testing.check_method`: forward/backward, anchors, ``state_dict``, PML's ``MetricLossOnly``
 with the method's hooks, on the CPU). The initializers the checked plugins register as lazy ``"module:function"``
-strings are imported too (a failure is a row of its own). A plugin that failed to load, is incompatible, clashes
-or tampered with pml_anchors counts as a failure; so does a lazy reference whose module is missing or whose import
-raises (``sys.exit()`` included). The exit status is 1 when anything failed, so plugin CI and deployment scripts
-can call it; 130 when interrupted while a plugin loads (the plugin is named).
+strings are imported too (a failure is a row of its own). A plugin that failed to load, is incompatible or tampered
+with pml_anchors counts as a failure; so does a lazy reference whose module is missing or whose import raises
+(``sys.exit()`` included). A method whose name another plugin registers too is a ``CLASH`` row (status
+``conflict``): it works by its qualified name, but its short name is refused as ambiguous. The exit status is 1 when
+anything failed or clashes, or when there is nothing to check (no method plugin loaded), so plugin CI and deployment
+scripts can call it; 130 when interrupted while a plugin loads (the plugin is named).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..plugin.api import (
 from ..plugin.lazy import is_lazy_path
 from ..plugin.settings import normalize_dist_name
 from ..testing.conformance import check_method
+from .methods import no_methods_text
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"pml-anchors validate: warning: {note}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     chosen = [] if args.names else list(specs)
-    # without names: every method, and every plugin that is broken (a switched-off one is not: that was chosen)
-    names = args.names or [n for n, r in plugins.items() if r["status"] in BROKEN or r["conflicts"]]
+    # without names: every method, and every plugin that is broken (a switched-off one is not: that was chosen); a
+    # conflict is reported on the methods concerned (status "conflict"), not as a failure of both plugins
+    names = args.names or [n for n, r in plugins.items() if r["status"] in BROKEN]
     for name in names:
         plugin = plugins.get(normalize_dist_name(name))
         if plugin is None:
@@ -83,29 +87,53 @@ def run(args: argparse.Namespace) -> int:
             except LookupError as exc:  # UnknownMethodError (close matches, failed plugins): add the plugin names
                 raise LookupError(f"{exc} Plugins: {', '.join(sorted(plugins))}.") from exc
             continue
-        if plugin["status"] != "ok" or plugin["conflicts"]:
+        if plugin["status"] != "ok":
             rows.append(_plugin_row(plugin))
         chosen += [s for s in specs if normalize_dist_name(s.plugin or "") == normalize_dist_name(name)]
     unique: dict[str, Any] = {}
     for spec in chosen:  # each method once, in the order first named
         unique.setdefault(spec.qualified_name, spec)
-    rows += [_check(spec, args.run, args.num_classes, args.embedding_size or None) for spec in unique.values()]
+    providers: dict[str, list[str]] = {}  # short name -> the plugins registering it (for the conflicts)
+    for spec in specs:
+        providers.setdefault(spec.name, []).append(spec.plugin or "?")
+    for spec in unique.values():
+        row = _check(spec, args.run, args.num_classes, args.embedding_size or None)
+        if row["status"] == "ok" and len(providers.get(spec.name, [])) > 1:
+            others = ", ".join(p for p in providers[spec.name] if p != spec.plugin)
+            row["status"] = "conflict"
+            row["conflict"] = (
+                f"the name {spec.name!r} is also registered by {others}: select this one as {spec.qualified_name!r}"
+            )
+        rows.append(row)
     named = (
         None if not args.names else {normalize_dist_name(n) for n in args.names if normalize_dist_name(n) in plugins}
     )
     rows += _lazy_initializer_rows(named, plugins)
-    failed = [r for r in rows if r["status"] != "ok"]
+    if not rows:  # nothing installed to check is not a pass: a deployment check must notice
+        print(f"pml-anchors validate: nothing to check: {no_methods_text()}", file=sys.stderr)
+        if args.json:
+            print("[]")
+        return 1
+    failed = [r for r in rows if r["status"] == "failed"]
+    conflicts = [r for r in rows if r["status"] == "conflict"]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-        return 1 if failed else 0
+        return 1 if failed or conflicts else 0
     for r in rows:
         where = f"[{r['plugin']}{' ' + r['version'] if r['version'] else ''}]"
-        detail = r["detail"] if r["status"] == "ok" else r["error"]
+        detail = {"ok": r.get("detail"), "conflict": f"{r.get('detail')}; {r.get('conflict')}"}.get(r["status"])
         name = r["method"] or r.get("initializer") or r["plugin"]
-        print(f"{'ok' if r['status'] == 'ok' else 'FAILED':6}  {name}  {where}  {detail}")
+        label = {"ok": "ok", "conflict": "CLASH"}.get(r["status"], "FAILED")
+        print(f"{label:6}  {name}  {where}  {detail if detail is not None else r['error']}")
     summary = f"{len(rows)} checked{' (with --run)' if args.run else ''}, {len(failed)} failed"
-    print(summary, file=sys.stderr if failed else sys.stdout)
-    return 1 if failed else 0
+    if conflicts:
+        summary += (
+            f", {len(conflicts)} clashing (CLASH: a method name that more than one plugin registers; each works by its "
+            "qualified name, but the short name is refused as ambiguous until one plugin is disabled with "
+            "PML_ANCHORS_DISABLE_PLUGINS)"
+        )
+    print(summary, file=sys.stderr if failed or conflicts else sys.stdout)
+    return 1 if failed or conflicts else 0
 
 
 #: plugin statuses that count as failures (``disabled``, ``skipped`` and ``refused`` are not: the user's choice, or a

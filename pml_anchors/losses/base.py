@@ -25,7 +25,9 @@ computed from already validated inputs and a cast copy of the anchors) and
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,6 +51,11 @@ AnchorsArg = str | torch.Tensor | Callable[..., torch.Tensor] | None
 
 class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     """Base class for losses that compare embeddings with one anchor (or proxy) per class.
+
+    A subclass implements :meth:`anchor_losses` (PML's loss dict) and :meth:`get_logits` (class scores), lists its
+    sub-losses in ``_sub_loss_names()`` when it has more than PML's ``["loss"]``, and sets the class attributes below;
+    it takes its own hyper-parameters after ``embedding_size`` and passes ``**kwargs`` on to ``super().__init__()``.
+    The reference, with a complete minimal subclass: ``docs/losses/anchor_loss.md``.
 
     :param num_classes: number of classes K (labels must lie in ``[0, K)``).
     :param embedding_size: embedding width d; ``None`` asks :meth:`derive_embedding_size`.
@@ -104,7 +111,10 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         chunk_size = check_chunk_size(chunk_size)
         self._refuse_pml_arguments(kwargs)
         custom_init = "weight_init_func" in kwargs
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except TypeError as error:
+            raise self._unexpected_argument(error) from None
         if not isinstance(self.distance, BaseDistance):
             raise TypeError(f"distance must be a PML distance (BaseDistance), got {type(self.distance).__name__}")
         self.num_classes = positive_int(num_classes, "num_classes")
@@ -142,7 +152,28 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         self.add_to_recordable_attributes(list_of_names=["num_classes", "embedding_size"], is_stat=False)
         self._record_these.append("anchor_geometry")  # a property: PML's helper would read it before subclasses finish
 
+    def _unexpected_argument(self, error: TypeError) -> TypeError:
+        """PML's "``ModuleWithRecords.__init__()`` got an unexpected keyword argument" said of this class, with the
+        arguments it does take (its own, then PML's), or ``error`` itself when it is about something else."""
+        found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if found is None:
+            return error
+        own: list[str] = []
+        pml: list[str] = []
+        for cls in type(self).__mro__:
+            if cls is torch.nn.Module:
+                break
+            names = own if issubclass(cls, AnchorLoss) else pml
+            for name in inspect.signature(vars(cls).get("__init__", object.__init__)).parameters:
+                if name not in ("self", "args", "kwargs") and name not in own + pml:
+                    names.append(name)
+        return TypeError(
+            f"{type(self).__name__}() got an unexpected keyword argument {found.group(1)!r}; it takes "
+            f"{', '.join(own)} and PML's {', '.join(pml)}"
+        )
+
     def _refuse_pml_arguments(self, kwargs: Mapping[str, Any]) -> None:
+        """A ``TypeError`` with the class's advice for an argument named in :attr:`refused_pml_arguments`."""
         for name in kwargs:
             if name in self.refused_pml_arguments:
                 raise TypeError(
@@ -167,6 +198,9 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         raise ValueError(f"{type(self).__name__} needs embedding_size (got None)")
 
     def build_anchors(self, anchors: AnchorsArg, seed: int | None, anchor_kwargs: dict[str, Any]) -> torch.Tensor:
+        """The anchor tensor from ``anchors=``: a registered initializer name (resolved, then called), a callable
+        ``f(num_classes, embedding_size, seed=seed, **anchor_kwargs)`` or a tensor (copied). The result must be a finite
+        floating-point tensor of :meth:`expected_anchor_shape`; otherwise a ``TypeError`` or ``ValueError``."""
         if isinstance(anchors, str):
             anchors = resolve_initializer(anchors)
         if callable(anchors) and not torch.is_tensor(anchors):
@@ -190,6 +224,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         return (self.num_classes, self.embedding_size)
 
     def check_anchor_shape(self, tensor: torch.Tensor) -> None:
+        """A ``ValueError`` naming both shapes unless ``tensor`` has :meth:`expected_anchor_shape`."""
         expected = self.expected_anchor_shape()
         if tuple(tensor.shape) != tuple(expected):
             raise ValueError(
@@ -301,6 +336,8 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     # -- PML protocol ---------------------------------------------------------------------------
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+        """PML's ``forward``, after :meth:`validate_inputs`; float16/bfloat16 embeddings are computed in float32 and
+        the loss returned in float32."""
         self.validate_inputs(embeddings, labels)
         if embeddings.dtype in (torch.float16, torch.bfloat16):
             # 16-bit embeddings: compute and return the loss in float32 (every method alike; PML's reducers would
@@ -312,6 +349,9 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        """PML's hook: labels required, ``ref_emb`` refused, an empty batch gives :meth:`zero_losses`; otherwise
+        :meth:`anchor_losses` on long labels, miner weights and the cast (for fixed anchors, cached) anchors, plus the
+        ``weight_regularizer`` term on the anchor rows."""
         c_f.labels_required(labels)
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         if embeddings.shape[0] == 0:
@@ -326,11 +366,23 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     def anchor_losses(
         self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor
     ) -> dict[str, dict[str, Any]]:
-        """The loss dict (PML reducer protocol). ``weights`` are per-sample miner weights (ones without a miner)."""
+        """The loss dict of PML's reducer protocol; what a subclass implements.
+
+        :param embeddings: (B, d), B >= 1 (an empty batch never gets here), float32 or float64 (16-bit inputs
+            arrive as float32), validated (finite when ``check_finite``).
+        :param labels: (B,) ``long`` in ``[0, num_classes)``, on the embeddings' device.
+        :param anchors: the anchors in the embeddings' dtype and device: a copy, differentiable back to the parameter
+            when learnable; for fixed anchors a cached constant that must not be modified in place.
+        :param weights: (B,) per-sample weights in the embeddings' dtype: ones without a miner, else PML's
+            ``convert_to_weights(indices_tuple, labels)``. Multiply each sample's loss by its weight, as PML does.
+        :returns: ``{name: entry}`` for every name of ``_sub_loss_names()``, each entry made by :meth:`element_loss`
+            (per sample, reduced by the reducer) or :meth:`reduced_loss` (a scalar); the reducer sums the terms.
+        """
         raise NotImplementedError
 
     def element_loss(self, losses: torch.Tensor, **extra: Any) -> dict[str, Any]:
-        """Helper: a per-sample sub-loss for PML's reducers."""
+        """Helper: a per-sample sub-loss for PML's reducers, ``{"losses", "indices", "reduction_type": "element"}``;
+        ``extra`` adds what a reducer needs beyond that (``divisor`` for PML's ``DivisorReducer``)."""
         return {"losses": losses, "indices": c_f.torch_arange_from_size(losses), "reduction_type": "element", **extra}
 
     @staticmethod
@@ -340,7 +392,9 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     # -- inference ------------------------------------------------------------------------------
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Margin-free class scores (B × rows); larger is closer."""
+        """Margin-free class scores (B × rows); larger is closer. What a subclass implements for :meth:`predict`.
+        Not validated or cast by the caller: compute from :meth:`cast_anchors` or :meth:`cached_anchors` (and cast the
+        loss's own parameters likewise) so that any floating-point dtype works."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -380,6 +434,11 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             target = self.target_min_angle()
             out["target_min_angle_deg"] = float("nan") if target is None else math.degrees(target)
         return out
+
+    def __repr__(self) -> str:
+        if "anchors" not in self._parameters and "anchors" not in self._buffers:
+            return f"{type(self).__name__}(not built)"  # a loss whose __init__ raised, shown in its traceback
+        return super().__repr__()
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.learnable else "fixed"

@@ -11,18 +11,20 @@ def param_groups(module: Any, lr: float, lr_multipliers: Mapping[str, float] | A
 
     ``lr_multipliers`` maps parameter names (as in ``named_parameters()``) to multipliers, or is a
     :class:`~pml_anchors.MethodSpec` whose ``lr_multipliers`` are used. Parameters without a
-    multiplier get ``lr``; frozen parameters are left out. A multiplier naming no parameter is a
-    ``ValueError`` (it would otherwise be silently ignored).
+    multiplier get ``lr``; frozen parameters and buffers are left out, multiplier or not (e.g. Proxy Anchor built with
+    ``learnable=False``: its fixed proxies are a buffer with nothing to train). A multiplier naming neither a
+    parameter nor a buffer is a ``ValueError`` (a misspelt name would otherwise be silently ignored).
 
     >>> torch.optim.Adam(param_groups(loss, 1e-4, {"anchors": 100}))  # proxy_anchor: proxies at 100x  # doctest: +SKIP
     """
     multipliers = dict(getattr(lr_multipliers, "lr_multipliers", lr_multipliers) or {})
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    unknown = sorted(set(multipliers) - {n for n, _ in named})
+    known = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    unknown = sorted(set(multipliers) - known)
     if unknown:
         raise ValueError(
             f"lr multipliers name parameters {unknown} that {type(module).__name__} does not have "
-            f"(it has {[n for n, _ in named]})"
+            f"(its trainable parameters are {[n for n, _ in named]})"
         )
     groups: dict[float, list] = {}
     for name, param in named:

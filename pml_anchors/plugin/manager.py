@@ -326,7 +326,9 @@ class PluginManager:
 
     @staticmethod
     def _warn(message: str) -> None:
-        warnings.warn(f"pml_anchors: {message}", PluginLoadWarning, stacklevel=5)
+        # attributed to the caller's code (the first frame outside pml_anchors), not to a line of this loader: the
+        # default filter then shows it once per call site, and it never quotes the loader's source
+        warnings.warn(f"pml_anchors: {message}", PluginLoadWarning, stacklevel=_outside_stacklevel())
 
     def _check_slow(self, record: PluginRecord) -> None:
         seconds = record.load_seconds
@@ -416,16 +418,23 @@ class PluginManager:
 
     def _failure_notes(self) -> list[str]:
         notes = []
+        idle: dict[str, list[str]] = {}
         for record in self.records.values():
             if record.status == "incompatible":
                 notes.append(
                     f"Plugin {record.label} is incompatible with this pml-anchors version and was not loaded; "
-                    f"it may provide it: {record.error}."
+                    f"it may provide it: {(record.error or '').rstrip('.')}."
                 )
             elif record.status == "failed":
-                notes.append(f"Plugin {record.label} failed to load and may provide it: {record.error}.")
+                notes.append(
+                    f"Plugin {record.label} failed to load and may provide it: {(record.error or '').rstrip('.')}."
+                )
             elif record.status in {"disabled", "skipped", "refused"}:
-                notes.append(f"Plugin {record.label} is not loaded ({record.error}).")
+                idle.setdefault(record.error or record.status, []).append(record.label)
+        for why, labels in idle.items():  # one sentence per reason, not one per plugin
+            notes.append(
+                f"Plugin{'s' if len(labels) > 1 else ''} {', '.join(labels)} {'are' if len(labels) > 1 else 'is'} not loaded ({why})."
+            )
         return notes + self.notes
 
     # -- in-process plugins ---------------------------------------------------------------------
@@ -606,6 +615,20 @@ def _own_package(record: PluginRecord, plugin: Any) -> str | None:
         module = _module_name(plugin) if plugin is not None else record.module
     top = (module or "").strip().split(".")[0]
     return None if top in ("", "pml_anchors", "builtins", "__main__") else top
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _outside_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, for a call made by this function's caller, that names the first frame outside
+    the pml_anchors package and importlib's bootstrap (the user's code, or the ``pml-anchors`` script)."""
+    frame, level = sys._getframe(2), 2  # level 1: the function calling warnings.warn
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename.startswith("<frozen")
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _where(exc: BaseException) -> str:

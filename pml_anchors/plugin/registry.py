@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import DuplicateMethodError, UnknownMethodError
+from .builtins import builtin_distribution, install_hint
 from .spec import InitializerEntry, MethodSpec
 
 __all__ = ["Registry"]
@@ -76,10 +77,17 @@ class Registry:
         names = sorted(set(index) | set(table))
         message = f"unknown {kind} {name!r}"
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        if close:
-            message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        message += f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
         short_names = sorted(index)
-        message += f" Available {kind}s: {', '.join(short_names) if short_names else '(none)'}."
+        if short_names:
+            message += f" Available {kind}s: {', '.join(short_names)}."
+        else:
+            message += f" No {kind} is registered: no plugin that provides one is loaded."
+        dist = builtin_distribution(name) if kind == "method" else None
+        if dist is not None:
+            message += f" {name!r} is a built-in method of the {dist} distribution: pip install {dist}."
+        elif kind == "method" and not short_names:
+            message += f" {install_hint()}."
         for note in self._notes():
             message += f" {note}"
         raise UnknownMethodError(message)

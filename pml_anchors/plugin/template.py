@@ -3,7 +3,8 @@
 The template ships inside this package (``pml_anchors/plugin/plugin_template/``, package data), so the
 command works from an installed wheel. Template files end in ``.tmpl`` (so that pytest, ruff and
 setuptools never treat them as code); ``{{key}}`` placeholders are filled in file contents and
-in path names; a leading ``dot-`` in a file name becomes ``.`` (``dot-gitignore`` → ``.gitignore``).
+in path names; a leading ``dot-`` in a file or folder name becomes ``.`` (``dot-gitignore`` → ``.gitignore``,
+``dot-github/workflows/test.yml.tmpl`` → ``.github/workflows/test.yml``).
 
     pml-anchors new-plugin center-loss --dir examples --description "Center loss (Wen et al., 2016)"
 
@@ -12,6 +13,7 @@ Only the standard library is imported here: ``pml-anchors --help`` must stay fas
 
 from __future__ import annotations
 
+import datetime
 import keyword
 import re
 from collections.abc import Iterator, Mapping
@@ -29,6 +31,11 @@ TEMPLATE_PACKAGE = "pml_anchors.plugin"
 TEMPLATE_DIR = "plugin_template"
 TEMPLATE_SUFFIX = ".tmpl"
 DIST_PREFIX = "pml-anchors-"
+#: The project's home; the URLs in the distributions' metadata and the links in the rendered project start with it.
+PROJECT_URL = "https://github.com/pml-anchors/pml-anchors"
+#: The documentation folder, rendered as ``{{docs_url}}`` (``{{docs_url}}/plugins/tutorial.md``).
+DOCS_URL = PROJECT_URL + "/blob/main/docs"
+TUTORIAL_URL = DOCS_URL + "/plugins/tutorial.md"
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
@@ -59,6 +66,9 @@ class PluginNames:
     def context(self) -> dict[str, str]:
         """The values of the template placeholders."""
         return {
+            "year": str(datetime.date.today().year),  # LICENSE's copyright line
+            "docs_url": DOCS_URL,
+            "project_url": PROJECT_URL,
             "hyphenated": self.hyphenated,
             "underscored": self.underscored,
             "method": self.method,
@@ -197,12 +207,14 @@ def next_steps(names: PluginNames, target: Path) -> str:
             "",
             "Next steps:",
             f"  cd {target}",
-            "  python -m pip install -e .          # registers the pml_anchors entry point",
+            '  python -m pip install -e ".[test]"   # registers the pml_anchors entry point; the test extra adds pytest',
             f"  pml-anchors plugins                  # lists {names.distribution} as [ok]",
             f"  python -m pytest                     # check_method({names.method!r}) and a closed-form test",
             f"  edit {names.package}/loss.py to implement your method, then replace the placeholder's",
             f"  tests in tests/test_{names.underscored}.py (keep test_conformance) with tests of your method",
             "",
-            "Walk-through: docs/plugins/tutorial.md in the pml-anchors source repository (not in the installed package).",
+            f"It has an MIT LICENSE (copyright {names.author}; pick another licence before publishing if you prefer)",
+            'and a GitHub Actions workflow, .github/workflows/test.yml: pip install ".[test]" and pytest.',
+            f"Walk-through: {TUTORIAL_URL}",
         ]
     )
