@@ -385,3 +385,12 @@ def test_the_builtin_map_matches_the_built_in_plugins():
     for alias, name in BUILTIN_ALIASES.items():
         (source,) = [p for p in root.glob("*/pml_anchors_*/__init__.py") if f'name="{name}"' in p.read_text()]
         assert f'"{alias}"' in source.read_text()
+
+
+def test_python_m_pml_anchors_is_the_command(tmp_path):
+    """``python -m pml_anchors`` runs the ``pml-anchors`` command, as ``python -m pml_anchors.cli`` does."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pml_anchors", "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"pml-anchors {pml_anchors.__version__}"
