@@ -12,6 +12,7 @@ import torch
 from toy_loss import LearnableToyLoss
 
 import pml_anchors
+from pml_anchors.anchors.diagnostics import min_angle_within_budget, min_pairwise_angle
 from pml_anchors.plugin.trainer_hooks import loss_geometry
 
 BASE = {"epoch", "min_anchor_angle_deg", "mean_anchor_norm"}
@@ -86,3 +87,33 @@ def test_attach_warns_when_no_optimizer_steps_learnable_anchors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pml_anchors.TrainerHooks().attach(trainer)  # stepped: no warning
+
+
+def test_the_angle_is_exact_within_the_budget_and_an_upper_bound_from_fixed_rows_beyond():
+    rows = torch.randn(300, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = min_pairwise_angle(rows)
+    assert min_angle_within_budget(rows) == (exact, 300)
+    angle, searched = min_angle_within_budget(rows, budget=300 * 8 * 20)
+    assert searched == 20 and angle >= exact
+    assert min_angle_within_budget(rows, budget=300 * 8 * 20) == (angle, 20)  # the same rows every call
+    unit = rows / rows.norm(dim=1, keepdim=True)
+    cos = unit @ unit.T
+    cos.fill_diagonal_(-1.0)
+    best_of_each_row = torch.arccos(cos.max(dim=1).values.clamp(-1, 1))
+    sample = torch.randperm(300, generator=torch.Generator().manual_seed(0))[:20]
+    assert angle == pytest.approx(float(best_of_each_row[sample].min()), abs=1e-9)  # brute force over those rows
+
+
+def test_large_k_geometry_and_evaluation_say_the_angle_was_sampled(monkeypatch):
+    """Above the budget (K^2 d about 7e10: hours of float64 at K = 1M) the epoch hook and the evaluation search a
+    fixed sample of rows, and say how many; below it the keys are the usual ones."""
+    from pml_anchors.anchors import diagnostics
+    from pml_anchors.evaluation.diagnostics import anchor_angles
+
+    loss = pml_anchors.get_loss("c_ncm", 40, 8)
+    assert "min_anchor_angle_rows_searched" not in loss.geometry()
+    monkeypatch.setattr(diagnostics, "DIAGNOSTIC_ANGLE_BUDGET", 40 * 8 * 5)
+    geometry = loss.geometry()
+    assert geometry["min_anchor_angle_rows_searched"] == 5
+    assert geometry["min_anchor_angle_deg"] >= math.degrees(min_pairwise_angle(loss.anchors)) - 1e-9
+    assert anchor_angles(loss)["min_anchor_angle_rows_searched"] == 5

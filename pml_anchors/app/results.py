@@ -29,6 +29,8 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
     keep = (*METRICS, *(k for k in metrics if k.startswith(RECALL_PREFIX)), "nearest_anchor_accuracy")
     keep += ("intra_class_spread", "intra_class_distance", "inter_class_distance")
     keep += ("min_anchor_angle_deg", "target_min_anchor_angle_deg", "normalize_embeddings", "num_queries")
+    if "min_anchor_angle_rows_searched" in metrics:  # large K: the angle was searched from a sample of rows
+        keep += ("min_anchor_angle_rows_searched",)
     return {
         "method": session.spec.name,
         "qualified_method": session.spec.qualified_name,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..anchors.diagnostics import min_pairwise_angle
+from ..anchors.diagnostics import min_angle_within_budget
 from ..losses import AnchorLoss
 
 __all__ = ["anchor_angles", "anchor_rows", "class_spread", "module_device", "predict"]
@@ -63,14 +63,22 @@ def class_spread(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, fl
 
 def anchor_angles(loss: Any) -> dict[str, float | None]:
     """Smallest inter-anchor angle (degrees) and, for an :class:`~pml_anchors.AnchorLoss`, the method's target
-    (:meth:`~pml_anchors.AnchorLoss.target_min_angle`, radians, converted); PML's losses have no target."""
+    (:meth:`~pml_anchors.AnchorLoss.target_min_angle`, radians, converted); PML's losses have no target. Beyond
+    K^2 d of about 7e10 the angle is searched from a fixed sample of rows (an upper bound), and
+    ``min_anchor_angle_rows_searched`` says how many."""
     rows = anchor_rows(loss)
-    angle = math.degrees(min_pairwise_angle(rows)) if rows is not None and rows.shape[0] > 1 else None
+    angle, searched = None, None
+    if rows is not None and rows.shape[0] > 1:
+        radians, searched = min_angle_within_budget(rows)
+        angle = math.degrees(radians)
     target = loss.target_min_angle() if isinstance(loss, AnchorLoss) else None
-    return {
+    out: dict[str, float | None] = {
         "min_anchor_angle_deg": angle,
         "target_min_anchor_angle_deg": None if target is None else math.degrees(target),
     }
+    if rows is not None and searched is not None and searched < rows.shape[0]:
+        out["min_anchor_angle_rows_searched"] = searched  # large K: searched from a fixed sample of rows
+    return out
 
 
 def module_device(module: Any, default: torch.device) -> torch.device:

@@ -37,7 +37,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction, WeightRegular
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..anchors.diagnostics import CHEAP_ANGLE_BUDGET, min_pairwise_angle
+from ..anchors.diagnostics import CHEAP_ANGLE_BUDGET, min_angle_within_budget
 from ..plugin.api import resolve_initializer
 from ..validators import check_bool, check_seed, optional_bool, positive_int
 from .anchor_cache import MISSING, AnchorCache
@@ -423,13 +423,18 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         """The anchors' diagnostics, recorded every epoch by the base :class:`~pml_anchors.TrainerHooks`:
         ``min_anchor_angle_deg`` (smallest angle between two anchor rows, sub-centres included; NaN for one row),
         ``mean_anchor_norm`` and, for a method that defines :meth:`target_min_angle`, ``target_min_angle_deg``
-        (NaN where it returns ``None``, e.g. a single class). A method adds its own keys by overriding this and
-        extending ``super().geometry()``."""
+        (NaN where it returns ``None``, e.g. a single class). Beyond ``DIAGNOSTIC_ANGLE_BUDGET`` (K^2 d about 7e10,
+        e.g. K > 23k at d = 128) the angle is searched from a fixed sample of rows (an upper bound of the exact one,
+        :func:`~pml_anchors.anchors.diagnostics.min_angle_within_budget`) and ``min_anchor_angle_rows_searched``
+        says how many. A method adds its own keys by overriding this and extending ``super().geometry()``."""
         rows = self.anchors.detach().float().reshape(-1, self.anchors.shape[-1])
+        angle, searched = min_angle_within_budget(rows) if rows.shape[0] > 1 else (float("nan"), rows.shape[0])
         out: dict[str, Any] = {
-            "min_anchor_angle_deg": math.degrees(min_pairwise_angle(rows)) if rows.shape[0] > 1 else float("nan"),
+            "min_anchor_angle_deg": math.degrees(angle),
             "mean_anchor_norm": float(rows.norm(dim=1).mean()),
         }
+        if searched < rows.shape[0]:
+            out["min_anchor_angle_rows_searched"] = searched
         if type(self).target_min_angle is not AnchorLoss.target_min_angle:
             target = self.target_min_angle()
             out["target_min_angle_deg"] = float("nan") if target is None else math.degrees(target)
