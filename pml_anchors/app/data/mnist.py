@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .containers import DatasetSplits, TensorImageDataset, default_data_root
+from .downloads import guarded_download
 from .mnist_idx import MNIST_FILES
 from .splits import make_splits
 
@@ -46,9 +47,17 @@ def build_mnist(
         raise FileNotFoundError(_mnist_missing_message(root))
     from torchvision import datasets
 
+    if download:
+        guarded_download(
+            "MNIST",
+            root,
+            lambda: datasets.MNIST(str(root), train=True, download=True),
+            prepare_hint="Offline, build the root from the four (gzipped) IDX files with "
+            "pml_anchors.app.data.prepare_mnist_root(idx_dir, root).",
+        )
     pools = []
     for train in (True, False):
-        ds = datasets.MNIST(str(root), train=train, download=download)
+        ds = datasets.MNIST(str(root), train=train, download=False)
         pools.append(TensorImageDataset(ds.data.unsqueeze(1), ds.targets, mean=MNIST_MEAN, std=MNIST_STD))
     return make_splits(
         name="mnist",
