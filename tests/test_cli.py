@@ -94,7 +94,10 @@ def test_plugins_hook_filter_and_methods_plugin_filter(capsys):
     names = {r["name"] for r in json.loads(capsys.readouterr().out)}
     assert "pml-anchors-cam" in names and "pml-anchors" not in names  # the core registers initializers only
     assert main(["plugins", "--hook", "register_things"]) == 2
-    assert "unknown hook 'register_things'; hooks: register_initializers, register_methods" in capsys.readouterr().err
+    assert (
+        "unknown hook 'register_things'; hooks: register_datasets, register_initializers, register_methods"
+        in capsys.readouterr().err
+    )
 
     assert main(["methods", "--plugin", "pml_anchors_ncm", "--json"]) == 0  # spelled as the import name works too
     assert sorted(m["name"] for m in json.loads(capsys.readouterr().out)) == ["c_ncm", "e_ncm"]

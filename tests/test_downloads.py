@@ -69,3 +69,15 @@ def test_mnist_download_offline_is_one_line_and_leaves_the_root_as_it_was(tmp_pa
     assert err.startswith(f"pml-anchors train: error: could not download MNIST into {tmp_path}: no network connection")
     assert "prepare_mnist_root" in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt"]  # no empty MNIST/raw
+
+
+def test_every_built_in_dataset_is_named_in_the_cli_help_and_documented():
+    from pathlib import Path
+
+    from pml_anchors.app.data.registry import DATASETS
+    from pml_anchors.cli.options import DATASET_HELP
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    for name in set(DATASETS) - {"folder"}:  # an alias of imagefolder
+        assert name in DATASET_HELP, name
+        assert f"`{name}`" in docs, name

@@ -222,7 +222,7 @@ def test_every_import_is_a_dependency(built, dist):
     if dist != "pml-anchors":  # a plugin gets what the core brings
         requires += metadata(built.wheels["pml-anchors"]).get_all("Requires-Dist") or []
     base = _closure(requires)
-    extras = _closure(requires, extras=("tensorboard",)) - base
+    extras = _closure(requires, extras=("tensorboard", "tune")) - base
     owners = importlib.metadata.packages_distributions()
     missing = {}
     for module in _imported_modules(built.wheels[dist]) - set(OPTIONAL_IMPORTS):

@@ -179,3 +179,50 @@ def test_drops_into_a_plain_pml_tester_under_pmls_key_names():
     expected = brute_force_recall(torch.nn.functional.normalize(x), labels, 4).mean().item()  # the tester normalises
     assert got["recall_at_4_level0"] == pytest.approx(expected)
     assert got["recall_at_1_level0"] == got["precision_at_1_level0"]
+
+
+def test_label_counts_by_sorting_equal_pmls_comparison_matrix():
+    from pytorch_metric_learning.utils.accuracy_calculator import get_label_match_counts
+
+    from pml_anchors.evaluation.linear_memory import label_match_counts
+
+    g = torch.Generator().manual_seed(0)
+    query = torch.randint(0, 40, (300,), generator=g).float()
+    reference = torch.randint(10, 60, (500,), generator=g).float()  # query labels 0-9 are not in the gallery
+    for q, r in ((query, reference), (query, query), (query.view(-1, 2), reference.view(-1, 2))):  # (N, L) labels
+        ours, pml = label_match_counts(q, r), get_label_match_counts(q, r, torch.eq)
+        assert torch.equal(ours[0], pml[0]) and torch.equal(ours[1], pml[1])
+    assert label_match_counts(query, reference)[1][:10].tolist() == [0] * 10
+
+
+@pytest.mark.parametrize("ref_includes_query", [True, False])
+def test_get_accuracy_equals_pmls_own(ref_includes_query):
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 12, (400,), generator=g)
+    x = torch.randn(400, 16, generator=g) + 2 * torch.nn.functional.one_hot(labels, 16).float()
+    query, query_labels = x[:150], labels[:150]
+    reference, reference_labels = (x, labels) if ref_includes_query else (x[150:], labels[150:])
+    include = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "mean_average_precision")
+    cpu = torch.device("cpu")
+    ours = RecallAtKCalculator(include=include, k="max_bin_count", device=cpu).get_accuracy(
+        query, query_labels, reference, reference_labels, ref_includes_query
+    )
+    pml = AccuracyCalculator(include=include, k="max_bin_count", device=cpu).get_accuracy(
+        query, query_labels, reference, reference_labels, ref_includes_query
+    )
+    assert ours == pytest.approx(pml, abs=1e-12)
+    if ref_includes_query:
+        with pytest.raises(ValueError, match="first len\\(query\\) elements of reference must be equal to query"):
+            RecallAtKCalculator(include=include, device=cpu).get_accuracy(query + 1, query_labels, x, labels, True)
+
+
+def test_prefix_check_in_blocks_is_allclose(monkeypatch):
+    from pml_anchors.evaluation import linear_memory
+
+    monkeypatch.setattr(linear_memory, "BLOCK_ELEMENTS", 64)  # 8 rows of 8 at a time
+    x = torch.randn(50, 8)
+    assert linear_memory.starts_with(x, x[:37].clone()) and linear_memory.starts_with(x, x)
+    y = x.clone()
+    y[36, 5] += 1e-3  # the last row of the prefix, in the fifth block
+    assert not linear_memory.starts_with(x, y[:37]) and torch.allclose(x[:36], y[:36])
+    assert not linear_memory.starts_with(x[:10], x[:20]) and not linear_memory.starts_with(x, x[:5, :4])

@@ -28,6 +28,7 @@ from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
+from ..plugin.search_space import Param, integer, log_uniform, uniform
 from ..plugin.spec import MethodSpec
 
 #: prefix of a baseline in ``TrainConfig.method``
@@ -83,7 +84,13 @@ class Baseline:
         return self.spec.name
 
 
-def _spec(name, loss, description, defaults=None, lr_multipliers=None) -> MethodSpec:
+#: every baseline's optimiser lr range (the methods' plugins declare the same one, for Adam, the shared recipe)
+LR = log_uniform(1e-5, 1e-2)
+
+
+def _spec(
+    name, loss, description, defaults=None, lr_multipliers=None, search_space: dict[str, Param] | None = None
+) -> MethodSpec:
     return MethodSpec(
         name=name,
         loss=loss,
@@ -91,9 +98,13 @@ def _spec(name, loss, description, defaults=None, lr_multipliers=None) -> Method
         lr_multipliers=lr_multipliers or {},
         description=description,
         plugin="pytorch-metric-learning",
+        search_space={"lr": LR, **(search_space or {})},
     )
 
 
+# Search spaces (`pml-anchors tune`): ranges around each loss's published defaults, bounded and log-scaled where a
+# value spans orders of magnitude, as in the Bayesian search of Musgrave et al. ("A Metric Learning Reality Check",
+# ECCV 2020); every baseline also searches the lr (`LR`).
 BASELINES: dict[str, Baseline] = {
     b.name: b
     for b in (
@@ -104,6 +115,11 @@ BASELINES: dict[str, Baseline] = {
                 "PML ProxyAnchorLoss (Kim et al., CVPR 2020)",
                 {"margin": 0.1, "alpha": 32},
                 {"proxies": 100.0},
+                {
+                    "loss_lr_multiplier": log_uniform(1.0, 1000.0),
+                    "margin": uniform(0.0, 0.5),
+                    "alpha": log_uniform(4.0, 128.0),
+                },
             )
         ),
         Baseline(
@@ -112,6 +128,7 @@ BASELINES: dict[str, Baseline] = {
                 losses.ArcFaceLoss,
                 "PML ArcFaceLoss (Deng et al., CVPR 2019)",
                 {"margin": 28.6, "scale": 64},
+                search_space={"margin": uniform(0.0, 60.0), "scale": log_uniform(1.0, 100.0)},  # margin in degrees
             )
         ),
         Baseline(
@@ -120,6 +137,7 @@ BASELINES: dict[str, Baseline] = {
                 losses.NormalizedSoftmaxLoss,
                 "PML NormalizedSoftmaxLoss (Zhai & Wu, BMVC 2019)",
                 {"temperature": 0.05},
+                search_space={"temperature": log_uniform(0.01, 1.0)},
             )
         ),
         Baseline(
@@ -129,6 +147,13 @@ BASELINES: dict[str, Baseline] = {
                 "PML SoftTripleLoss (Qian et al., ICCV 2019)",
                 {"centers_per_class": 10, "la": 20, "gamma": 0.1, "margin": 0.01},
                 {"fc": 100.0},
+                {
+                    "loss_lr_multiplier": log_uniform(1.0, 1000.0),
+                    "centers_per_class": integer(1, 20),
+                    "la": log_uniform(1.0, 100.0),
+                    "gamma": log_uniform(0.01, 1.0),
+                    "margin": uniform(0.0, 0.5),
+                },
             )
         ),
         Baseline(
@@ -137,6 +162,7 @@ BASELINES: dict[str, Baseline] = {
                 ContrastiveBaseline,
                 "PML ContrastiveLoss (Hadsell et al., CVPR 2006) + MultiSimilarityMiner",
                 {"pos_margin": 0.0, "neg_margin": 1.0},
+                search_space={"pos_margin": uniform(0.0, 0.5), "neg_margin": uniform(0.5, 2.0)},  # L2 distances
             ),
             miner=lambda: miners.MultiSimilarityMiner(epsilon=0.1),
         ),

@@ -209,6 +209,8 @@ def _settings_text(summary: dict[str, Any], dropped: list[int]) -> str:
         f"{epochs} epoch{'' if epochs == 1 else 's'}, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']}, "
         f"seed {summary['seed']}, backbone {s['backbone'] or 'default'}, device {summary['device']}"
     )
+    if s.get("train_per_class"):
+        text += f", few-shot: {s['train_per_class']} training items per class"
     threads = summary.get("threads")
     if threads:
         why = f" ({summary['threads_from']})" if summary.get("threads_from") else ""

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..evaluation.knn import KNN_BACKENDS
 from ..evaluation.recall_at_k import DEFAULT_RECALL_AT, check_recall_at
 from ..validators import check_bool, check_int, check_real, optional_int
+from .data.validation import check_validation
 from .lr_schedules import check_schedule
 from .models import check_compile_kwargs
 
@@ -37,6 +39,16 @@ class TrainConfig:
         ``lr_patience`` (default 10) epochs. See :mod:`pml_anchors.app.lr_schedules`.
     :param amp: mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU; see ``amp_dtype``).
     :param limit: train on this many items (class-balanced); ``test_limit`` likewise.
+    :param train_per_class: few-shot training: keep this many training items of every class (1, 2, 4, ...), drawn
+        with ``seed`` (the same seed keeps the same items, and the 1-shot items are among the 2-shot ones); a class
+        with fewer items is an error naming it. It chooses the training items as ``limit`` does, so the two are not
+        given together; ``test_limit`` still applies to the test set.
+    :param validation: ``{"fold": f, "folds": k, "seed": s}`` trains on the other ``k - 1`` folds of the
+        training split and evaluates on its fold ``f`` instead of the test split, which is then not used
+        (:func:`pml_anchors.app.data.validation.validation_split`: class-disjoint folds under ``open_set``,
+        stratified ones under ``same_class``); ``None`` (default): train on the training split, test on the test split.
+    :param loss_lr_multiplier: the lr multiplier of every trainable parameter of the loss, instead of the method's
+        ``lr_multipliers`` (``pml-anchors tune`` searches it); ``None`` (default): the method's.
     :param output: folder for ``results.json`` and ``checkpoint.pt`` (written every epoch when
         ``checkpoint_every_epoch``).
     :param eval_every_epoch: evaluate after every epoch (``history``; used by ``bench``).
@@ -98,8 +110,12 @@ class TrainConfig:
     compile_kwargs: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = False
     recall_at: list[int] = field(default_factory=lambda: list(DEFAULT_RECALL_AT))
+    knn: str = "auto"
     tensorboard: str | None = None
     timeout_s: float = 300.0
+    train_per_class: int | None = None
+    validation: dict[str, int] | None = None
+    loss_lr_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -113,6 +129,17 @@ class TrainConfig:
         self.embedding_size = optional_int(self.embedding_size, "embedding_size", minimum=1)
         self.seed = check_int(self.seed, "seed")
         self.num_threads = optional_int(self.num_threads, "num_threads", minimum=1)
+        self.train_per_class = optional_int(self.train_per_class, "train_per_class", minimum=1)
+        if self.train_per_class is not None and self.limit is not None:
+            raise ValueError(
+                f"train_per_class={self.train_per_class} and limit={self.limit} both choose the training items: give "
+                "one (train_per_class N keeps N items of every class; limit L keeps L items, class-balanced)"
+            )
+        self.validation = check_validation(self.validation)
+        if self.loss_lr_multiplier is not None:
+            self.loss_lr_multiplier = check_real(
+                self.loss_lr_multiplier, "loss_lr_multiplier", minimum=0.0, open_min=True
+            )
         self.timeout_s = check_real(self.timeout_s, "timeout_s", minimum=0.0, open_min=True)
         self.lr_milestones = check_schedule(
             self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience
@@ -121,6 +148,8 @@ class TrainConfig:
             check_bool(getattr(self, name), name)
         self.compile_kwargs = check_compile_kwargs(self.compile_kwargs)
         self.recall_at = list(check_recall_at(self.recall_at))
+        if self.knn not in KNN_BACKENDS:
+            raise ValueError(f"knn must be one of {', '.join(KNN_BACKENDS)}, got {self.knn!r}")
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 

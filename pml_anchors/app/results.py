@@ -49,6 +49,10 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
         "embedding_size": session.embedding_size,
         "num_classes": session.num_classes,
         "train_size": len(session.splits.train),
+        "train_per_class": config.train_per_class,  # few-shot: items of every class kept (None: all)
+        "dataset_plugin": session.splits.info.get("dataset_plugin"),  # None: a built-in dataset
+        # the validation fold evaluated instead of the test split (fold, folds, seed, sizes, classes); None: the test split
+        "validation": session.splits.info.get("validation"),
         "test_size": len(session.splits.test),
         **test_classes(session.splits.test),
         "batch_size": config.batch_size,
@@ -61,8 +65,7 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
         "hook_recipe": plain(getattr(session.hooks, "recipe", {})),
         "config": plain(config.to_dict()),
         "plugins": [
-            {"name": p["name"], "version": p["version"], "status": p["status"], "methods": p["methods"]}
-            for p in get_plugins(all=True)
+            {k: p[k] for k in ("name", "version", "status", "methods", "datasets")} for p in get_plugins(all=True)
         ],
         "versions": {
             "pml_anchors": __version__,

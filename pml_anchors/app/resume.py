@@ -19,6 +19,7 @@ RESUME_KEYS = (
     "protocol",
     "seed",
     "limit",
+    "train_per_class",
     "loss_kwargs",
     "backbone",
     "embedding_size",

@@ -59,6 +59,7 @@ from .baselines import get_baseline, is_baseline
 from .checkpoints import checkpoint_bytes, load_checkpoint, save_checkpoint
 from .config import DEFAULT_EMBEDDING_SIZE, TrainConfig
 from .data import load_dataset
+from .data.validation import validation_split
 from .lr_schedules import make_lr_schedulers, step_plateau
 from .models import build_backbone, compile_models, default_backbone
 from .optimizers import make_optimizers
@@ -231,17 +232,20 @@ def build_models(
 
 
 def load_config_dataset(config: TrainConfig) -> Any:
-    """The :class:`~pml_anchors.app.data.DatasetSplits` a config names (dataset, root, protocol, seed, limits and
-    the dataset's own options)."""
-    return load_dataset(
+    """The :class:`~pml_anchors.app.data.DatasetSplits` a config names (dataset, root, protocol, seed, limits,
+    ``train_per_class`` and the dataset's own options), or with ``config.validation`` its validation fold
+    (:func:`~pml_anchors.app.data.validation.validation_split`)."""
+    splits = load_dataset(
         config.dataset,
         data_root=config.data_root,
         protocol=config.protocol,
         seed=config.seed,
         limit=config.limit,
         test_limit=config.test_limit,
+        train_per_class=config.train_per_class,
         **config.dataset_kwargs,
     )
+    return splits if config.validation is None else validation_split(splits, **config.validation)
 
 
 def build(
@@ -308,7 +312,10 @@ def build(
 
     if config.compile:
         compile_models(trunk, embedder, **config.compile_kwargs)
-    session.optimizers = make_optimizers(trunk, embedder, loss, config, spec.lr_multipliers)
+    multipliers = spec.lr_multipliers
+    if config.loss_lr_multiplier is not None:  # one multiplier for every trainable parameter of the loss (tune)
+        multipliers = {n: config.loss_lr_multiplier for n, p in loss.named_parameters() if p.requires_grad}
+    session.optimizers = make_optimizers(trunk, embedder, loss, config, multipliers)
     session.hooks = build_trainer_hooks(spec, **config.hook_kwargs)
     amp_dtype, session.scaler = amp_setup(config.amp, config.amp_dtype, device)
     bookkeeper = _Bookkeeper(session)
@@ -392,6 +399,7 @@ def evaluate_session(session: Session, **options: Any) -> dict[str, Any]:
         "batch_size": config.eval_batch_size,
         "num_workers": config.dataloader_num_workers,
         "recall_at": config.recall_at,
+        "knn": config.knn,
         **options,
     }
     return evaluate(

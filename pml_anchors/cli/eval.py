@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dataloader_num_workers=args.workers,
         recall_at=args.recall_at,
+        knn=args.knn,
     )
     if args.output:
         write_json(results, args.output)

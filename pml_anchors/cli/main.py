@@ -29,6 +29,7 @@ COMMANDS = {
     "train": "train",
     "eval": "eval",
     "bench": "bench",
+    "tune": "tune",
 }
 
 

@@ -11,6 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 PROTOCOLS = ("same_class", "open_set")
+DATASET_HELP = (
+    "digits (default), mnist, fashion_mnist, kmnist, emnist, cifar10, cifar100, svhn, food101, caltech256, cub, "
+    "cars196, sop, inaturalist2018, imagefolder, or a plugin's (docs/datasets.md)"
+)
+KNN_CHOICES = ("auto", "blocked", "faiss")  # pml_anchors.evaluation.knn.KNN_BACKENDS, without importing torch
 
 
 def json_arg(text: str) -> dict:
@@ -42,23 +47,32 @@ def add_recall_at(p: argparse.ArgumentParser) -> None:
         metavar="K1,K2,...",
         help="the Ks of the Recall@K metrics reported beside PML's (default 1,2,4,8; SOP papers use 1,10,100,1000)",
     )
+    p.add_argument(
+        "--knn",
+        choices=KNN_CHOICES,
+        help="the exact kNN search of the evaluation: auto (default: faiss on the CPU, blocked on CUDA), faiss "
+        "(PML's FaissKNN), blocked (torch on the evaluation device, 256 MiB of distances at a time)",
+    )
 
 
 def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     """Options shared by train and bench (default None: TrainConfig's defaults apply)."""
     if data:
-        p.add_argument("--data-root", help="dataset folder (mnist: torchvision root; imagefolder: the images)")
+        p.add_argument(
+            "--data-root", help="the folder holding the dataset as its archive extracts (imagefolder: the images)"
+        )
         p.add_argument("--protocol", choices=PROTOCOLS, help="same_class (default) or open_set (unseen test classes)")
         p.add_argument(
             "--download",
             action="store_true",
-            help="mnist: let torchvision download it into --data-root if it is not there (needs internet)",
+            help="let PML/torchvision download the dataset into --data-root (needs internet)",
         )
         p.add_argument(
             "--dataset-kwargs",
             type=json_arg,
-            help='JSON object of dataset options, e.g. \'{"image_size": 224, "augment": true}\' (imagefolder: '
-            "ImageNet-sized crops, random resized crops + flips for training), num_train_classes, test_fraction",
+            help='JSON object of dataset options, e.g. \'{"image_size": 224, "resize_size": 256, "augment": true}\' '
+            "(image datasets: ImageNet-sized crops, random resized crops + flips for training; CIFAR/SVHN: augment), "
+            "num_train_classes, test_fraction, split (emnist)",
         )
     p.add_argument("--epochs", type=int, help="number of epochs (train: 10; bench: 2)")
     p.add_argument(
@@ -102,6 +116,13 @@ def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--limit", type=int, help="train on this many items (class-balanced subsample)")
+    p.add_argument(
+        "--train-per-class",
+        type=int,
+        metavar="N",
+        help="few-shot training: keep N training items of every class (1, 2, 4, ...), the same ones for the same "
+        "--seed; a class with fewer is an error naming it; not with --limit",
+    )
     p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument(
@@ -171,6 +192,7 @@ CONFIG_ARGS = {
     "device": "device",
     "seed": "seed",
     "limit": "limit",
+    "train_per_class": "train_per_class",
     "test_limit": "test_limit",
     "amp": "amp",
     "deterministic": "deterministic",
@@ -181,6 +203,7 @@ CONFIG_ARGS = {
     "loss_kwargs": "loss_kwargs",
     "hook_kwargs": "hook_kwargs",
     "recall_at": "recall_at",
+    "knn": "knn",
     "tensorboard": "tensorboard",
     "timeout_s": "timeout",
 }

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C still stops the command; say which plugin was loading
         print(f"pml-anchors plugins: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+    _add_dataset_clashes(reports)
     for note in get_plugin_manager().notes:  # the settings themselves (e.g. a misspelt plugin name)
         print(f"pml-anchors plugins: warning: {note}", file=sys.stderr)
     if args.hook is not None:
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"    methods: {', '.join(r['methods'])}")
         if r["initializers"]:
             print(f"    initializers: {', '.join(r['initializers'])}")
+        if r["datasets"]:
+            print(f"    datasets: {', '.join(r['datasets'])}")
         if r["hooks"]:
             print(f"    hooks: {', '.join(r['hooks'])}")
         seconds = r.get("load_seconds")
@@ -78,6 +81,19 @@ def run(args: argparse.Namespace) -> int:
         for conflict in r.get("conflicts") or []:
             print(f"    conflict: {conflict}")
     return 0
+
+
+def _add_dataset_clashes(reports: list[dict]) -> None:
+    """Add to ``conflicts`` each plugin dataset named like a built-in one (the plugin registry sees clashes between
+    plugins only). The built-in table is imported (with torch) only when a plugin registers a dataset."""
+    if not any(r["datasets"] for r in reports):
+        return
+    from ..app.data.registry import DATASETS
+    from ..app.data.sources import builtin_clashes
+
+    clashes = builtin_clashes(DATASETS)
+    for r in reports:
+        r["conflicts"] = [*r["conflicts"], *clashes.get(r["name"], [])]
 
 
 #: statuses of a plugin that was not loaded on purpose (the user's settings, or a folder refused for safety)

@@ -10,7 +10,7 @@ import re
 import sys
 import time
 
-from .options import add_common, fmt, given_config, json_arg, recall_text, resolve_threads, setup_output
+from .options import DATASET_HELP, add_common, fmt, given_config, json_arg, recall_text, resolve_threads, setup_output
 
 #: where a run without --output goes, relative to the current directory
 DEFAULT_RUNS = "runs"
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "AccuracyCalculator, and write DIR/results.json and DIR/checkpoint.pt.",
     )
     p.add_argument("--method", help="registered method (see `pml-anchors methods`), or baseline:<name>")
-    p.add_argument("--dataset", help="digits (default), mnist or imagefolder")
+    p.add_argument("--dataset", help=DATASET_HELP)
     add_common(p)
     p.add_argument("--loss-kwargs", type=json_arg, help="JSON object of loss keyword arguments")
     p.add_argument("--hook-kwargs", type=json_arg, help="JSON object of trainer-hook keyword arguments")

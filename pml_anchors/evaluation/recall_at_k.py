@@ -17,6 +17,10 @@ The kNN search is widened to the largest K when ``k`` is smaller (e.g. ``k="max_
 hold about 12 images, with K = 1000), and PML's own metrics are still computed on the first ``k`` neighbours only,
 so they are the values plain ``AccuracyCalculator`` gives. K is capped at the number of gallery items a query can
 retrieve.
+
+Memory: ``get_accuracy`` is PML's with two of its steps in memory linear in N (the label counts and the check that
+the gallery starts with the queries; :mod:`~pml_anchors.evaluation.linear_memory`), so with a bounded-memory
+``knn_func`` (:class:`~pml_anchors.evaluation.knn.BlockedKNN`) a 200,000-item test set fits in 2 GB.
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.accuracy_calculator import (
     AccuracyCalculator,
+    get_label_match_counts,
+    get_lone_query_labels,
     maybe_get_avg_of_avgs,
     nan_accuracy,
     try_getting_not_lone_labels,
 )
 
 from ..validators import check_int
+from .linear_memory import label_match_counts, starts_with
 
 #: the Ks reported by default: the CUB-200 / Cars-196 columns of the Proxy Anchor paper
 DEFAULT_RECALL_AT = (1, 2, 4, 8)
@@ -68,6 +76,7 @@ class RecallAtKCalculator(AccuracyCalculator):
     All of ``AccuracyCalculator``'s arguments keep their meaning (``include``, ``exclude``, ``k``,
     ``avg_of_avgs``, ``return_per_class``, ``label_comparison_fn``, ``knn_func``, ...); ``include`` may name the
     recall metrics. Queries whose class has no other item in the gallery are left out, as in PML's metrics.
+    :meth:`get_accuracy` is PML's, in memory linear in N (:mod:`~pml_anchors.evaluation.linear_memory`).
     """
 
     def __init__(self, *args: Any, recall_at: Iterable[int] = DEFAULT_RECALL_AT, **kwargs: Any) -> None:
@@ -78,6 +87,64 @@ class RecallAtKCalculator(AccuracyCalculator):
             setattr(self, f"calculate_{name}", functools.partial(self._recall_at, k))
         self._metrics_k: int | None = None
         super().__init__(*args, **kwargs)
+
+    def get_accuracy(
+        self,
+        query: Any,
+        query_labels: Any,
+        reference: Any = None,
+        reference_labels: Any = None,
+        ref_includes_query: bool = False,
+        include: Any = (),
+        exclude: Any = (),
+    ) -> dict[str, Any]:
+        """PML's ``AccuracyCalculator.get_accuracy`` (2.9), the same steps and values, with the label counts
+        (default equality) and the query-prefix check in memory linear in N."""
+        if reference is None:
+            reference, reference_labels, ref_includes_query = query, query_labels, True
+        same = reference is query
+        query, query_labels, reference_labels = (
+            c_f.numpy_to_torch(x).to(self.device).type(torch.float) for x in (query, query_labels, reference_labels)
+        )
+        reference = query if same else c_f.numpy_to_torch(reference).to(self.device).type(torch.float)
+        if len(query) != len(query_labels) or len(reference) != len(reference_labels):
+            raise ValueError("embeddings and labels must have the same length")
+        if ref_includes_query and not (starts_with(reference, query) and starts_with(reference_labels, query_labels)):
+            raise ValueError(
+                "When ref_includes_query is True, the first len(query) elements of reference must be equal to query, "
+                "and the first len(query_labels) elements of reference_labels equal to query_labels"
+            )
+        self.curr_function_dict = self.get_function_dict(include, exclude)
+        kwargs: dict[str, Any] = {
+            "query": query,
+            "reference": reference,
+            "query_labels": query_labels,
+            "reference_labels": reference_labels,
+            "ref_includes_query": ref_includes_query,
+            "label_comparison_fn": self.label_comparison_fn,
+        }
+        if any(x in self.requires_knn() for x in self.get_curr_metrics()):
+            if self.label_comparison_fn is torch.eq:  # PML's default comparison
+                label_counts = label_match_counts(query_labels, reference_labels)
+            else:
+                label_counts = get_label_match_counts(query_labels, reference_labels, self.label_comparison_fn)
+            lone_labels, not_lone = get_lone_query_labels(
+                query_labels, label_counts, ref_includes_query, self.label_comparison_fn
+            )
+            num_k = self.determine_k(label_counts[1], len(reference), ref_includes_query)
+            knn_distances, knn_indices = self.knn_func(query, num_k, reference, ref_includes_query)
+            if not any(not_lone):
+                c_f.LOGGER.warning("None of the query labels are in the reference set.")
+            kwargs.update(
+                label_counts=label_counts,
+                knn_labels=reference_labels[knn_indices],
+                knn_distances=knn_distances,
+                lone_query_labels=lone_labels,
+                not_lone_query_mask=not_lone,
+            )
+        if any(x in self.requires_clustering() for x in self.get_curr_metrics()):
+            kwargs["cluster_labels"] = self.get_cluster_labels(**kwargs)
+        return self._get_accuracy(self.curr_function_dict, **kwargs)
 
     def requires_knn(self) -> list[str]:
         return [*super().requires_knn(), *self.recall_metrics]

@@ -1,7 +1,8 @@
 """Evaluate every method the same way: PML's tester and ``AccuracyCalculator`` plus diagnostics.
 
 * Retrieval: PML's ``GlobalEmbeddingSpaceTester`` with
-  ``AccuracyCalculator(k="max_bin_count", include=METRICS)`` (faiss kNN), the test split queried
+  ``AccuracyCalculator(k="max_bin_count", include=METRICS)`` (exact kNN: faiss on the CPU, the blocked search of
+  :mod:`~pml_anchors.evaluation.knn` on CUDA), the test split queried
   against itself (query = gallery, the query itself excluded), plus Recall@K (``recall_at_1``,
   ``recall_at_2``, ...; :mod:`pml_anchors.evaluation.recall_at_k`, the calculator's subclass that adds them).
   Embeddings are L2-normalised before the kNN iff ``spec.normalize_embeddings`` (CAM and E-NCM are
@@ -25,6 +26,7 @@ from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 
 from ..devices import resolve_device
 from .diagnostics import anchor_angles, class_spread, module_device, predict
+from .knn import make_knn_func
 from .recall_at_k import DEFAULT_RECALL_AT, RecallAtKCalculator, check_recall_at, recall_metric
 
 __all__ = ["METRICS", "RecordingTester", "embed", "evaluate", "make_tester"]
@@ -66,13 +68,15 @@ def make_tester(
     batch_size: int = 256,
     num_workers: int = 0,
     recall_at: Any = DEFAULT_RECALL_AT,
+    knn: str = "auto",
 ) -> RecordingTester:
-    """The tester every method is evaluated with (faiss kNN, ``k="max_bin_count"``; :data:`METRICS` and
-    ``recall_at_<K>`` for each K in ``recall_at``)."""
+    """The tester every method is evaluated with (``k="max_bin_count"``; :data:`METRICS` and ``recall_at_<K>`` for
+    each K in ``recall_at``; the kNN search chosen by ``knn``, see :func:`~pml_anchors.evaluation.knn.make_knn_func`)."""
     device = resolve_device(device)
     ks = check_recall_at(recall_at)
     include = (*METRICS, *map(recall_metric, ks))
-    calculator = RecallAtKCalculator(include=include, recall_at=ks, k="max_bin_count", device=device)
+    knn_func = make_knn_func(knn, device)
+    calculator = RecallAtKCalculator(include=include, recall_at=ks, k="max_bin_count", device=device, knn_func=knn_func)
     return RecordingTester(
         normalize_embeddings=normalize_embeddings,
         batch_size=batch_size,
@@ -96,6 +100,7 @@ def evaluate(
     geometry: bool = True,
     num_workers: int = 0,
     recall_at: Any = DEFAULT_RECALL_AT,
+    knn: str = "auto",
 ) -> dict[str, Any]:
     """Retrieval metrics, nearest-anchor accuracy and geometry on ``splits.test`` (query = gallery).
 
@@ -105,6 +110,8 @@ def evaluate(
         decides the kNN space unless ``normalize_embeddings`` is given.
     :param num_workers: the tester's DataLoader worker processes (0: the main process).
     :param recall_at: the Ks of the ``recall_at_<K>`` metrics (:mod:`pml_anchors.evaluation.recall_at_k`).
+    :param knn: the kNN search (:func:`~pml_anchors.evaluation.knn.make_knn_func`): ``"auto"`` (faiss on the CPU,
+        the bounded-memory blocked search on CUDA), ``"faiss"`` or ``"blocked"``.
     :returns: a JSON-friendly dict: the :data:`METRICS` under PML's names, ``recall_at_<K>``,
         ``nearest_anchor_accuracy`` (``None`` under ``open_set``), the geometry diagnostics,
         ``normalize_embeddings``, ``protocol`` and ``num_queries``.
@@ -113,7 +120,7 @@ def evaluate(
     if normalize_embeddings is None:
         normalize_embeddings = True if spec is None else bool(spec.normalize_embeddings)
     protocol = getattr(splits, "protocol", "same_class")
-    tester = make_tester(normalize_embeddings, device, batch_size, num_workers, recall_at)
+    tester = make_tester(normalize_embeddings, device, batch_size, num_workers, recall_at, knn)
     accuracies = tester.test({"test": splits.test}, epoch, trunk, embedder)["test"]
     names = (*METRICS, *tester.accuracy_calculator.recall_metrics)
     result: dict[str, Any] = {m: float(accuracies[f"{m}_level0"]) for m in names}

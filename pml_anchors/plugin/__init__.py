@@ -2,6 +2,7 @@
 
 * :mod:`~pml_anchors.plugin.hookspecs`: the pluggy markers and hook specifications;
 * :mod:`~pml_anchors.plugin.spec`: :class:`MethodSpec`, what ``register_methods`` registers, and its checks;
+  :mod:`~pml_anchors.plugin.datasets`: ``DatasetEntry``, what ``register_datasets`` registers;
 * :mod:`~pml_anchors.plugin.registry`, :mod:`~pml_anchors.plugin.manager`, :mod:`~pml_anchors.plugin.settings`,
   :mod:`~pml_anchors.plugin.plugins_dir`, :mod:`~pml_anchors.plugin.staging`: loading plugins into the registry;
 * :mod:`~pml_anchors.plugin.api`: the getters (``get_loss``, ``list_methods``, ...);
@@ -19,6 +20,7 @@ from .api import (
     get_method,
     get_plugins,
     get_trainer_hooks,
+    list_datasets,
     list_initializers,
     list_methods,
     load_plugins,
@@ -46,6 +48,7 @@ __all__ = [
     "get_trainer_hooks",
     "hookimpl",
     "hookspec",
+    "list_datasets",
     "list_initializers",
     "list_methods",
     "load_plugins",

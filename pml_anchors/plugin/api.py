@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..errors import InvalidMethodSpec
+from .datasets import DatasetEntry
 from .lazy import accepts_keyword, resolve_object
 from .manager import PluginManager
 from .registry import Registry
@@ -22,12 +23,14 @@ from .trainer_hooks import TrainerHooks
 __all__ = [
     "build_loss",
     "build_trainer_hooks",
+    "find_datasets",
     "get_initializer",
     "get_loss",
     "get_method",
     "get_plugin_manager",
     "get_plugins",
     "get_trainer_hooks",
+    "list_datasets",
     "list_initializers",
     "list_methods",
     "load_plugins",
@@ -146,6 +149,17 @@ def resolve_initializer(ref: str) -> Callable:
 def list_initializers() -> list[str]:
     """Qualified names of every registered initializer."""
     return sorted(_registry().initializers)
+
+
+def list_datasets() -> list[DatasetEntry]:
+    """Every dataset the plugins register (``register_datasets``), sorted by qualified name. The application's
+    built-in datasets are not plugins': ``pml_anchors.app.data.available_datasets()`` lists both."""
+    return [entry for _, entry in sorted(_registry().datasets.items())]
+
+
+def find_datasets(name: str) -> list[DatasetEntry]:
+    """The plugins' datasets ``name`` (short or ``plugin:name``) may mean: one, several (ambiguous) or none."""
+    return _registry().dataset_candidates(name)
 
 
 def build_loss(spec: MethodSpec, num_classes: int, embedding_size: int | None = None, **kwargs: Any) -> Any:

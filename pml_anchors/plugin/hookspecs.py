@@ -17,7 +17,7 @@ records the distribution that made it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -72,4 +72,31 @@ def register_initializers(register: Callable[..., None]) -> None:
             register("hadamard", hadamard_anchors)
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_datasets(register: Callable[[str, Any], None]) -> None:
+    """Register datasets that ``load_dataset``, ``pml-anchors train/bench --dataset NAME`` and the benchmark use by
+    name, beside the built-in ones (``digits``, ``mnist``, ``imagefolder``, ...).
+
+    :param register: ``register(name: str, builder) -> None``. ``name`` is a lower-case identifier; ``builder`` is
+        a callable ``builder(*, data_root, protocol, seed, download, **kwargs) -> DatasetSplits``
+        (:class:`pml_anchors.app.data.DatasetSplits`) or a lazy ``"module:function"`` string, imported only when
+        the dataset is loaded (listing plugins then imports neither the builder nor torch). ``kwargs`` are the
+        user's ``--dataset-kwargs``; ``--limit``, ``--test-limit`` and ``--train-per-class`` are applied to what
+        the builder returns.
+
+    Called once per plugin when the registry is first built, after that plugin's ``register_methods``. A name that
+    another plugin or a built-in dataset also has is ambiguous: ``load_dataset`` then asks for the qualified
+    ``plugin:name`` (built-ins: ``pml-anchors:name``), and ``pml-anchors plugins`` lists the conflict.
+
+    Example::
+
+        @hookimpl
+        def register_datasets(register):
+            register("blobs", "my_plugin.blobs:build_blobs")
+
+    Added within the 0.1 series, after 0.1.0: a plugin that also supports 0.1.0 marks its implementation
+    ``@hookimpl(optionalhook=True)`` (see ``docs/plugins/versioning.md``).
     """

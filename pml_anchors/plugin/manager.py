@@ -78,7 +78,7 @@ CORE_PLUGIN_MODULES = ("pml_anchors.anchors.default_plugin",)
 BUILTIN_DISTRIBUTIONS = frozenset(
     {"pml-anchors-ncm", "pml-anchors-cam", "pml-anchors-reponet", "pml-anchors-fsc", "pml-anchors-proxy-anchor"}
 )
-HOOK_ORDER = ("register_initializers", "register_methods")
+HOOK_ORDER = ("register_initializers", "register_methods", "register_datasets")
 #: A plugin whose import takes longer than this (seconds) is named in a warning: every command pays it.
 SLOW_IMPORT_SECONDS = 2.0
 #: What a plugin's import or hook may raise and still only fail that plugin (``KeyboardInterrupt`` is re-raised).
@@ -102,6 +102,8 @@ class PluginRecord:
     hooks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     initializers: list[str] = field(default_factory=list)
+    #: the datasets it registers (``register_datasets``), by short name
+    datasets: list[str] = field(default_factory=list)
     builtin: bool = False
     #: names this plugin registers that another plugin registers too (use the qualified ``plugin:name``)
     conflicts: list[str] = field(default_factory=list)
@@ -373,13 +375,14 @@ class PluginManager:
         core = _CoreState()
         for name, plugin in list(self._objects.items()):
             record = self.records[name]
-            record.methods, record.initializers, record.conflicts = [], [], []
+            record.methods, record.initializers, record.datasets, record.conflicts = [], [], [], []
             staged = Staged(name, record.version)
             failure: tuple[str, BaseException, str] | None = None
             try:
                 with _interruptible(record, "running its hooks"):
                     self._call(plugin, "register_initializers", register=staged.register_initializer)
                     self._call(plugin, "register_methods", register=staged.register_method)
+                    self._call(plugin, "register_datasets", register=staged.register_dataset)
             except IncompatiblePluginError as exc:  # MethodSpec.requires_api excludes this version
                 failure = str(exc), exc, "incompatible"
             except CONTAINED as exc:  # a bad plugin must not take the others down, sys.exit() included
@@ -395,6 +398,9 @@ class PluginManager:
             for spec in staged.methods:
                 registry.add_method(spec)
                 record.methods.append(spec.name)
+            for dataset in staged.datasets:
+                registry.add_dataset(dataset)
+                record.datasets.append(dataset.name)
         duplicates = registry.duplicates()
         if duplicates and strict_mode():
             detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in duplicates.items())

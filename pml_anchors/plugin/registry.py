@@ -1,5 +1,5 @@
-"""The registry: every registered method and initializer by qualified name (``plugin:name``), looked up by short
-name, alias or qualified name. Pure data, built by :mod:`pml_anchors.plugin.manager`; nothing here imports a plugin.
+"""The registry: every registered method, initializer and dataset by qualified name (``plugin:name``), looked up by
+short name, alias or qualified name. Pure data, built by :mod:`pml_anchors.plugin.manager`; nothing here imports a plugin.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from ..errors import DuplicateMethodError, UnknownMethodError
 from .builtins import builtin_distribution, install_hint
+from .datasets import DatasetEntry
 from .spec import InitializerEntry, MethodSpec
 
 __all__ = ["Registry"]
@@ -18,7 +19,7 @@ Entry = TypeVar("Entry", MethodSpec, InitializerEntry)
 
 
 class Registry:
-    """Methods and initializers by qualified name (``plugin:name``) with a short-name index."""
+    """Methods, initializers and datasets by qualified name (``plugin:name``) with a short-name index."""
 
     def __init__(
         self, notes: Callable[[], list[str]] | None = None, label: Callable[[str | None], str] | None = None
@@ -27,8 +28,11 @@ class Registry:
         :param label: how a plugin is named in errors (``"name version"``); its name by default."""
         self.methods: dict[str, MethodSpec] = {}
         self.initializers: dict[str, InitializerEntry] = {}
+        #: the plugins' datasets (the application's built-in ones are not here: ``pml_anchors.app.data``)
+        self.datasets: dict[str, DatasetEntry] = {}
         self._method_index: dict[str, list[str]] = {}
         self._init_index: dict[str, list[str]] = {}
+        self._dataset_index: dict[str, list[str]] = {}
         self._notes = notes or (lambda: [])
         self._label = label or str
 
@@ -43,10 +47,15 @@ class Registry:
         for short in (entry.name, *entry.aliases):
             self._init_index.setdefault(short, []).append(entry.qualified_name)
 
+    def add_dataset(self, entry: DatasetEntry) -> None:
+        self.datasets[entry.qualified_name] = entry
+        self._dataset_index.setdefault(entry.name, []).append(entry.qualified_name)
+
     def duplicates(self) -> dict[str, list[str]]:
-        """Short names (methods and initializers) claimed by more than one plugin."""
+        """Short names (methods, initializers and datasets) claimed by more than one plugin."""
         out = {}
-        for kind, index in (("method", self._method_index), ("initializer", self._init_index)):
+        indexes = (("method", self._method_index), ("initializer", self._init_index), ("dataset", self._dataset_index))
+        for kind, index in indexes:
             for short, qualified in index.items():
                 if len({q.rsplit(":", 1)[0] for q in qualified}) > 1:
                     out[f"{kind} {short!r}"] = qualified
@@ -58,6 +67,17 @@ class Registry:
 
     def get_initializer_entry(self, name: str) -> InitializerEntry:
         return self._lookup(name, self.initializers, self._init_index, "initializer")
+
+    def dataset_candidates(self, name: str) -> list[DatasetEntry]:
+        """The plugins' datasets ``name`` may mean: the one of that qualified name, else every one of that short name
+        (several: ambiguous; none: not a plugin's). The caller adds the application's built-in datasets."""
+        if name in self.datasets:
+            return [self.datasets[name]]
+        return [self.datasets[q] for q in self._dataset_index.get(name, [])]
+
+    def notes(self) -> list[str]:
+        """The sentences an unknown-name error adds: which plugins failed to load or are switched off."""
+        return list(self._notes())
 
     def _lookup(self, name: Any, table: Mapping[str, Entry], index: Mapping[str, list[str]], kind: str) -> Entry:
         if not isinstance(name, str):

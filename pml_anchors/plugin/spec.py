@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import IncompatiblePluginError, InvalidMethodSpec
 from ..version import PLUGIN_API_VERSION
 from .lazy import describe_object, is_lazy_path, resolve_object
+from .search_space import Param, check_search_space
 
 __all__ = ["InitializerEntry", "MethodSpec", "check_loss_class", "is_initializer_name", "validate_spec"]
 
@@ -44,6 +45,10 @@ class MethodSpec:
         ``pml_anchors.PLUGIN_API_VERSION`` (``">=0.1,<0.2"``); ``None`` accepts any. A plugin that registers
         a method whose range excludes the running version is not loaded and is reported ``incompatible``.
     :param plugin, plugin_version: filled in by the registry (provenance); leave unset.
+    :param search_space: the hyper-parameters ``pml-anchors tune`` searches, name -> :class:`~pml_anchors.plugin.
+        search_space.Param` (``log_uniform(1e-5, 1e-2)``, ``choice(...)``): loss keyword arguments and the reserved
+        ``lr``, ``weight_decay`` and ``loss_lr_multiplier`` (:mod:`pml_anchors.plugin.search_space`); empty: the
+        method declares none.
     """
 
     name: str
@@ -59,6 +64,7 @@ class MethodSpec:
     requires_api: str | None = None
     plugin: str | None = None
     plugin_version: str | None = None
+    search_space: Mapping[str, Param] = field(default_factory=dict)
 
     @property
     def qualified_name(self) -> str:
@@ -86,6 +92,7 @@ class MethodSpec:
             "requires_api": self.requires_api,
             "paper": self.paper,
             "description": self.description,
+            "search_space": {k: p.as_dict() for k, p in self.search_space.items()},
         }
 
 
@@ -138,6 +145,10 @@ def validate_spec(spec: Any, plugin: str) -> MethodSpec:
         isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in spec.lr_multipliers.items()
     ):
         raise InvalidMethodSpec(f"{where}: lr_multipliers must map parameter names to positive numbers")
+    try:
+        check_search_space(spec.search_space)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMethodSpec(f"{where}: {exc}") from exc
     _check_requires_api(spec.requires_api, where)
     return spec
 

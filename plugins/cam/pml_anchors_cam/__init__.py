@@ -9,6 +9,7 @@ trainer hooks warn if no optimizer steps them, and record the loss's geometry ev
 
 from pml_anchors import MethodSpec, hookimpl
 from pml_anchors.plugin.lazy import lazy_exports
+from pml_anchors.plugin.search_space import log_uniform, uniform
 
 from .initializers import standard_normal
 
@@ -40,6 +41,13 @@ def register_methods(register):
                 "keep anchor norms >= p (m=2, p=1)"
             ),
             aliases=("class_anchor_margin",),
+            # around Ghita & Ionescu's m = 2, p = 1 and Adam lr 1e-3 (anchors at the network's lr, x1)
+            search_space={
+                "lr": log_uniform(1e-5, 1e-2),
+                "loss_lr_multiplier": log_uniform(1.0, 100.0),
+                "margin": uniform(0.5, 4.0),
+                "min_norm": uniform(0.25, 2.0),
+            },
         )
     )
 

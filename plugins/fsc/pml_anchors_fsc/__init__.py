@@ -7,6 +7,7 @@ Registers the method ``fsc``. Importing this package imports no torch: everythin
 
 from pml_anchors import MethodSpec, hookimpl
 from pml_anchors.plugin.lazy import lazy_exports
+from pml_anchors.plugin.search_space import integer, log_uniform
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,13 @@ def register_methods(register):
             initializer="gaussian_subcenters",
             paper=PAPER,
             description="F-SC: softmax summed over fixed Gaussian sub-centres + sub-class compactness (beta=1e-4)",
+            # around Zhang & Gong's s = 4 sub-centres, sigma^2 = 1e-3 (a variance) and beta = 1e-4
+            search_space={
+                "lr": log_uniform(1e-5, 1e-2),
+                "sub_centers": integer(1, 8),
+                "variance": log_uniform(1e-4, 1e-1),
+                "beta": log_uniform(1e-6, 1e-2),
+            },
         )
     )
 

@@ -7,6 +7,7 @@ Networks", arXiv:1804.08087 (2018). Registers the methods ``e_ncm`` and ``c_ncm`
 
 from pml_anchors import MethodSpec, hookimpl
 from pml_anchors.plugin.lazy import lazy_exports
+from pml_anchors.plugin.search_space import log_uniform
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,8 @@ def register_methods(register):
             normalize_embeddings=False,
             paper=PAPER,
             description="E-NCM: softmax over minus the Euclidean distance to fixed unit anchors (eq. 7)",
+            # Hao et al.: the loss has no hyper-parameters; only the optimiser's lr (for Adam, the shared recipe)
+            search_space={"lr": log_uniform(1e-5, 1e-2)},
         )
     )
     register(
@@ -48,6 +51,8 @@ def register_methods(register):
             initializer="ncm_tiered",
             paper=PAPER,
             description="C-NCM: softmax cross-entropy on the cosine to fixed unit anchors, scale 1 (eq. 8)",
+            # Hao et al. eq. 8 fixes the scale at 1 (temperature 1); PML's NormalizedSoftmaxLoss uses 0.05
+            search_space={"lr": log_uniform(1e-5, 1e-2), "temperature": log_uniform(0.05, 1.0)},
         )
     )
 

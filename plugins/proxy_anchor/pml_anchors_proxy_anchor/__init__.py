@@ -7,6 +7,7 @@ them on first access (the one-line switch from ``pytorch_metric_learning.losses.
 
 from pml_anchors import MethodSpec, hookimpl
 from pml_anchors.plugin.lazy import lazy_exports
+from pml_anchors.plugin.search_space import log_uniform, uniform
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,13 @@ def register_methods(register):
             normalize_embeddings=True,
             paper=PAPER,
             description="Proxy Anchor: each learnable proxy is an anchor against the whole batch (alpha=32, delta=0.1)",
+            # around Kim et al.'s alpha = 32, delta = 0.1 and proxies at lr x100 (their study varies alpha and delta)
+            search_space={
+                "lr": log_uniform(1e-5, 1e-2),
+                "loss_lr_multiplier": log_uniform(1.0, 1000.0),
+                "margin": uniform(0.0, 0.5),
+                "alpha": log_uniform(4.0, 128.0),
+            },
         )
     )
 

@@ -8,6 +8,7 @@ margin m = phi, the angle between neighbouring vertices (paper eq. 9-12). The lo
 
 from pml_anchors import MethodSpec, hookimpl
 from pml_anchors.plugin.lazy import lazy_exports
+from pml_anchors.plugin.search_space import log_uniform, uniform
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,8 @@ def register_methods(register):
                 "ArcFace margin m = phi (the polytope's vertex angle)"
             ),
             aliases=("margin_reponet",),
+            # Pernici et al.: features scaled by kappa = 30 (NormFace/ArcFace use 30-64); margin m = phi is fixed
+            search_space={"lr": log_uniform(1e-5, 1e-2), "scale": uniform(8.0, 64.0)},
         )
     )
 

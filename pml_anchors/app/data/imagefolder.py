@@ -12,13 +12,16 @@ from torch.utils.data import Dataset
 from .containers import DatasetSplits, LabeledSubset, subset
 from .splits import make_splits, stratified_split
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_imagefolder"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_imagefolder", "imagefolder_transforms"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _imagefolder_transforms(image_size: int, augment: bool, resize_size: int):
+def imagefolder_transforms(image_size: int, augment: bool, resize_size: int):
+    """``(train, eval)`` torchvision transforms of RGB PIL images: eval resizes the shorter side to ``resize_size``
+    and centre-crops ``image_size``; ``augment`` trains on RandomResizedCrop(``image_size``) + horizontal flips
+    (otherwise train = eval). Both end in ToTensor + ImageNet normalisation."""
     from torchvision import transforms as T
 
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -80,7 +83,7 @@ def build_imagefolder(
     resize_size = int(image_size) if resize_size is None else int(resize_size)
     if resize_size < int(image_size):
         raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size}), the centre crop")
-    train_tf, eval_tf = _imagefolder_transforms(int(image_size), augment, resize_size)
+    train_tf, eval_tf = imagefolder_transforms(int(image_size), augment, resize_size)
     shape = (3, int(image_size), int(image_size))
     sizes: dict[str, object] = {"image_size": int(image_size), "resize_size": resize_size, "augment": bool(augment)}
     sizes.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))

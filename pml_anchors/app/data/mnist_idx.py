@@ -1,8 +1,9 @@
-"""A torchvision ``MNIST`` root from the four original IDX files, offline (``pml-anchors`` never downloads them).
+"""torchvision roots for the MNIST-format datasets (MNIST, Fashion-MNIST, KMNIST, EMNIST) from IDX files, offline.
 
-:func:`prepare_mnist_root` copies or decompresses ``train-images-idx3-ubyte`` and its three siblings (raw or
-``.gz``) into ``ROOT/MNIST/raw/``, where ``torchvision.datasets.MNIST(ROOT, download=False)`` reads them, checking
-each file's IDX header and, when the source folder has a ``SHA256SUMS`` file, its checksum.
+:func:`prepare_idx_root` copies or decompresses a dataset's IDX files (raw or ``.gz``) from a folder into
+``ROOT/<Folder>/raw/``, where ``torchvision.datasets.<Folder>(ROOT, download=False)`` reads them, checking each
+file's IDX header and, when the source folder has a ``SHA256SUMS`` file, its checksum. :func:`prepare_mnist_root` is
+the MNIST case; :func:`emnist_files` names an EMNIST split's files.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import math
 import os
 import shutil
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
+__all__ = ["MNIST_FILES", "check_idx_file", "emnist_files", "find_idx_file", "prepare_idx_root", "prepare_mnist_root"]
+
+#: the four files of MNIST, Fashion-MNIST and KMNIST (what torchvision reads from ``<Folder>/raw/``)
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -22,6 +27,13 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 _IDX_MAGIC = {"images": 2051, "labels": 2049}
+
+
+def emnist_files(split: str) -> tuple[str, ...]:
+    """The four IDX files of EMNIST split ``split`` (``balanced``, ``byclass``, ...), as torchvision names them."""
+    return tuple(
+        f"emnist-{split}-{part}-{kind}-ubyte" for part in ("train", "test") for kind in ("images-idx3", "labels-idx1")
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -41,8 +53,9 @@ def _read_sums(path: Path) -> dict[str, str]:
     return sums
 
 
-def _find_idx_source(idx_dir: Path, name: str) -> Path | None:
-    dotted = name.replace("-idx", ".idx")  # e.g. train-images.idx3-ubyte
+def find_idx_file(idx_dir: Path, name: str) -> Path | None:
+    """``idx_dir/name`` gzipped or plain (also the ``train-images.idx3-ubyte`` spelling), or ``None``."""
+    dotted = name.replace("-idx", ".idx")
     for cand in (name + ".gz", name, dotted + ".gz", dotted):
         if (idx_dir / cand).is_file():
             return idx_dir / cand
@@ -57,48 +70,80 @@ def _uncompressed_size(src: Path) -> int:
         return struct.unpack("<I", f.read(4))[0]
 
 
-def _check_idx(path: Path, name: str) -> None:
+def check_idx_file(path: Path, name: str | None = None) -> None:
+    """Raise ``ValueError`` unless ``path`` is a complete uncompressed IDX file (magic number and size)."""
+    name = path.name if name is None else name
     kind = "images" if "images" in name else "labels"
     with open(path, "rb") as f:
         header = f.read(16 if kind == "images" else 8)
     if len(header) < 8 or struct.unpack(">I", header[:4])[0] != _IDX_MAGIC[kind]:
-        raise ValueError(f"{path} is not an IDX {kind} file (bad magic number)")
+        raise ValueError(f"{path} is not an uncompressed IDX {kind} file (bad magic number)")
+    if len(header) < (16 if kind == "images" else 8):
+        raise ValueError(f"{path} is truncated (its IDX header is incomplete)")
     dims = struct.unpack(">III", header[4:16]) if kind == "images" else struct.unpack(">I", header[4:8])
     expected = len(header) + math.prod(dims)
     if path.stat().st_size != expected:
-        raise ValueError(f"{path} has {path.stat().st_size} bytes, its header implies {expected}")
+        raise ValueError(f"{path} has {path.stat().st_size} bytes, its IDX header implies {expected} (truncated?)")
 
 
-def prepare_mnist_root(idx_dir: str | os.PathLike, root: str | os.PathLike, *, verify: bool = True) -> Path:
-    """Build a torchvision-readable MNIST root from a folder of (gzipped or plain) IDX files.
+def _up_to_date(dest: Path, src: Path) -> bool:
+    return (
+        dest.is_file()
+        and dest.stat().st_size == _uncompressed_size(src)
+        and dest.stat().st_mtime_ns >= src.stat().st_mtime_ns
+    )
 
-    Writes ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (uncompressed),
-    skipping files already there with the right size. With ``verify`` and a ``SHA256SUMS`` file in
-    ``idx_dir``, every listed source file that has to be extracted is checked first (mismatch →
-    ``ValueError``). Every written file's IDX header is checked. Returns ``Path(root)``, to pass as ``data_root``.
+
+def prepare_idx_root(
+    idx_dir: str | os.PathLike,
+    root: str | os.PathLike,
+    *,
+    folder: str = "MNIST",
+    files: Sequence[str] = MNIST_FILES,
+    verify: bool = True,
+) -> Path:
+    """Build a torchvision root for ``torchvision.datasets.<folder>`` from a folder of (gzipped or plain) IDX files.
+
+    Writes ``<root>/<folder>/raw/<file>`` (uncompressed) for each of ``files``, skipping files already there with
+    the right size and newer than their source. With ``verify`` and a ``SHA256SUMS`` file in ``idx_dir``, every
+    listed source file that has to be extracted is checked first (mismatch → ``ValueError``), and every written
+    file's IDX header is checked before it takes its final name, so an interrupted or bad extraction leaves no
+    file that looks complete. Returns ``Path(root)``, to pass as ``data_root``. E.g. Fashion-MNIST:
+    ``prepare_idx_root(idx_dir, root, folder="FashionMNIST")``; EMNIST: ``files=emnist_files("balanced")``.
     """
     idx_dir, root = Path(idx_dir).expanduser(), Path(root).expanduser()
     if not idx_dir.is_dir():
         raise FileNotFoundError(f"IDX folder {idx_dir} does not exist")
-    found = {name: _find_idx_source(idx_dir, name) for name in MNIST_FILES}
+    found = {name: find_idx_file(idx_dir, name) for name in files}
     missing = [n for n, s in found.items() if s is None]
     if missing:
-        raise FileNotFoundError(f"{idx_dir} lacks MNIST IDX files (plain or .gz): {', '.join(missing)}")
+        raise FileNotFoundError(f"{idx_dir} lacks {folder} IDX files (plain or .gz): {', '.join(missing)}")
     sources = {n: s for n, s in found.items() if s is not None}
     sums_file = idx_dir / "SHA256SUMS"
     sums = _read_sums(sums_file) if verify and sums_file.is_file() else {}
-    raw = root / "MNIST" / "raw"
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name, src in sources.items():
         dest = raw / name
-        if dest.is_file() and dest.stat().st_size == _uncompressed_size(src):
+        if _up_to_date(dest, src):
             continue
         if src.name in sums and _sha256(src) != sums[src.name]:
             raise ValueError(f"SHA-256 of {src} does not match {sums_file}")
-        tmp = dest.with_name(dest.name + ".part")
-        opener = gzip.open if src.suffix == ".gz" else open
-        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        os.replace(tmp, dest)
-        _check_idx(dest, name)
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # per process: parallel ranks may prepare at once
+        try:
+            opener = gzip.open if src.suffix == ".gz" else open
+            with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            check_idx_file(tmp, name)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
     return root
+
+
+def prepare_mnist_root(idx_dir: str | os.PathLike, root: str | os.PathLike, *, verify: bool = True) -> Path:
+    """Build a torchvision-readable MNIST root (``<root>/MNIST/raw/``) from a folder of (gzipped or plain) IDX files.
+
+    :func:`prepare_idx_root` with ``folder="MNIST"`` and the four :data:`MNIST_FILES`.
+    """
+    return prepare_idx_root(idx_dir, root, folder="MNIST", files=MNIST_FILES, verify=verify)

@@ -1,4 +1,5 @@
-"""The protocols (``same_class``, ``open_set``) and the seeded, class-balanced splits and subsamples behind them."""
+"""The protocols (``same_class``, ``open_set``) and the seeded, class-balanced splits and subsamples behind them
+(``limit``: :func:`balanced_limit`; ``train_per_class``, the few-shot training sets: :func:`per_class_subset`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ...validators import check_int
 from .containers import DatasetSplits, concat, dataset_size, get_labels, subset
 
-__all__ = ["PROTOCOLS", "balanced_limit", "make_splits", "stratified_split"]
+__all__ = ["PROTOCOLS", "balanced_limit", "make_splits", "per_class_subset", "stratified_split"]
 
 PROTOCOLS = ("same_class", "open_set")
 
@@ -45,6 +47,36 @@ def balanced_limit(labels: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
         rank[pos] = torch.arange(len(pos))
     order = torch.argsort(rank * (len(labels) + 1) + torch.arange(len(labels)))  # rank, then perm order
     return torch.sort(perm[order[:limit]]).values
+
+
+def per_class_subset(
+    labels: torch.Tensor, per_class: int, seed: int, class_names: Sequence[str] = (), *, where: str = "the training set"
+) -> torch.Tensor:
+    """Sorted positions of ``per_class`` items of every class of ``labels``, drawn with ``seed``: the few-shot
+    (``per_class``-shot) training set. The same seed draws the same items, and the sets are nested: the 1-shot items
+    are among the 2-shot ones, and so on. A class with fewer than ``per_class`` items is a ``ValueError`` naming the
+    smallest such class (by its ``class_names`` entry) and its count, and ``where`` the labels come from."""
+    per_class = check_int(per_class, "train_per_class", minimum=1)
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    short = torch.nonzero(counts < per_class).flatten()
+    if len(short):
+        smallest = int(short[torch.argmin(counts[short])])
+        label = int(classes[smallest])
+        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        shown = repr(name) if name == str(label) else f"{name!r} (label {label})"
+        others = f"; {len(short)} of the {len(classes)} classes have fewer than {per_class}" if len(short) > 1 else ""
+        raise ValueError(
+            f"train_per_class={per_class}: class {shown} of {where} has only "
+            f"{int(counts[smallest])} item{'' if int(counts[smallest]) == 1 else 's'}{others}; choose "
+            f"train_per_class <= {int(counts.min())}"
+        )
+    gen = torch.Generator().manual_seed(int(seed) + 104729)
+    perm = torch.randperm(len(labels), generator=gen)
+    order = torch.argsort(inverse[perm], stable=True)  # grouped by class, in ``perm`` order within a class
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(labels)) - starts[inverse[perm][order]]
+    return torch.sort(perm[order[rank < per_class]]).values
 
 
 def make_splits(

@@ -1,0 +1,230 @@
+"""pml-anchors tune (pml_anchors.app.tune): Optuna TPE on validation folds, resumable, the test split sealed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import pytest
+from torch.utils.data import Dataset
+from toy_loss import LearnableToyLoss, ToyCosineLoss
+from training_toys import (
+    single_thread,  # noqa: F401 - autouse fixture
+    tiny,
+)
+
+from pml_anchors import MethodSpec, hookimpl
+from pml_anchors.app import tune as tune_module
+from pml_anchors.app.data.validation import HeldOutTestSplitError
+from pml_anchors.app.session import build, load_config_dataset
+from pml_anchors.app.tune import BEST_FILE, STUDY_FILE, best_config, tune
+from pml_anchors.cli import main
+from pml_anchors.plugin.search_space import log_uniform, uniform
+
+optuna = pytest.importorskip("optuna")  # the [test] extra installs it; without it, test_cli_without_optuna below
+
+TINY = {
+    k: v for k, v in tiny().to_dict().items() if k in ("epochs", "limit", "batch_size", "device", "backbone_kwargs")
+}
+
+
+class SpacedToys:
+    @hookimpl
+    def register_methods(self, register):
+        register(
+            MethodSpec(
+                name="toy_tuned",
+                loss=ToyCosineLoss,
+                initializer="one_hot",
+                search_space={"lr": log_uniform(1e-4, 1e-2), "scale": uniform(2.0, 20.0)},
+            )
+        )
+        register(
+            MethodSpec(
+                name="toy_learnable_tuned",
+                loss=LearnableToyLoss,
+                search_space={"loss_lr_multiplier": log_uniform(1.0, 100.0)},
+            )
+        )
+        register(MethodSpec(name="toy_untuned", loss=ToyCosineLoss, initializer="one_hot"))
+
+
+@pytest.fixture
+def spaced(pml_registry):
+    pml_registry.add_plugin(SpacedToys(), name="spaced-toys")
+    return pml_registry
+
+
+def _tune(folder, trials=2, **kw):
+    lines: list[str] = []
+    values = {**TINY, "folds": 2, **kw}
+    best = tune(values.pop("method", "toy_tuned"), output=folder, trials=trials, on_trial=lines.append, **values)
+    return best, lines
+
+
+def _study(folder):
+    return optuna.load_study(study_name=tune_module.STUDY_NAME, storage=f"sqlite:///{folder / STUDY_FILE}")
+
+
+def _params(folder):
+    return [t.params for t in _study(folder).get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_tiny_tune_writes_best_json_and_the_study(spaced, tmp_path):
+    best, lines = _tune(tmp_path / "s")
+    assert (tmp_path / "s" / STUDY_FILE).is_file()
+    assert json.loads((tmp_path / "s" / BEST_FILE).read_text()) == json.loads(json.dumps(best))
+    assert best["method"] == "toy_tuned" and best["budget"] == 2 and best["trials_complete"] == 2
+    assert set(best["params"]) == {"lr", "scale"} and set(best["tuned"]) == {"lr", "scale"}
+    assert best["folds"] == 2 and best["seed"] == 0 and best["dataset"] == "digits"
+    assert best["protocol"] == "same_class" and best["epochs"] == 1
+    study = _study(tmp_path / "s")
+    assert best["value"] == max(t.value for t in study.get_trials())
+    best_trial = study.best_trial
+    folds = best_trial.user_attrs["folds"]
+    assert best["value"] == pytest.approx(sum(f["mean_average_precision_at_r"] for f in folds) / 2)
+    assert [v["fold"] for v in best["validation"]] == [0, 1]
+    assert sum(v["validation_size"] for v in best["validation"]) == 64  # the folds partition the 64 training items
+    assert best["test_split"] == "sealed, never read"
+    assert len(lines) == 2 and lines[0].startswith("trial 1/2 (#0): MAP@R ") and "| best " in lines[1]
+    config = best_config(tmp_path / "s")
+    assert config.lr == best["params"]["lr"] and config.loss_kwargs == {"scale": best["params"]["scale"]}
+    assert config.validation is None and config.output is None
+
+
+def test_rerunning_resumes_to_the_budget(spaced, tmp_path):
+    _tune(tmp_path / "s", trials=2)
+    first = _params(tmp_path / "s")
+    best, lines = _tune(tmp_path / "s", trials=3)
+    assert len(lines) == 1 and lines[0].startswith("trial 3/3")
+    assert best["trials_complete"] == 3 and _params(tmp_path / "s")[:2] == first
+    _, lines = _tune(tmp_path / "s", trials=3)  # budget reached: nothing to do
+    assert lines == [] and len(_study(tmp_path / "s").get_trials()) == 3
+
+
+def test_same_seed_same_first_trials(spaced, tmp_path):
+    _tune(tmp_path / "a", seed=3)
+    _tune(tmp_path / "b", seed=3)
+    _tune(tmp_path / "c", seed=4)
+    assert _params(tmp_path / "a") == _params(tmp_path / "b")
+    assert _params(tmp_path / "a") != _params(tmp_path / "c")
+
+
+def test_an_interrupted_trial_is_redone_not_counted(spaced, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_train = tune_module.train
+
+    def interrupted(session):
+        calls["n"] += 1
+        if calls["n"] == 3:  # trial 2, fold 0: Ctrl-C
+            raise KeyboardInterrupt
+        return real_train(session)
+
+    monkeypatch.setattr(tune_module, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(tmp_path / "s", trials=2)
+    states = [t.state for t in _study(tmp_path / "s").get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert not (tmp_path / "s" / ".pml-anchors.lock").exists()
+    best, _ = _tune(tmp_path / "s", trials=2)
+    assert (best["trials_complete"], best["trials_interrupted"], best["trials_failed"]) == (2, 1, 0)
+
+
+def test_a_trial_left_running_by_a_killed_run_is_failed_on_resume(spaced, tmp_path):
+    _tune(tmp_path / "s", trials=1)
+    study = _study(tmp_path / "s")
+    study.ask()  # what SIGKILL leaves: a RUNNING trial nobody will finish
+    best, lines = _tune(tmp_path / "s", trials=2)
+    assert len(lines) == 1 and best["trials_complete"] == 2 and best["trials_interrupted"] == 1
+    assert not [t for t in _study(tmp_path / "s").get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_the_test_split_is_never_read(spaced, tmp_path):
+    class Watched(Dataset):
+        """A test split that records every read."""
+
+        def __init__(self, base):
+            self.base, self.reads = base, []
+
+        def __len__(self):
+            self.reads.append("len")
+            return len(self.base)
+
+        def __getitem__(self, i):
+            self.reads.append(i)
+            return self.base[i]
+
+        def __getattr__(self, name):
+            if name in ("labels", "targets"):
+                self.reads.append(name)
+                return getattr(self.base, name)
+            raise AttributeError(name)
+
+    splits = load_config_dataset(tiny("toy_tuned"))
+    watched = Watched(splits.test)
+    splits.test = watched
+    best, _ = _tune(tmp_path / "s", splits=splits)
+    assert watched.reads == [] and best["test_split"] == "sealed, never read"
+
+
+def test_an_objective_that_read_the_test_split_would_trip_the_seal(spaced, tmp_path, monkeypatch):
+    """The seal is wired into tune: a bug that evaluated on the test split fails every trial, naming the seal."""
+
+    def evaluates_on_the_test_split(splits, fold, folds, seed):
+        return dataclasses.replace(splits, info={"validation": {"fold": fold, "folds": folds, "seed": seed}})
+
+    monkeypatch.setattr(tune_module, "validation_split", evaluates_on_the_test_split)
+    with pytest.raises((RuntimeError, HeldOutTestSplitError), match="sealed"):
+        _tune(tmp_path / "s", trials=1)
+    (trial,) = _study(tmp_path / "s").get_trials()
+    assert "the test split is sealed" in trial.user_attrs["error"]
+
+
+def test_a_study_of_other_settings_is_refused(spaced, tmp_path):
+    _tune(tmp_path / "s", trials=1)
+    with pytest.raises(ValueError, match=r"holds a study of other settings \(folds differ\)"):
+        _tune(tmp_path / "s", trials=2, folds=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "toy_untuned"}, "declares no search space"),
+        ({"loss_kwargs": {"scale": 3.0}}, r"loss_kwargs fix \['scale'\]"),
+        ({"folds": 1}, "folds must be"),
+        ({"folds": 7}, "fewer than folds=7"),
+        ({"trials": 0}, "trials must be a positive int, got 0"),
+    ],
+)
+def test_bad_requests_fail_before_any_trial(spaced, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _tune(tmp_path / "s", **kwargs)
+    assert not (tmp_path / "s" / STUDY_FILE).exists()
+
+
+def test_loss_lr_multiplier_sets_the_loss_parameters_lr(spaced):
+    session = build(tiny("toy_learnable_tuned", lr=1e-3, loss_lr_multiplier=7.0))
+    (group,) = session.optimizers["metric_loss_optimizer"].param_groups
+    assert group["lr"] == pytest.approx(7e-3)
+    with pytest.raises(ValueError, match="loss_lr_multiplier"):
+        tiny(loss_lr_multiplier=0.0)
+
+
+def test_cli_tune_and_its_resume(spaced, tmp_path, capsys):
+    argv = ["tune", "--method", "toy_tuned", "--folds", "2", "--epochs", "1", "--limit", "64", "--batch-size", "32"]
+    argv += ["--device", "cpu", "--backbone-kwargs", '{"width": 8}', "--output", str(tmp_path / "s")]
+    assert main([*argv, "--trials", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "best mean validation MAP@R" in captured.out and "trial 1/1" in captured.err
+    assert main([*argv, "--trials", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["trials_complete"] == 2 and "trial 2/2" in captured.err
+
+
+def test_cli_without_optuna_is_one_line_naming_the_extra(spaced, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    assert main(["tune", "--method", "toy_tuned", "--output", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'pip install "pml-anchors[tune]"' in err
+    assert not (tmp_path / "s").exists()
