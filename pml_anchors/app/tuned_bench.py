@@ -177,6 +177,12 @@ def _cell(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.4f}" + ("" if stats.get("ci") is None else f" ± {stats['ci']:.4f}")
 
 
+def _train_items(summary: dict[str, Any]) -> str:
+    """``"the N training items"`` (``limit`` / ``--train-per-class`` of the studies included), as the runs report."""
+    sizes = sorted({r["train_size"] for r in summary.get("runs", []) if r.get("train_size") is not None})
+    return f"the {sizes[0]} training items" if len(sizes) == 1 else "the training split"
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """The ``results.md`` of a tuned bench: the protocol line, then one row per method."""
     rows = summary["methods"]
@@ -186,8 +192,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines = [
         f"# pml-anchors bench --tuned: {summary['dataset']} ({summary['data_protocol']})",
         "",
-        f"Each method trained with its tuned hyper-parameters for {summary['epochs']} epoch(s) on the whole training "
-        f"split, once per seed ({', '.join(map(str, seeds))}), and tested once: {n} test items"
+        f"Each method trained with its tuned hyper-parameters for {summary['epochs']} epoch(s) on {_train_items(summary)}"
+        f", once per seed ({', '.join(map(str, seeds))}), and tested once: {n} test items"
         + (f" in {summary['test_classes']} classes" if summary.get("test_classes") else "")
         + f", the split of data seed {summary['data_seed']}, never read while tuning. Cells: mean ± the 95 % "
         f"Student-t interval over the {len(seeds)} seeds. Tuning: Optuna TPE on {summary['folds']} validation folds "
