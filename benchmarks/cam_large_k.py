@@ -45,26 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _memory import reset_peak, status_mb
+
 ROOT = Path(__file__).resolve().parent.parent
 REPELLER = "plugins/cam/pml_anchors_cam/repeller.py"
-
-
-def _status_mb(field: str) -> float:
-    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    """Reset the process's RSS high-water mark (Linux >= 4.0; elsewhere it keeps the construction's peak)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
 
 
 def _load_baseline(rev: str) -> Any:
@@ -94,7 +78,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     def watchdog() -> None:
         while True:
-            rss = _status_mb("VmRSS")
+            rss = status_mb("VmRSS")
             if rss > cap:
                 print(json.dumps({"killed_at_mb": round(rss)}), flush=True)
                 os._exit(3)
@@ -117,8 +101,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         (torch.randn(args.batch, d, generator=g), torch.randint(0, k, (args.batch,), generator=g))
         for _ in range(args.steps + 1)
     ]
-    _reset_peak()  # the anchors' float64 draw at construction must not count as the steps' peak
-    base = _status_mb("VmRSS")
+    reset_peak()  # the anchors' float64 draw at construction must not count as the steps' peak
+    base = status_mb("VmRSS")
     hwm = []
 
     def step(i: int) -> float:
@@ -126,14 +110,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         loss(emb, labels).backward()
         took = time.perf_counter() - start
-        hwm.append(_status_mb("VmHWM"))
+        hwm.append(status_mb("VmHWM"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return took
 
     first = step(0)
     later = [step(i) for i in range(1, args.steps + 1)]
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     neighbors = loss._neighbors
     listed = None if neighbors is None or neighbors.list is None else int(neighbors.list.shape[1])
     loss.reducer = DoNothingReducer()

@@ -7,7 +7,7 @@
 Each (N, search) pair runs in a fresh interpreter: N seeded embeddings (d = 512, L2-normalised, classes of
 ``--class-size`` items like SOP's) are scored by pml_anchors' ``RecallAtKCalculator`` (PML's AccuracyCalculator:
 P@1, MAP@R, R-precision, mAP, R@1/2/4/8, ``k="max_bin_count"``). Printed per pair: the process's peak resident
-memory (``ru_maxrss``: Python, torch, the embeddings and the search), the search's share of it (peak minus the
+memory (``VmHWM``: Python, torch, the embeddings and the search), the search's share of it (peak minus the
 memory held before the metrics started), the wall time of ``get_accuracy``, the largest difference of any metric
 to faiss's exact search at the same N, and how many queries BlockedKNN searched again with more candidates (its
 float64 confirmation). On CUDA, the peak GPU memory (``torch.cuda.max_memory_allocated``) too.
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+
+from _memory import status_mb
 
 
 def measure(n: int, d: int, class_size: int, knn: str, device: str, threads: int, block_mib: int) -> dict:
@@ -49,27 +50,25 @@ def measure(n: int, d: int, class_size: int, knn: str, device: str, threads: int
         calculator = RecallAtKCalculator(
             include=include, k="max_bin_count", device=torch.device(device), knn_func=knn_func
         )
-    before = _rss_mib()
+    before = status_mb("VmRSS")
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     metrics = calculator.get_accuracy(x, labels.to(device))
     seconds = time.perf_counter() - t0
-    out = {"n": n, "knn": knn, "seconds": seconds, "peak_mib": _peak_mib(), "before_mib": before, "metrics": metrics}
+    out = {
+        "n": n,
+        "knn": knn,
+        "seconds": seconds,
+        "peak_mib": status_mb("VmHWM"),
+        "before_mib": before,
+        "metrics": metrics,
+    }
     out["retried"] = knn_func.last_retried_rows if knn_func is not None else None
     if device.startswith("cuda"):
         out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..evaluation.knn import KNN_BACKENDS
+from ..evaluation.knn import check_knn
 from ..evaluation.recall_at_k import DEFAULT_RECALL_AT, check_recall_at
 from ..validators import check_bool, check_int, check_real, optional_int
 from .data.validation import check_validation
@@ -148,8 +148,7 @@ class TrainConfig:
             check_bool(getattr(self, name), name)
         self.compile_kwargs = check_compile_kwargs(self.compile_kwargs)
         self.recall_at = list(check_recall_at(self.recall_at))
-        if self.knn not in KNN_BACKENDS:
-            raise ValueError(f"knn must be one of {', '.join(KNN_BACKENDS)}, got {self.knn!r}")
+        self.knn = check_knn(self.knn)
         if self.amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}")
 

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from pytorch_metric_learning.utils.inference import FaissKNN, return_results
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "KNN_BACKENDS", "BlockedKNN", "make_knn_func"]
+from ..validators import positive_int
+
+__all__ = ["DEFAULT_BLOCK_BYTES", "KNN_BACKENDS", "BlockedKNN", "check_knn", "make_knn_func"]
 
 #: the memory of one block of query-to-gallery distances (and its top-k scratch), 256 MiB
 DEFAULT_BLOCK_BYTES = 256 * 2**20
@@ -44,9 +46,7 @@ class BlockedKNN:
     """
 
     def __init__(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
-        if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes <= 0:
-            raise ValueError(f"block_bytes must be a positive int (bytes), got {block_bytes!r}")
-        self.block_bytes = block_bytes
+        self.block_bytes = positive_int(block_bytes, "block_bytes")
         self.last_refined_rows = self.last_retried_rows = 0
 
     def block_rows(self, num_reference: int, element_size: int) -> int:
@@ -69,8 +69,8 @@ class BlockedKNN:
         self, query: torch.Tensor, k: int, reference: torch.Tensor | None = None, ref_includes_query: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         reference = query if reference is None else reference
-        _check_inputs(query, k, reference, ref_includes_query)
-        k = k + 1 if ref_includes_query else k
+        _check_embeddings(query, reference)
+        k = positive_int(k, "k") + int(ref_includes_query)
         if k > len(reference):
             raise ValueError(f"k = {k} neighbours asked of a gallery of {len(reference)} embeddings")
         dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
@@ -137,14 +137,12 @@ class BlockedKNN:
         return exact.gather(1, order), cand_i.gather(1, order)
 
 
-def _check_inputs(query: Any, k: Any, reference: Any, ref_includes_query: bool) -> None:
+def _check_embeddings(query: Any, reference: Any) -> None:
     for name, x in (("query", query), ("reference", reference)):
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
             raise TypeError(f"{name} must be a 2-D floating-point tensor (N x d), got {_describe(x)}")
     if query.shape[1] != reference.shape[1]:
         raise ValueError(f"query has d = {query.shape[1]} but reference has d = {reference.shape[1]}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
 
 
 def _describe(x: Any) -> str:
@@ -153,11 +151,17 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
+def check_knn(knn: Any) -> str:
+    """``knn`` if it is one of :data:`KNN_BACKENDS`, else a ``ValueError`` naming them."""
+    if knn not in KNN_BACKENDS:
+        raise ValueError(f"knn must be one of {', '.join(KNN_BACKENDS)}, got {knn!r}")
+    return knn
+
+
 def make_knn_func(knn: str = "auto", device: Any = None, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Any:
     """The ``knn_func`` for ``AccuracyCalculator``: ``"faiss"`` (PML's ``FaissKNN``), ``"blocked"``
     (:class:`BlockedKNN`) or ``"auto"`` (blocked on CUDA, faiss elsewhere)."""
-    if knn not in KNN_BACKENDS:
-        raise ValueError(f"knn must be one of {', '.join(KNN_BACKENDS)}, got {knn!r}")
+    check_knn(knn)
     if knn == "auto":
         knn = "blocked" if torch.device(device if device is not None else "cpu").type == "cuda" else "faiss"
     return BlockedKNN(block_bytes) if knn == "blocked" else FaissKNN()
