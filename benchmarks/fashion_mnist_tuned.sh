@@ -38,7 +38,7 @@ t0=$SECONDS
 for m in $METHODS; do echo "$m"; done | xargs -P "$JOBS" -I{} bash -c 'tune_one "$1"' _ {}
 echo "tuning: $((SECONDS - t0)) s"
 t1=$SECONDS
-"$PML" bench --tuned "$OUT/studies" --seeds "$SEEDS" --threads 1 --no-progress --no-plots \
+"$PML" bench --tuned "$OUT/studies" --seeds "$SEEDS" --threads 1 --no-progress \
   --output "$OUT/bench" >"$OUT/bench.log" 2>&1
 echo "bench --tuned: $((SECONDS - t1)) s"
 cat "$OUT/bench/results.md"

@@ -8,6 +8,7 @@ Usage::
     python benchmarks/loss_speed.py --json out.json       # also write machine-readable results
     python benchmarks/loss_speed.py --json -              # JSON on stdout, the table on stderr
     python benchmarks/loss_speed.py --device cuda         # same on a GPU (CUDA events, max_memory_allocated)
+    python benchmarks/loss_speed.py --compile reduce-overhead  # also each method as torch.compile(loss, mode=...)
 
 What is timed
 -------------
@@ -221,11 +222,28 @@ def _pml(name: str, x: torch.Tensor, y: torch.Tensor, c: int, learnable: bool) -
     return Contestant(name, "pml", loss, x.clone().requires_grad_(), y, params, setup, loss, floor_of(loss))
 
 
+def _compiled(con: Contestant, mode: str) -> Contestant:
+    """``con`` (a method) as ``torch.compile(loss, fullgraph=True, mode=mode)``: one graph, no host sync; the first
+    (cold) call compiles. Named ``"<method> [mode]"``; compared with the same floor and PML loss."""
+    kwargs = {} if mode == "default" else {"mode": mode}
+    fn = torch.compile(con.module, fullgraph=True, **kwargs)
+    setup = f"{con.setup}, compiled ({mode})"
+    x = con.embeddings.detach().clone().requires_grad_()
+    return Contestant(f"{con.name} [{mode}]", "method", fn, x, con.labels, con.params, setup, con.module, con.floor)
+
+
 def build_contestants(
-    names: list[str], batch: int, d: int, c: int, device: torch.device, seed: int, chunk_size: int | None
+    names: list[str],
+    batch: int,
+    d: int,
+    c: int,
+    device: torch.device,
+    seed: int,
+    chunk_size: int | None,
+    compile_mode: str | None = None,
 ) -> list[Contestant]:
     """The losses named in ``names``, preceded by the floors they need (``floor_of``), ``"floor"`` and any floor
-    named in ``names``, in the order of ``FLOORS``."""
+    named in ``names``, in the order of ``FLOORS``; with ``compile_mode`` each method also compiled."""
     x, y = _inputs(batch, d, c, device, seed)
     losses = []
     for name in names:
@@ -235,6 +253,8 @@ def build_contestants(
             losses.append(_pml(name, x, y, c, learnable=name == "ProxyAnchorLoss"))
         else:
             losses.append(_method(name, x, y, c, chunk_size))
+            if compile_mode is not None:
+                losses.append(_compiled(_method(name, x, y, c, chunk_size), compile_mode))
     wanted = {"floor", *(n for n in names if n in FLOORS), *(con.floor for con in losses)}
     rows = {"floor": c, "floor_w": c, "floor_cs": c * SUB_CENTERS}
     floors = [_floor(f, x, y, rows[f], f == "floor_w", seed) for f in FLOORS if f in wanted]
@@ -358,8 +378,9 @@ def measure_size(
     seed: int,
     chunk_size: int | None,
     log: Callable[[str], None],
+    compile_mode: str | None = None,
 ) -> list[dict[str, Any]]:
-    contestants = build_contestants(names, batch, d, c, device, seed, chunk_size)
+    contestants = build_contestants(names, batch, d, c, device, seed, chunk_size, compile_mode)
     first = {con.name: time_step(con, device) for con in contestants}  # cold: builds caches / CAM's list
     for _ in range(warmup - 1):
         for con in contestants:
@@ -388,7 +409,7 @@ def measure_size(
             "first_ms": first[con.name],
             "times_ms": ts,
             "floor": con.floor,
-            "pml": PML_PAIRS.get(con.name) if con.kind == "method" else None,
+            "pml": PML_PAIRS.get(con.name.split(" [")[0]) if con.kind == "method" else None,
         }
         if memory:
             row["peak_bytes"] = peak_step_bytes(con, device)
@@ -473,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, help="pass chunk_size= to our losses")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--quick", action="store_true", help="small grid (d=32, C in {100, 1000}), 3 rounds")
+    parser.add_argument(
+        "--compile",
+        metavar="MODE",
+        help="also time each method as torch.compile(loss, fullgraph=True, mode=MODE) (default, reduce-overhead, "
+        "max-autotune, ...); its first call compiles (the '1st call ms' column)",
+    )
     args = parser.parse_args(argv)
 
     device = setup_device(args.device, args.threads)
@@ -506,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             chunk_size=args.chunk_size,
             log=log,
+            compile_mode=args.compile,
         )
     print(markdown_table(rows), file=table_out, flush=True)
     if args.json:

@@ -19,16 +19,19 @@ from pathlib import Path
 from pml_anchors.evaluation.recall_at_k import recall_metric, recall_metrics_in
 
 METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision")
-# method -> its PML counterpart in the same run: one baseline per method, the closest in kind (e_ncm: the NCM
-# paper's own comparison, softmax cross-entropy; c_ncm: the cosine softmax)
-COUNTERPART = {
-    "proxy_anchor": "pml_proxy_anchor",
-    "reponet": "pml_arcface",
-    "c_ncm": "pml_normalized_softmax",
-    "e_ncm": "cross_entropy",
-    "fsc": "pml_soft_triple",
-    "cam": "pml_contrastive",
-}
+
+
+def _counterparts() -> dict[str, str]:
+    """method -> the baseline it is paired with in the same run: what its plugin declares
+    (``MethodSpec.counterpart``, e.g. e_ncm: the NCM paper's own comparison, softmax cross-entropy)."""
+    from pml_anchors import list_methods
+    from pml_anchors.app.baselines import PREFIX, counterpart_of
+
+    pairs = ((spec.name, counterpart_of(spec)) for spec in list_methods())
+    return {name: other.removeprefix(PREFIX) for name, other in pairs if other is not None}
+
+
+COUNTERPART = _counterparts()
 
 
 def pct(x) -> str:

@@ -7,6 +7,7 @@ Usage::
     python benchmarks/train_step.py --quick            # 3 rounds, one method set, for a smoke test
     python benchmarks/train_step.py --json out.json    # machine-readable results ('-': stdout)
     python benchmarks/train_step.py --compile          # also each step with torch.compile'd trunk + embedder
+    python benchmarks/train_step.py --whole reduce-overhead  # also trunk + embedder + loss as one compiled graph
 
 For every method the model is ``pml_anchors.app.models.build_backbone("small_cnn", in_channels=1,
 input_size=28, embedding_size=d)`` (the small MNIST CNN + a linear embedding head), the loss is
@@ -26,6 +27,11 @@ With ``--compile`` every method is also measured with its trunk and embedder com
 (:func:`pml_anchors.app.models.compile_models`, inductor; ``pml-anchors train --compile``), in the same rounds as the
 eager models; ``x eager`` is its step time over the eager step's. Compiling happens in the warm-up (the first
 step, seconds), which is not timed.
+
+With ``--whole MODE`` every method is also measured with its whole forward -- trunk, embedder and loss -- as one
+``torch.compile(fullgraph=True, mode=MODE)`` graph (``trunk + embedder`` column ``whole (MODE)``; AOT autograd compiles the
+backward with it; the optimizer step stays eager). ``reduce-overhead`` runs forward and backward as CUDA graphs on a
+GPU. Its ``loss`` column is the loss alone compiled the same way.
 
 Rounds interleave the methods (rotating order) so that load noise hits them alike; medians are reported.
 """
@@ -48,13 +54,21 @@ class Case:
     """One method with its own model, loss, optimizer and data."""
 
     def __init__(
-        self, name: str, classes: int, dim: int, batch: int, device: torch.device, seed: int, compiled: bool = False
+        self,
+        name: str,
+        classes: int,
+        dim: int,
+        batch: int,
+        device: torch.device,
+        seed: int,
+        compiled: bool = False,
+        whole: str | None = None,
     ):
         import pml_anchors
         from pml_anchors.app.models import build_backbone, compile_models
 
         torch.manual_seed(seed)
-        self.name, self.device, self.compiled = name, device, compiled
+        self.name, self.device, self.compiled, self.whole = name, device, compiled, whole
         self.trunk, self.embedder = build_backbone("small_cnn", in_channels=1, input_size=28, embedding_size=dim)
         self.trunk.to(device)
         self.embedder.to(device)
@@ -72,9 +86,26 @@ class Case:
         self.images = torch.randn(batch, 1, 28, 28, generator=gen).to(device)
         self.labels = torch.randint(0, classes, (batch,), generator=gen).to(device)
         self.emb = None
+        self.forward_loss = self.loss_fn = None
+        if whole is not None:
+            kwargs = {} if whole == "default" else {"mode": whole}
+            trunk, embedder, loss = self.trunk, self.embedder, self.loss
+            self.forward_loss = torch.compile(lambda x, y: loss(embedder(trunk(x)), y), fullgraph=True, **kwargs)
+            self.loss_fn = torch.compile(loss, fullgraph=True, **kwargs)
+
+    @property
+    def models(self) -> str:
+        return f"whole ({self.whole})" if self.whole is not None else "compiled" if self.compiled else "eager"
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if self.forward_loss is not None:
+            self.forward_loss(self.images, self.labels).backward()
+            self.optimizer.step()
+            if self.emb is None:
+                with torch.no_grad():
+                    self.emb = self.embedder(self.trunk(self.images))
+            return
         emb = self.embedder(self.trunk(self.images))
         self.loss(emb, self.labels).backward()
         self.optimizer.step()
@@ -84,13 +115,21 @@ class Case:
         emb = self.emb.clone().requires_grad_(True)
         for p in self.loss.parameters():
             p.grad = None
-        self.loss(emb, self.labels).backward()
+        loss = self.loss if self.loss_fn is None else self.loss_fn
+        loss(emb, self.labels).backward()
 
 
-def measure(names, classes, dim, batch, device, repeats, warmup, seed, log, compiled=False) -> list[dict[str, Any]]:
-    variants = (False, True) if compiled else (False,)
-    cases = [Case(n, classes, dim, batch, device, seed, compiled=v) for n in names for v in variants]
-    for _ in range(max(warmup, 2 if compiled else 1)):  # compiled: the first step compiles, the second settles
+def measure(
+    names, classes, dim, batch, device, repeats, warmup, seed, log, compiled=False, whole=None
+) -> list[dict[str, Any]]:
+    variants: list[tuple[bool, str | None]] = [(False, None)]
+    if compiled:
+        variants.append((True, None))
+    if whole is not None:
+        variants.append((False, whole))
+    cases = [Case(n, classes, dim, batch, device, seed, compiled=v, whole=w) for n in names for v, w in variants]
+    slow = compiled or whole is not None
+    for _ in range(max(warmup, 3 if slow else 1)):  # compiled: the first step compiles, CUDA graphs record later
         for c in cases:
             c.step()
             c.loss_only()
@@ -106,7 +145,7 @@ def measure(names, classes, dim, batch, device, repeats, warmup, seed, log, comp
         rows.append(
             {
                 "method": c.name,
-                "models": "compiled" if c.compiled else "eager",
+                "models": c.models,
                 "C": classes,
                 "d": dim,
                 "B": batch,
@@ -148,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile", action="store_true", help="also measure each method with torch.compile'd trunk and embedder"
     )
+    parser.add_argument(
+        "--whole",
+        metavar="MODE",
+        help="also measure each method with trunk + embedder + loss as one torch.compile(fullgraph=True, mode=MODE) "
+        "graph (default, reduce-overhead, ...)",
+    )
     args = parser.parse_args(argv)
 
     import pml_anchors
@@ -168,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     log(
         f"train_step: device={device} threads={torch.get_num_threads()} B={batch} d={args.embedding_size}"
         + (" (eager and compiled trunk + embedder)" if args.compile else "")
+        + (f" (and whole forward compiled, {args.whole})" if args.whole else "")
     )
     rows = []
     for c in classes:
-        rows += measure(names, c, args.embedding_size, batch, device, repeats, warmup, args.seed, log, args.compile)
+        rows += measure(
+            names, c, args.embedding_size, batch, device, repeats, warmup, args.seed, log, args.compile, args.whole
+        )
     print(markdown_table(rows), file=sys.stderr if to_stdout else sys.stdout, flush=True)
     if args.json:
         write_results(args.json, run_meta(device, batch=batch, repeats=repeats), rows)

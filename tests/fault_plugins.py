@@ -7,7 +7,8 @@ them. Its method, ``faulty``, is a cosine softmax over one-hot anchors whose los
   and ``fault.time`` (``time.time()``) just before the fault;
 * sleeps ``step_seconds`` every step (a run that lasts until the test ends it);
 * injects ``fault`` into rank ``fault_rank`` at its ``fault_step``-th step: ``"exit"`` (``os._exit(3)``, no
-  traceback), ``"stop"`` (``SIGSTOP`` to itself: a stalled process) or ``"raise"`` (a ``RuntimeError``).
+  traceback), ``"stop"`` (``SIGSTOP`` to itself: a stalled process) or ``"raise"`` (a ``RuntimeError``), in the
+  job's attempt ``fault_attempt`` only (``TORCHELASTIC_RESTART_COUNT``, default 0: a restarted job runs clean).
 """
 
 PLUGIN = '''
@@ -30,10 +31,11 @@ class FaultyLoss(AnchorLoss):
 
     def __init__(
         self, num_classes, embedding_size=None, fault="none", fault_rank=1, fault_step=1, pid_dir=None,
-        step_seconds=0.0, **kwargs
+        step_seconds=0.0, fault_attempt=0, **kwargs
     ):
         super().__init__(num_classes, embedding_size, **kwargs)
         self.fault, self.fault_rank, self.fault_step = fault, fault_rank, fault_step
+        self.fault_attempt = fault_attempt
         self.pid_dir, self.step_seconds, self.steps = pid_dir, step_seconds, 0
 
     def get_logits(self, embeddings):
@@ -49,7 +51,10 @@ class FaultyLoss(AnchorLoss):
             os.replace(path + ".tmp", path)
         if self.step_seconds:
             time.sleep(self.step_seconds)
-        if rank == self.fault_rank and self.steps == self.fault_step and self.fault != "none":
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if rank == self.fault_rank and self.steps == self.fault_step and self.fault != "none" and (
+            attempt == self.fault_attempt
+        ):
             if self.pid_dir:  # when the fault happened, for the tests' timings
                 with open(os.path.join(self.pid_dir, "fault.time"), "w") as f:
                     f.write(repr(time.time()))

@@ -46,3 +46,39 @@ def builtin_method_names() -> list[str]:
         for spec in pml_anchors.list_methods()
         if normalize_dist_name(spec.plugin or "") in BUILTIN_DISTRIBUTIONS
     ]
+
+
+#: tolerances of a compiled loss against the eager one (float32)
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def batch(loss, size: int = 16, seed: int = 0):
+    """Seeded embeddings (requiring grad) and labels for ``loss``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(size, loss.embedding_size, generator=g, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (size,), generator=g)
+    return emb, labels
+
+
+def step(fn, loss, emb, labels):
+    """Value, embedding gradient and (learnable) anchor gradient of one forward/backward of ``fn``."""
+    emb.grad = None
+    if loss.anchors.requires_grad:
+        loss.anchors.grad = None
+    value = fn(emb, labels)
+    value.backward()
+    anchor_grad = loss.anchors.grad.clone() if loss.anchors.requires_grad else None
+    return value.detach(), emb.grad.clone(), anchor_grad
+
+
+def assert_same(got, expected, what):
+    """:func:`step`'s results equal (``RTOL``, ``ATOL``); the message names ``what`` and the quantity."""
+    import torch
+
+    for name, a, b in zip(("value", "embedding gradient", "anchor gradient"), got, expected, strict=True):
+        if b is None:
+            assert a is None
+            continue
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{what}, {n}: {m}")

@@ -123,3 +123,14 @@ def test_a_closed_pipe_ends_the_listing_quietly():
     finally:
         os.close(write_end)
     assert result.returncode == 141 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_ctrl_c_during_a_command_says_interrupted(monkeypatch, capsys):
+    import pml_anchors.cli.methods as methods_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(methods_command, "run", interrupted)
+    assert main(["methods"]) == 130
+    assert capsys.readouterr().err.strip() == "pml-anchors methods: interrupted"

@@ -1,8 +1,8 @@
 """Every method under ``torch.compile``: the same values and gradients as eager, and no stale anchors.
 
-Users compile their training step (model *and* loss) or the loss itself. The losses' hand-written autograd
-functions keep Python-side state between forward and backward, so they run eagerly inside a compiled graph
-(dynamo graph-breaks around them); everything around them compiles. These tests check what a user relies on:
+Users compile their training step (model *and* loss) or the loss itself. Every loss compiles whole (no graph
+break: tests/test_fullgraph.py); its fused log-sum-exp runs as a custom operator inside the graph. These tests
+check what a user relies on:
 
 * a compiled loss gives the eager loss's value and gradients (embeddings and learnable anchors), batch after
   batch, with a different batch size too (a recompile);
@@ -24,6 +24,8 @@ import torch
 
 METHODS = method_cases.method_names()
 IDS = [method_cases.method_id(n) for n in METHODS]
+#: float32 values and gradients: compiled code may reassociate sums (inductor fuses reductions)
+RTOL, ATOL = method_cases.RTOL, method_cases.ATOL
 BACKENDS = [
     "aot_eager",
     pytest.param(
@@ -33,8 +35,6 @@ BACKENDS = [
         ),
     ),
 ]
-#: float32 values and gradients: compiled code may reassociate sums (inductor fuses reductions)
-RTOL, ATOL = 1e-4, 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -44,61 +44,43 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _batch(loss, size: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    emb = torch.randn(size, loss.embedding_size, generator=g, requires_grad=True)
-    labels = torch.randint(0, method_cases.NUM_CLASSES, (size,), generator=g)
-    return emb, labels
-
-
-def _step(fn, loss, emb, labels):
-    """Value, embedding gradient and (learnable) anchor gradient of one forward/backward of ``fn``."""
-    emb.grad = None
-    if loss.anchors.requires_grad:
-        loss.anchors.grad = None
-    value = fn(emb, labels)
-    value.backward()
-    anchor_grad = loss.anchors.grad.clone() if loss.anchors.requires_grad else None
-    return value.detach(), emb.grad.clone(), anchor_grad
-
-
-def _assert_same(got, expected, what):
-    for name, a, b in zip(("value", "embedding gradient", "anchor gradient"), got, expected, strict=True):
-        if b is None:
-            assert a is None
-            continue
-        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{what}, {n}: {m}")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", METHODS, ids=IDS)
 def test_compiled_loss_gives_the_eager_values_and_gradients(name, backend):
     loss = method_cases.build(name)
     compiled = torch.compile(loss, backend=backend)
     for i, size in enumerate((16, 16, 12)):  # the third batch size forces a recompile
-        emb, labels = _batch(loss, size, seed=i)
-        expected = _step(loss, loss, emb, labels)
-        _assert_same(_step(compiled, loss, emb, labels), expected, f"batch {i} ({size} samples)")
+        emb, labels = method_cases.batch(loss, size, seed=i)
+        expected = method_cases.step(loss, loss, emb, labels)
+        method_cases.assert_same(
+            method_cases.step(compiled, loss, emb, labels), expected, f"batch {i} ({size} samples)"
+        )
 
 
 @pytest.mark.parametrize("name", METHODS, ids=IDS)
 def test_compiled_loss_sees_anchors_changed_after_it_was_compiled(name):
     loss = method_cases.build(name)
     compiled = torch.compile(loss, backend="aot_eager")
-    emb, labels = _batch(loss, 16, seed=0)
-    first = _step(compiled, loss, emb, labels)
+    emb, labels = method_cases.batch(loss, 16, seed=0)
+    first = method_cases.step(compiled, loss, emb, labels)
     g = torch.Generator().manual_seed(1)
     new = torch.randn(loss.anchors.shape, generator=g)
     new = new / new.norm(dim=-1, keepdim=True)
     with torch.no_grad():
         loss.anchors.copy_(new)  # what an optimizer step does to a parameter; a buffer's in-place update
-    expected = _step(loss, loss, emb, labels)
+    expected = method_cases.step(loss, loss, emb, labels)
     assert not torch.allclose(first[0], expected[0]), "the new anchors do not change the loss: test is void"
-    _assert_same(_step(compiled, loss, emb, labels), expected, "after an in-place anchor update")
+    method_cases.assert_same(
+        method_cases.step(compiled, loss, emb, labels), expected, "after an in-place anchor update"
+    )
     state = {k: v.clone() if torch.is_tensor(v) else v for k, v in loss.state_dict().items()}
     state["anchors"] = torch.randn(loss.anchors.shape, generator=g)
     loss.load_state_dict(state)
-    _assert_same(_step(compiled, loss, emb, labels), _step(loss, loss, emb, labels), "after load_state_dict")
+    method_cases.assert_same(
+        method_cases.step(compiled, loss, emb, labels),
+        method_cases.step(loss, loss, emb, labels),
+        "after load_state_dict",
+    )
 
 
 def _train(name: str, compile_step: bool, steps: int = 3):

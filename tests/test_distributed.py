@@ -11,8 +11,8 @@ import method_cases
 import pml_twins
 import pytest
 import torch
+from dist_factories import pml_proxy_anchor, toy_learnable
 from dist_worker import run_distributed, single_process
-from pytorch_metric_learning.losses import ProxyAnchorLoss
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 from toy_loss import LearnableToyLoss
 
@@ -21,15 +21,6 @@ from pml_anchors.losses.distributed import DistributedLoss
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 METHODS = method_cases.method_names()
-
-
-def pml_proxy_anchor():
-    torch.manual_seed(123)
-    return ProxyAnchorLoss(4, 8)
-
-
-def toy_learnable():
-    return LearnableToyLoss(4, 8, seed=3)
 
 
 FACTORIES = {

@@ -48,12 +48,24 @@ def test_train_nproc_2(tmp_path, capsys):
         ),
         (["--method", "proxy_anchor", "--nproc", "2", "--timeout", "0"], "timeout_s must be a finite number > 0"),
         (["--method", "proxy_anchr", "--nproc", "2"], "unknown method 'proxy_anchr'"),
+        (
+            ["--method", "proxy_anchor", "--nproc", "2", "--max-restarts", "-1"],
+            "max_restarts must be an int >= 0, got -1",
+        ),
     ],
 )
 def test_nproc_errors_before_spawning(capsys, extra, message):
     assert main(["train", *TINY, "--epochs", "1", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pml-anchors train: error:") and message in err
+
+
+def test_nproc_under_torchrun_is_refused(monkeypatch, capsys):
+    """Under torchrun every process runs the command: one that also started processes would multiply them."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["train", *TINY, "--method", "proxy_anchor", "--nproc", "2"]) == 2
+    assert "under torchrun use its --nproc-per-node and --max-restarts" in capsys.readouterr().err
 
 
 def test_batch_size_that_does_not_divide_is_refused_before_any_process_starts(monkeypatch):
@@ -76,9 +88,10 @@ def test_train_nproc_2_plateau_schedule_lowers_every_processs_lr_at_the_same_epo
     """Every process steps its plateau schedulers on the same global-batch loss; ``replica_max_abs_diff``
     fingerprints the lrs too, so a process that lowered its lr alone would show a difference >= 0.5 here."""
     argv = ["train", "--method", "proxy_anchor", *TINY, "--limit", "64", "--epochs", "6", "--batch-size", "32"]
-    argv += ["--optimizer", "sgd", "--lr", "8", "--lr-schedule", "plateau", "--lr-gamma", "0.5", "--lr-patience", "0"]
+    argv += ["--optimizer", "sgd", "--lr", "1000", "--lr-schedule", "plateau", "--lr-gamma", "0.5"]
+    argv += ["--lr-patience", "0"]  # lr 1000: the loss stops falling after 2 epochs (8 kept falling for 6)
     assert main([*argv, "--nproc", "2", "--json", "--no-output"]) == 0
     results = json.loads(capsys.readouterr().out)
     lrs = [h["lr"] for h in results["history"]]
-    assert lrs[0] == 8.0 and lrs[-1] < 8.0  # the schedule lowered the lr during the run
+    assert lrs[0] == 1000.0 and lrs[-1] < 1000.0  # the schedule lowered the lr during the run
     assert results["replica_max_abs_diff"] <= 1e-6

@@ -207,6 +207,9 @@ def test_loss_lr_multiplier_sets_the_loss_parameters_lr(spaced):
     session = build(tiny("toy_learnable_tuned", lr=1e-3, loss_lr_multiplier=7.0))
     (group,) = session.optimizers["metric_loss_optimizer"].param_groups
     assert group["lr"] == pytest.approx(7e-3)
+    from pml_anchors.app.results import lr_multipliers
+
+    assert lr_multipliers(session) == {"anchors": 7.0}  # what results.json records: the multiplier trained with
     with pytest.raises(ValueError, match="loss_lr_multiplier"):
         tiny(loss_lr_multiplier=0.0)
 
@@ -228,3 +231,23 @@ def test_cli_without_optuna_is_one_line_naming_the_extra(spaced, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'pip install "pml-anchors[tune]"' in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow  # spawns a second process (it imports torch and loads the data: about 10 s)
+def test_two_jobs_search_one_study_to_the_budget(tmp_path):
+    lines: list[str] = []
+    best = tune("c_ncm", output=tmp_path / "s", trials=4, folds=2, jobs=2, on_trial=lines.append, num_threads=1, **TINY)
+    study = optuna.load_study(study_name=tune_module.STUDY_NAME, storage=f"sqlite:///{tmp_path / 's' / STUDY_FILE}")
+    states = optuna.trial.TrialState
+    assert [t.state for t in study.trials].count(states.RUNNING) == 0
+    assert sum(t.state == states.COMPLETE for t in study.trials) == best["trials_complete"] == 4  # the budget, once
+    assert {t.user_attrs["job"] for t in study.trials} <= {0, 1}
+    assert len(lines) == sum(t.user_attrs["job"] == 0 for t in study.trials)  # the spawned job prints its own
+
+
+def test_jobs_are_checked(spaced, tmp_path):
+    with pytest.raises(ValueError, match="jobs must be"):
+        tune("toy_tuned", output=tmp_path / "a", trials=1, folds=2, jobs=0, **TINY)
+    splits = load_config_dataset(tiny())
+    with pytest.raises(ValueError, match="loads the dataset in every process"):
+        tune("toy_tuned", output=tmp_path / "b", trials=1, folds=2, jobs=2, splits=splits, **TINY)

@@ -59,6 +59,25 @@ def test_tuned_bench_reports_mean_ci_and_the_paired_test(studies, tmp_path):
     assert "| c_ncm | " in text and " ± " in text and "vs pml_normalized_softmax, p " in text
     assert "120 test items" in text and "seed (0, 1)" in text and "1 trials × 2 folds" in text
     assert json.loads((tmp_path / "b" / "results.json").read_text())["methods"][0]["method"] == "c_ncm"
+    assert summary["figures"] == ["intervals.png"] and (tmp_path / "b" / "intervals.png").stat().st_size > 0
+
+
+def test_the_interval_plot_shows_every_method_and_seed(studies, tmp_path):
+    pytest.importorskip("matplotlib")
+    from pml_anchors.app.plots import plot_intervals
+
+    summary = bench_tuned([studies], seeds=[0, 1], output=tmp_path / "b", plots=False)
+    assert summary["figures"] == [] and not (tmp_path / "b" / "intervals.png").exists()
+    fig = plot_intervals(summary, tmp_path / "i.png")
+    left, right = fig.axes
+    labels = [t.get_text() for t in left.get_yticklabels()]
+    assert labels == ["c_ncm", "pml_normalized_softmax (PML)"]
+    c_ncm = next(r for r in summary["methods"] if r["method"] == "c_ncm")
+    bars = left.containers[0]  # the first errorbar: c_ncm's MAP@R mean ± CI
+    x, _ = bars.lines[0].get_data()
+    assert x[0] == pytest.approx(c_ncm["stats"]["mean_average_precision_at_r"]["mean"])
+    seed_dots = [line for line in left.lines if line.get_marker() == "."][0]
+    assert list(seed_dots.get_xdata()) == c_ncm["per_seed"]["mean_average_precision_at_r"]
 
 
 def test_the_same_seed_trains_the_same_run_and_the_split_stays_the_studys(studies, tmp_path):

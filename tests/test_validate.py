@@ -61,6 +61,8 @@ def test_every_builtin_method_resolves_and_passes_the_conformance_run(capsys):
     rows = _rows(capsys)
     assert set(rows) == {"cam", "fsc", "c_ncm", "e_ncm", "proxy_anchor", "reponet"}
     assert all(r["status"] == "ok" and r["report"]["trainer_loss"] > 0 for r in rows.values())
+    assert all(r["report"]["compile"]["graph_breaks"] == 0 for r in rows.values())  # docs/compile.md
+    assert all(r["detail"].endswith("; compiles whole") for r in rows.values())
 
 
 def test_broken_lazy_and_nonconforming_plugins_fail_and_set_the_exit_status(mixed, capsys):

@@ -178,3 +178,46 @@ def test_config_validation_trains_on_a_fold_and_records_it(pml_registry, tmp_pat
 def test_config_rejects_a_bad_validation_choice(bad):
     with pytest.raises((ValueError, TypeError), match="validation"):
         TrainConfig(method="x", validation=bad)
+
+
+@pytest.mark.parametrize("protocol", ["same_class", "open_set"])
+def test_validation_images_go_through_the_test_transform(tmp_path, protocol):
+    """Image files: the training split's random crops and flips are not applied to the validation fold, which is
+    evaluated through the test split's transform (resize + centre crop), as the test split itself is."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for c in "abcdefgh":
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            pixels = torch.randint(0, 256, (20, 24, 3), generator=gen, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / c / f"{i}.png")
+    splits = load_dataset(
+        "imagefolder", data_root=tmp_path, protocol=protocol, image_size=12, resize_size=16, augment=True
+    )
+    v = validation_split(splits, 0, 2)
+    x1, _ = v.test[0]
+    x2, _ = v.test[0]
+    assert torch.equal(x1, x2)  # no random crop or flip
+    assert _images(v.test).transform is _images(splits.test).transform  # the test split's resize + centre crop
+    augmented = [v.train[0][0] for _ in range(8)]
+    assert any(not torch.equal(augmented[0], a) for a in augmented[1:])  # training still augments
+    assert _images(v.train).transform is _images(splits.train).transform is not _images(v.test).transform
+
+
+def _images(dataset):
+    """The ImageFolder under a split's relabelling wrappers."""
+    while hasattr(dataset, "base"):
+        dataset = dataset.base
+    return dataset
+
+
+def test_a_pml_datasets_validation_fold_goes_through_its_test_transform(tmp_path):
+    from dml_layouts import write_cub
+
+    write_cub(tmp_path)
+    splits = load_dataset("cub", data_root=tmp_path, protocol="open_set", image_size=8, resize_size=10, augment=True)
+    v = validation_split(splits, 1, 2)
+    assert torch.equal(v.test[3][0], v.test[3][0])
+    assert _images(v.test).transform is _images(splits.test).transform is not _images(v.train).transform
+    assert type(_images(v.test)).__name__ == "CUB"  # PML's class, its images not read again (a shallow copy)

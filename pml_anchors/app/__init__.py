@@ -8,7 +8,10 @@
 * :mod:`~pml_anchors.app.data`, :mod:`~pml_anchors.app.models`: datasets and backbones;
 * :mod:`~pml_anchors.app.baselines`, :mod:`~pml_anchors.app.bench`, :mod:`~pml_anchors.app.plots`: PML's losses
   trained the same way, and the benchmark;
-* :mod:`~pml_anchors.app.launch`: ``--nproc`` data-parallel training.
+* :mod:`~pml_anchors.app.launch`: ``--nproc`` and ``torchrun`` data-parallel training
+  (:mod:`~pml_anchors.app.torchrun_env`: the environment ``torchrun`` gives a worker);
+* :mod:`~pml_anchors.app.tune`, :mod:`~pml_anchors.app.tuned_bench`, :mod:`~pml_anchors.app.selection`: tuning on
+  validation folds, the tuned benchmark, best-epoch selection.
 
 Importing this package imports nothing heavy; import the module you need.
 """

@@ -177,6 +177,20 @@ BASELINES: dict[str, Baseline] = {
 }
 
 
+def counterpart_of(spec: MethodSpec) -> str | None:
+    """What benchmark reports pair a method with: its spec's ``counterpart``, else the baseline that runs its loss's
+    ``pml_counterpart`` (``baseline:<name>``), else ``None``."""
+    if spec.counterpart is not None:
+        if is_baseline(spec.counterpart):
+            get_baseline(spec.counterpart)  # an unknown baseline is an error naming the known ones
+        return spec.counterpart
+    target = getattr(spec.resolve_loss(), "pml_counterpart", None)
+    for baseline in BASELINES.values():
+        if target and baseline.spec.resolve_loss().__name__ == target:
+            return PREFIX + baseline.name
+    return None
+
+
 def is_baseline(method: str) -> bool:
     return isinstance(method, str) and method.startswith(PREFIX)
 

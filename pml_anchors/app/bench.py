@@ -34,7 +34,8 @@ from .config import TrainConfig
 from .plots import plot_accuracy_per_epoch, plot_accuracy_vs_time, plot_embeddings, plots_unavailable, project
 from .progress import RunProgress
 from .results import results_dict, test_classes, write_json
-from .session import build, evaluate_session, load_config_dataset, train
+from .selection import selection_splits
+from .session import build, final_metrics, load_config_dataset, train
 from .tensorboard import require_tensorboard
 
 
@@ -99,6 +100,8 @@ def bench(
         print(note, file=sys.stderr)  # before training; the results are still written
         plots = False
     splits = load_config_dataset(base)
+    if base.select_epoch is not None:  # too few classes or items for the folds: one error now, not one per method
+        selection_splits(splits, base.select_epoch)
     runs, projections = [], {}
     for index, name in enumerate(names, 1):
         label = f"[{index}/{len(names)}] {name.removeprefix(PREFIX)}"
@@ -113,7 +116,7 @@ def bench(
             finally:
                 if session.tensorboard is not None:
                     session.tensorboard.close()
-            result = results_dict(session, session.history[-1] if session.history else evaluate_session(session))
+            result = results_dict(session, final_metrics(session))
         except Exception as exc:  # noqa: BLE001 - one failing method must not stop the benchmark
             result = {"method": name.removeprefix(PREFIX), "error": f"{type(exc).__name__}: {exc}"}
             warnings.warn(f"bench: {name} failed: {result['error']}", stacklevel=2)
@@ -211,6 +214,14 @@ def _settings_text(summary: dict[str, Any], dropped: list[int]) -> str:
     )
     if s.get("train_per_class"):
         text += f", few-shot: {s['train_per_class']} training items per class"
+    if s.get("select_epoch"):  # docs/tuning.md: the epoch is chosen on a validation fold, the test split read once
+        chosen = ", ".join(
+            f"{r['method']} {r['selection']['best_epoch']}" for r in summary["runs"] if r.get("selection")
+        )
+        text += (
+            f", the epoch selected on validation fold {s['select_epoch']['fold']} of {s['select_epoch']['folds']} by "
+            f"{s['select_epoch']['metric']} and tested once ({chosen})"
+        )
     threads = summary.get("threads")
     if threads:
         why = f" ({summary['threads_from']})" if summary.get("threads_from") else ""

@@ -106,8 +106,20 @@ def checkpoint_dict(session: Any) -> dict[str, Any]:
         "train_seconds": float(session.train_seconds),
         "history": plain(session.history),
     }
+    selection = getattr(session, "selection", None)
+    if selection is not None:  # best-epoch selection: its state and the best epoch's weights
+        data["selection"] = selection.state_dict()
     data["checksum"] = tensors_checksum(data)
     return data
+
+
+def trained_weights(checkpoint: Mapping[str, Any], name: str) -> Any:
+    """The ``name`` (trunk, embedder, loss) weights to use a checkpoint's model with: the selected epoch's when the
+    run selected one on a validation fold (:mod:`pml_anchors.app.selection`), else the last epoch's."""
+    selection = checkpoint.get("selection")
+    if isinstance(selection, Mapping) and isinstance(selection.get("best_states"), Mapping):
+        return selection["best_states"][name]
+    return checkpoint[name]
 
 
 def save_checkpoint(session: Any, path: str | os.PathLike) -> Path:

@@ -14,6 +14,7 @@ from ..validators import check_bool, check_int, check_real, optional_int
 from .data.validation import check_validation
 from .lr_schedules import check_schedule
 from .models import check_compile_kwargs
+from .selection import check_select_epoch
 
 __all__ = ["DEFAULT_EMBEDDING_SIZE", "OPTIMIZERS", "TrainConfig", "field_default"]
 
@@ -47,10 +48,19 @@ class TrainConfig:
         training split and evaluates on its fold ``f`` instead of the test split, which is then not used
         (:func:`pml_anchors.app.data.validation.validation_split`: class-disjoint folds under ``open_set``,
         stratified ones under ``same_class``); ``None`` (default): train on the training split, test on the test split.
+    :param select_epoch: best-epoch selection (and early stopping) on a validation fold, the test split sealed until
+        the end (:mod:`pml_anchors.app.selection`): ``{"fold": 0, "folds": 4, "seed": <seed>, "metric":
+        "mean_average_precision_at_r", "patience": None}`` (every key optional; ``patience`` N stops after N epochs
+        without a better validation metric). The run trains on the other folds of the training split, keeps the
+        best epoch's weights and evaluates the test split once with them. Not with ``validation``.
     :param loss_lr_multiplier: the lr multiplier of every trainable parameter of the loss, instead of the method's
         ``lr_multipliers`` (``pml-anchors tune`` searches it); ``None`` (default): the method's.
     :param output: folder for ``results.json`` and ``checkpoint.pt`` (written every epoch when
         ``checkpoint_every_epoch``).
+    :param class_parallel: with several processes, shard the loss's anchors over them
+        (:class:`pml_anchors.losses.class_parallel.ClassParallelLoss`: each holds C / N classes, exact; see
+        ``docs/class_parallel.md``) instead of holding all of them in every process; the method must implement
+        ``class_parallel_losses`` (e_ncm, c_ncm, reponet, fsc, proxy_anchor).
     :param eval_every_epoch: evaluate after every epoch (``history``; used by ``bench``).
     :param num_threads: ``torch.set_num_threads`` for the run (``None``: leave it). The command line passes
         :func:`pml_anchors.app.threads.default_threads` unless ``--threads`` is given (the CPUs this process may use:
@@ -115,7 +125,9 @@ class TrainConfig:
     timeout_s: float = 300.0
     train_per_class: int | None = None
     validation: dict[str, int] | None = None
+    select_epoch: dict[str, Any] | None = None
     loss_lr_multiplier: float | None = None
+    class_parallel: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -136,10 +148,21 @@ class TrainConfig:
                 "one (train_per_class N keeps N items of every class; limit L keeps L items, class-balanced)"
             )
         self.validation = check_validation(self.validation)
+        self.select_epoch = check_select_epoch(self.select_epoch, self.seed)
+        if self.select_epoch is not None and self.validation is not None:
+            raise ValueError(
+                "select_epoch and validation both carve a validation fold: give one (validation evaluates the fold "
+                "instead of the test split; select_epoch selects the epoch on it and tests once at the end)"
+            )
         if self.loss_lr_multiplier is not None:
             self.loss_lr_multiplier = check_real(
                 self.loss_lr_multiplier, "loss_lr_multiplier", minimum=0.0, open_min=True
             )
+        self.class_parallel = check_bool(self.class_parallel, "class_parallel")
+        if self.class_parallel:  # the method must support it; the launcher checks the world size (> 1)
+            from ..losses.class_parallel import check_class_parallel
+
+            check_class_parallel(self.method)
         self.timeout_s = check_real(self.timeout_s, "timeout_s", minimum=0.0, open_min=True)
         self.lr_milestones = check_schedule(
             self.lr_schedule, self.epochs, self.lr_milestones, self.lr_gamma, self.lr_patience

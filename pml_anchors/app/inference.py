@@ -29,7 +29,7 @@ import torch
 from ..devices import resolve_device
 from ..evaluation.diagnostics import predict
 from ..plugin.api import registered_names_only
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, trained_weights
 from .config import TrainConfig
 from .resume import checkpoint_source, config_for_checkpoint
 from .session import build_models, checkpoint_method, resolve_method
@@ -129,7 +129,7 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         )
         for name, module in (("trunk", trunk), ("embedder", embedder), ("loss", loss)):
             try:
-                module.load_state_dict(checkpoint[name])
+                module.load_state_dict(trained_weights(checkpoint, name))
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise CheckpointError(f"{checkpoint_source(checkpoint)}: its {name} weights do not fit: {exc}") from exc
     model = TrainedModel(

@@ -4,7 +4,12 @@
   seconds (evaluation excluded), one line per run, a marker per epoch, in the style of Proxy Anchor's Figure 1;
 * :func:`plot_accuracy_per_epoch` (``accuracy_per_epoch.png``): test P@1 and MAP@R against epoch;
 * :func:`plot_embeddings` (``embeddings.png``): one panel per run, the test embeddings projected by
-  :func:`project` (t-SNE of the space the kNN uses, the anchors embedded with the points), coloured by class.
+  :func:`project` (t-SNE of the space the kNN uses, the anchors embedded with the points), coloured by class;
+* :func:`plot_intervals` (``intervals.png``, ``bench --tuned``): each tuned method's test MAP@R and P@1 as mean ± 95 %
+  confidence interval over the seeds, with every seed's value.
+
+With ``--select-epoch`` the per-epoch curves are the validation fold's (the test split is read once, at the end), and
+the figures say so.
 
 Every run keeps one style in both accuracy figures (:func:`run_styles`): a tab10 colour, a marker and a line style,
 the pml-anchors methods solid with filled markers, PML's baselines dashed with open markers.
@@ -36,6 +41,7 @@ __all__ = [
     "plot_accuracy_per_epoch",
     "plot_accuracy_vs_time",
     "plot_embeddings",
+    "plot_intervals",
     "plots_unavailable",
     "project",
     "run_styles",
@@ -206,6 +212,12 @@ def _history(run: Mapping[str, Any], key: str) -> list[tuple[int, float, float]]
     ]
 
 
+def _evaluated_on(runs: Sequence[Mapping[str, Any]]) -> str:
+    """``"validation"`` when the runs' epochs were evaluated on a validation fold (``--select-epoch``), else ``"test"``."""
+    on_validation = any(h.get("evaluated_on") == "validation" for r in runs for h in r.get("history") or [])
+    return "validation" if on_validation else "test"
+
+
 def _setting(summary: Mapping[str, Any]) -> str:
     """``digits, same_class protocol, seed 0``."""
     return f"{summary.get('dataset', '?')}, {summary.get('protocol', '?')} protocol, seed {summary.get('seed', '?')}"
@@ -287,11 +299,12 @@ def plot_accuracy_vs_time(summary: Mapping[str, Any], path: Path) -> Any:
             _, xs, ys = zip(*points)
             (lines[i],) = ax.plot(xs, ys, label=run_label(r), **styles[i])
     ax.set_xlabel("cumulative training time (s), evaluation excluded")
-    ax.set_ylabel("test precision@1 (P@1)")
+    split = _evaluated_on(runs)
+    ax.set_ylabel(f"{split} precision@1 (P@1)")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=9)
-    title = f"Test P@1 against training time: {_setting(summary)}"
+    title = f"{split.capitalize()} P@1 against training time: {_setting(summary)}"
     caption = (
         f"{_epochs_text(runs)}; x: training seconds on {summary.get('device') or 'the device'} up to each epoch "
         "(one run, timed once per epoch)"
@@ -309,6 +322,7 @@ def plot_accuracy_per_epoch(summary: Mapping[str, Any], path: Path) -> Any:
 
     runs = summary.get("runs") or []
     styles = run_styles(runs)
+    split = _evaluated_on(runs)
     fig = _figure(10.5, 4.2)
     axes = fig.subplots(1, 2, sharex=True)
     lines: dict[int, Any] = {}
@@ -320,13 +334,15 @@ def plot_accuracy_per_epoch(summary: Mapping[str, Any], path: Path) -> Any:
                 (line,) = ax.plot(epochs, ys, label=run_label(r), **styles[i])
                 lines.setdefault(i, line)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"test {name}")
-        ax.set_title(f"test {name} after each epoch", fontsize=9.5)
+        ax.set_ylabel(f"{split} {name}")
+        ax.set_title(f"{split} {name} after each epoch", fontsize=9.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=9)
-    title = f"Test accuracy per epoch: {_setting(summary)}"
-    caption = "P@1 and MAP@R of PML's AccuracyCalculator (test set against itself), evaluated after every epoch"
+    title = f"{split.capitalize()} accuracy per epoch: {_setting(summary)}"
+    caption = f"P@1 and MAP@R of PML's AccuracyCalculator ({split} set against itself), evaluated after every epoch"
+    if split == "validation":
+        caption += "; the test split was evaluated once, after training, with the selected epoch's weights"
     fig.suptitle(_wrap(f"{title}\n{caption}", 10.5, 9.5), fontsize=9.5, x=0.0, horizontalalignment="left")
     _legend(axes[1], runs, lines, "")
     _save(fig, path, title, caption)
@@ -424,5 +440,46 @@ def plot_embeddings(projections: Mapping[str, Mapping[str, Any]], path: Path, su
         fig.legend(handles=handles, title="class" if legend else None, loc="outside right upper", fontsize="small",
                    title_fontsize="small", frameon=False)  # fmt: skip
     fig.suptitle(heading, fontsize=9.5, x=0.0, horizontalalignment="left")
+    _save(fig, path, title, caption)
+    return fig
+
+
+def plot_intervals(summary: Mapping[str, Any], path: Path) -> Any:
+    """Each tuned method's test MAP@R (left) and P@1 (right): mean ± 95 % confidence interval over the seeds (bar)
+    and every seed's value (dots), methods then PML baselines; returns the saved :class:`matplotlib.figure.Figure`.
+
+    ``summary`` is what :func:`pml_anchors.app.tuned_bench.bench_tuned` returns (``methods`` with ``stats`` and
+    ``per_seed``, ``seeds``, ``test_size``, ``dataset``, ``data_protocol``).
+    """
+    rows = sorted(summary.get("methods") or [], key=_is_baseline)  # stable: methods, then baselines
+    styles = run_styles(rows)
+    fig = _figure(10.5, 1.2 + 0.42 * max(len(rows), 1))
+    axes = fig.subplots(1, 2, sharey=True)
+    positions = list(range(len(rows)))[::-1]  # the first row at the top
+    for ax, key, name in ((axes[0], "mean_average_precision_at_r", "MAP@R"), (axes[1], "precision_at_1", "P@1")):
+        for y, row, style in zip(positions, rows, styles):
+            stats = row["stats"][key]
+            half = stats["ci"] if stats.get("ci") is not None else 0.0
+            ax.errorbar(
+                stats["mean"], y, xerr=half, fmt=style["marker"], color=style["color"], capsize=4,
+                markerfacecolor=style["markerfacecolor"], markeredgecolor=style["markeredgecolor"], markersize=7,
+            )  # fmt: skip
+            seeds = [v for v in row["per_seed"][key] if v is not None]
+            ax.plot(seeds, [y] * len(seeds), linestyle="none", marker=".", color=style["color"], alpha=0.6)
+        ax.set_xlabel(f"test {name}")
+        ax.grid(alpha=0.3, axis="x")
+        ax.tick_params(labelsize=9)
+    axes[0].set_yticks(positions, [run_label(r) + (" (PML)" if _is_baseline(r) else "") for r in rows])
+    seed_list = ", ".join(str(s) for s in summary.get("seeds") or [])
+    title = (
+        f"Tuned methods on {summary.get('dataset', '?')} ({summary.get('data_protocol', '?')}): test accuracy over "
+        f"seeds {seed_list}"
+    )
+    caption = (
+        f"each method with the hyper-parameters tuned on {summary.get('folds', '?')} validation folds, trained once per "
+        f"seed and tested once on the {summary.get('test_size', '?')} test items; marker and bar: mean ± 95 % "
+        "Student-t interval over the seeds; dots: one seed each"
+    )
+    fig.suptitle(_wrap(f"{title}\n{caption}", 10.5, 9.5), fontsize=9.5, x=0.0, horizontalalignment="left")
     _save(fig, path, title, caption)
     return fig

@@ -51,16 +51,23 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
         "train_size": len(session.splits.train),
         "train_per_class": config.train_per_class,  # few-shot: items of every class kept (None: all)
         "dataset_plugin": session.splits.info.get("dataset_plugin"),  # None: a built-in dataset
-        # the validation fold evaluated instead of the test split (fold, folds, seed, sizes, classes); None: the test split
+        # the validation fold (fold, folds, seed, sizes, classes) evaluated instead of the test split, or with
+        # select_epoch the one the epoch was selected on ("selection"); None: no validation fold
         "validation": session.splits.info.get("validation"),
         "test_size": len(session.splits.test),
         **test_classes(session.splits.test),
         "batch_size": config.batch_size,
         "lr": config.lr,
         "optimizer": config.optimizer,
-        "lr_multipliers": dict(session.spec.lr_multipliers),
+        "lr_multipliers": lr_multipliers(session),
         **{k: metrics.get(k) for k in keep},
         "history": session.history,
+        # with select_epoch: what was selected on the validation fold, and when the test split was read
+        **(
+            {"selection": session.selection.record(session.splits.info.get("validation"), session.epoch)}
+            if getattr(session, "selection", None) is not None
+            else {}
+        ),
         "hook_history": plain(getattr(session.hooks, "history", [])),
         "hook_recipe": plain(getattr(session.hooks, "recipe", {})),
         "config": plain(config.to_dict()),
@@ -73,6 +80,15 @@ def results_dict(session: Any, metrics: Mapping[str, Any], wall_seconds: float |
             "torch": torch.__version__,
         },
     }
+
+
+def lr_multipliers(session: Any) -> dict[str, float]:
+    """The lr multipliers the loss's parameters trained with: ``loss_lr_multiplier`` for each trainable one when the
+    config sets it (``pml-anchors tune`` searches it), else the method's."""
+    multiplier = session.config.loss_lr_multiplier
+    if multiplier is None:
+        return dict(session.spec.lr_multipliers)
+    return {name: multiplier for name, p in session.loss.named_parameters() if p.requires_grad}
 
 
 def test_classes(dataset: Any) -> dict[str, int | None]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .checkpoints import CheckpointError, plain
+from .checkpoints import CheckpointError, plain, trained_weights
 from .config import TrainConfig, field_default
 from .lr_schedules import load_scheduler_state
 
@@ -24,6 +24,7 @@ RESUME_KEYS = (
     "backbone",
     "embedding_size",
     "lr_schedule",
+    "select_epoch",
 )
 
 
@@ -45,9 +46,11 @@ def checkpoint_source(checkpoint: Mapping[str, Any]) -> str:
 
 def load_states(session: Any, checkpoint: Mapping[str, Any], optimizers: bool) -> None:
     source = checkpoint_source(checkpoint)
-    for name in ("trunk", "embedder", "loss"):
+    for name in ("trunk", "embedder", "loss"):  # resuming: the last epoch's; using the model: the selected epoch's
         try:
-            getattr(session, name).load_state_dict(checkpoint[name])
+            getattr(session, name).load_state_dict(
+                checkpoint[name] if optimizers else trained_weights(checkpoint, name)
+            )
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"{source}: its {name} weights do not fit the {name} its config rebuilds: {exc}"
@@ -74,6 +77,10 @@ def load_states(session: Any, checkpoint: Mapping[str, Any], optimizers: bool) -
     session.start_epoch = session.epoch + 1
     session.train_seconds = float(checkpoint.get("train_seconds", 0.0))
     session.history = list(checkpoint.get("history", []))
+    if optimizers and session.selection is not None:
+        if not isinstance(checkpoint.get("selection"), Mapping):
+            raise CheckpointError(f"{source}: it has no selection state, so its run cannot go on selecting epochs")
+        session.selection.load_state_dict(checkpoint["selection"])
 
 
 def config_for_checkpoint(checkpoint: Mapping[str, Any], **overrides: Any) -> TrainConfig:
@@ -91,6 +98,8 @@ def config_for_checkpoint(checkpoint: Mapping[str, Any], **overrides: Any) -> Tr
         backbone=checkpoint["backbone"],
         backbone_kwargs=backbone_kwargs,
         output=None,
+        select_epoch=None,  # a selected run's checkpoint holds the selected weights: evaluate them on the test split
+        class_parallel=False,  # its checkpoint holds the full anchor set: one process reads it
         compile=False,
         tensorboard=None,
     )

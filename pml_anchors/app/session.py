@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..devices import resolve_device
 from ..errors import UnknownMethodError
@@ -65,9 +66,10 @@ from .models import build_backbone, compile_models, default_backbone
 from .optimizers import make_optimizers
 from .output_folder import check_room, claimed
 from .progress import RunProgress
-from .results import results_dict, write_json
+from .results import lr_multipliers, results_dict, write_json
 from .resume import check_resume, checkpoint_source, load_states
 from .seeding import epoch_seed, seed_everything, use_deterministic_algorithms
+from .selection import EpochSelection, selection_splits
 from .tensorboard import TensorBoardLog
 from .trainer import AMPMetricLossOnly, amp_setup
 
@@ -79,6 +81,7 @@ __all__ = [
     "load_config_dataset",
     "resolve_method",
     "run",
+    "final_metrics",
     "train",
 ]
 
@@ -144,6 +147,8 @@ class Session:
     #: the CPU threads torch used, and why that many (:mod:`pml_anchors.app.threads`)
     threads: int = 0
     threads_from: str = ""
+    #: best-epoch selection on a validation fold (``config.select_epoch``; :mod:`pml_anchors.app.selection`)
+    selection: EpochSelection | None = None
 
 
 class _Bookkeeper:
@@ -180,10 +185,14 @@ class _Bookkeeper:
             "loss": loss,
             "lr": s.optimizers["trunk_optimizer"].param_groups[0]["lr"],  # make_optimizers always makes it
         }
-        if s.config.eval_every_epoch:
+        keep_going = True
+        if s.config.eval_every_epoch or s.selection is not None:
             if s.progress is not None:
                 s.progress.evaluating()
             entry.update(evaluate_session(s))
+        if s.selection is not None:  # the metrics above are the validation fold's: the test split is sealed
+            entry["evaluated_on"] = "validation"
+            keep_going = s.selection.observe(s, trainer.epoch, entry)
         s.history.append(entry)
         if s.progress is not None:
             s.progress.epoch(entry)
@@ -193,7 +202,7 @@ class _Bookkeeper:
             save_checkpoint(s, Path(s.config.output) / "checkpoint.pt")
         seed_everything(epoch_seed(s.config.seed, trainer.epoch + 1))
         self.restart_clock()
-        return True
+        return keep_going
 
 
 def build_models(
@@ -297,6 +306,17 @@ def build(
     threads_from = threads_from or ("num_threads" if config.num_threads else "torch's default")
     if splits is None:
         splits = load_config_dataset(config)
+    if config.class_parallel and with_trainer and not (dist.is_initialized() and dist.get_world_size() > 1):
+        raise ValueError(
+            "class_parallel shards the loss's anchors over several processes: run with --nproc N (N > 1) or under "
+            "torchrun (docs/class_parallel.md)"
+        )
+    selection = None
+    if config.select_epoch is not None and with_trainer:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError("select_epoch runs in one process: it is not supported with --nproc or torchrun yet")
+        splits, held_out = selection_splits(splits, config.select_epoch)
+        selection = EpochSelection.from_choice(config.select_epoch, held_out)
     if len(splits.train) < 2:
         raise ValueError(f"the training set has {len(splits.train)} items; need at least 2")
     n_classes = int(num_classes if num_classes is not None else splits.num_classes)
@@ -304,6 +324,7 @@ def build(
     with contextlib.nullcontext() if checkpoint is None else registered_names_only(checkpoint_source(checkpoint)):
         trunk, embedder, loss, width, backbone = build_models(config, spec, n_classes, splits.input_shape, device, loss)
     session = Session(config, spec, splits, device, trunk, embedder, loss, width, backbone, n_classes, miner=miner)
+    session.selection = selection
     session.threads, session.threads_from, session.progress = torch.get_num_threads(), threads_from, progress
     if not with_trainer:
         if checkpoint is not None:
@@ -311,11 +332,12 @@ def build(
         return session
 
     if config.compile:
-        compile_models(trunk, embedder, **config.compile_kwargs)
-    multipliers = spec.lr_multipliers
-    if config.loss_lr_multiplier is not None:  # one multiplier for every trainable parameter of the loss (tune)
-        multipliers = {n: config.loss_lr_multiplier for n, p in loss.named_parameters() if p.requires_grad}
-    session.optimizers = make_optimizers(trunk, embedder, loss, config, multipliers)
+        # reduce-overhead (CUDA graphs) compiles the loss too, so that it replays as a graph of its own (every
+        # built-in loss compiles whole, without host syncs: docs/compile.md); otherwise it stays eager, where its
+        # hand-fused kernels are faster on the CPU
+        whole = config.compile_kwargs.get("mode") == "reduce-overhead"
+        compile_models(trunk, embedder, *((loss,) if whole else ()), **config.compile_kwargs)
+    session.optimizers = make_optimizers(trunk, embedder, loss, config, lr_multipliers(session))
     session.hooks = build_trainer_hooks(spec, **config.hook_kwargs)
     amp_dtype, session.scaler = amp_setup(config.amp, config.amp_dtype, device)
     bookkeeper = _Bookkeeper(session)
@@ -376,7 +398,7 @@ def train(session: Session) -> Session:
     config, trainer = session.config, session.trainer
     if trainer is None:
         raise ValueError("this session was built without a trainer (with_trainer=False)")
-    if session.start_epoch > config.epochs:
+    if session.start_epoch > config.epochs or (session.selection is not None and session.selection.stopped):
         return session
     seed_everything(epoch_seed(config.seed, session.start_epoch))
     trainer.bookkeeper.restart_clock()
@@ -405,6 +427,20 @@ def evaluate_session(session: Session, **options: Any) -> dict[str, Any]:
     return evaluate(
         session.trunk, session.embedder, session.loss, session.splits, session.spec, session.device, **options
     )
+
+
+def final_metrics(session: Session) -> dict[str, Any]:
+    """The metrics of a trained session on its test split: with ``select_epoch`` the selected epoch's weights on the
+    unsealed test split (its one read, :mod:`pml_anchors.app.selection`); else the last epoch's, reusing that epoch's
+    evaluation when ``eval_every_epoch`` made one."""
+    if session.selection is not None:
+        session.splits = session.selection.final_splits(session.splits)
+        with session.selection.best_weights(session):
+            return evaluate_session(session)
+    last = session.history[-1] if session.history else {}
+    if last.get("epoch") == session.epoch and "precision_at_1" in last:
+        return last
+    return evaluate_session(session)
 
 
 def run(
@@ -451,12 +487,9 @@ def _run(config: TrainConfig, resume: str | os.PathLike | None, options: dict[st
     try:
         train(session)
         last = session.history[-1] if session.history else {}
-        if last.get("epoch") == session.epoch and "precision_at_1" in last:
-            metrics = last
-        else:  # evaluated after the last epoch only (no eval_every_epoch): logged beside that epoch's loss
-            metrics = evaluate_session(session)
-            if session.tensorboard is not None and session.trainer is not None:
-                session.tensorboard.record_test(session.trainer, metrics)
+        metrics = final_metrics(session)
+        if metrics is not last and session.tensorboard is not None and session.trainer is not None:
+            session.tensorboard.record_test(session.trainer, metrics)  # logged beside the last epoch's loss
     finally:
         if session.tensorboard is not None:
             session.tensorboard.close()

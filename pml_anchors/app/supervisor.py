@@ -1,24 +1,32 @@
-"""Run one job's worker processes (``train --nproc``) so that a fault ends the job instead of hanging it.
+"""Run one job's worker processes (``train --nproc``) with torch's elastic agent, so that a fault ends the job
+instead of hanging it.
 
-:func:`run_workers` starts ``N`` processes (start method *spawn*) and watches them:
+:func:`run_workers` starts ``N`` processes with ``torch.distributed.elastic``'s ``LocalElasticAgent``, the engine of
+``torchrun`` (a standalone c10d rendezvous on this machine, start method *spawn*): every worker gets torchrun's
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``, ``TORCHELASTIC_*``) and
+``max_restarts`` restarts the whole group as ``torchrun --max-restarts`` does. On top of the agent:
 
-* a worker that raises reports its traceback at once (:func:`report_failure`, before any cleanup that could block
-  on a broken process group), and one that dies without a word is seen by its exit; one that stays stopped
-  (``SIGSTOP``, a debugger) for longer than ``timeout`` counts as failed too. The first failure ends every other
-  worker (``SIGTERM``, ``SIGKILL`` after a grace period) and raises :class:`WorkerError`, whose message names
-  the worker that caused it: ``worker rank 1 (pid 4242) was killed by signal SIGKILL`` rather than the timeout
-  it caused in rank 0;
+* a worker that raises reports its traceback at once (:func:`report_failure`, through a pipe, before any cleanup
+  that could block on a broken process group); one that dies without a word is seen by the agent (its exit status
+  is read while it is a zombie, so that two failures in one monitoring interval are both named); one that stays
+  stopped (``SIGSTOP``, a debugger) for longer than ``timeout`` counts as failed too, and a stopped worker is
+  ended at once when another one failed (the agent's ``SIGTERM`` would wait for it to be continued). The agent
+  ends every other worker (``SIGTERM``, ``SIGKILL`` after ``grace``) and :func:`run_workers` raises
+  :class:`WorkerError`, one message naming the worker that caused it: ``worker rank 1 (pid 4242) was killed by
+  signal SIGKILL`` rather than the error it caused in rank 0 (the agent's ``ChildFailedError`` turned into a line);
 * no worker outlives the launcher: each asks the kernel for ``SIGKILL`` when its parent dies (Linux
-  ``PR_SET_PDEATHSIG``) and also watches its parent pid from a thread (other systems), so ``kill -9`` of the
-  launcher ends the job; a ``SIGTERM`` or ``SIGHUP`` to the launcher first ends the workers, then the launcher
-  with the same signal;
-* results travel back through pipes: the launcher writes no file, so there is nothing to remove afterwards.
+  ``PR_SET_PDEATHSIG``; torch asks for ``SIGINT``, which a background job ignores) and also watches its parent pid
+  from a thread (other systems). ``SIGTERM``/``SIGHUP`` to the launcher make the agent end the workers, then the
+  launcher ends with the same signal; ``SIGINT`` (Ctrl-C) is a ``KeyboardInterrupt`` once the workers are ended;
+* nothing is written to disk: the agent's log folder is ``os.devnull`` (no ``torchelastic_*`` folder, no error
+  files), results come back through the agent's queues and reports through pipes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -26,22 +34,22 @@ import sys
 import threading
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 __all__ = ["WorkerError", "report_failure", "run_workers"]
 
-#: seconds between two looks at the workers' states (launcher) and at the parent pid (worker)
-POLL_S = 0.5
+#: seconds between two looks at the workers (the agent's monitor interval) and at the parent pid (worker)
+POLL_S = 0.1
 #: seconds the other workers get to exit on SIGTERM after a failure, before SIGKILL
 GRACE_S = 3.0
-#: seconds the workers get to exit after they all returned their values (at least; ``timeout`` if longer)
-EXIT_S = 60.0
-#: after a failure: seconds to wait for the other workers' reports (the failure often causes one in a peer)
+#: after a failure: seconds to wait for the workers' reports (the failure often causes one in a peer)
 SETTLE_S = 0.5
+#: the signals torch's agent turns into an exception in the launcher (it restores nothing; run_workers does)
+HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -73,35 +81,29 @@ def report_failure(exc: BaseException) -> None:
         return
     summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    _send(channel, ("error", summary, text))
-
-
-def _send(channel: Connection, message: tuple) -> None:
     with contextlib.suppress(OSError):  # the launcher is gone: the parent watch ends this process
-        channel.send(message)
+        channel.send(("error", summary, text))
 
 
-def _bootstrap(target: Callable[..., Any], rank: int, args: tuple, channel: Connection, launcher: int) -> None:
-    """A worker's entry point: ``target(rank, *args)``; its value (or its error) goes back through ``channel``."""
+def _bootstrap(target: Callable[..., Any], args: tuple, channels: list[Connection], launcher: int) -> Any:
+    """A worker's entry point (the agent's function entrypoint): ``target(*args)``; an error goes back through
+    ``channels[LOCAL_RANK]``, and the worker exits with status 1 (``SystemExit``: torch writes no error file)."""
     global _channel
     _die_with(launcher)
-    _channel = channel
+    local_rank = int(os.environ["LOCAL_RANK"])
+    for i, channel in enumerate(channels):
+        if i != local_rank:
+            channel.close()
+    _channel = channels[local_rank]
     try:
-        value = target(rank, *args)
+        value = target(*args)
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit too: the launcher hears of all
         report_failure(exc)
         sys.exit(1)
     if _channel is None:  # the target reported a failure and then returned
         sys.exit(1)
     _channel = None
-    try:
-        channel.send(("ok", value))
-    except OSError:
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 - e.g. a value that does not pickle
-        _channel = channel
-        report_failure(exc)
-        sys.exit(1)
+    return value
 
 
 def _die_with(launcher: int) -> None:
@@ -125,148 +127,262 @@ def _watch_parent(launcher: int) -> None:
 
 
 @dataclass
-class _Worker:
-    rank: int
-    process: Any  # multiprocessing's SpawnProcess
-    channel: Connection | None
-    status: str = "running"  # "ok" (value received) or "error" (failure reported)
-    value: Any = None
-    exited: bool = False
-    stopped_since: float | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    @property
-    def name(self) -> str:
-        return f"worker rank {self.rank} (pid {self.pid})"
-
-
-@dataclass
 class _Failure:
-    worker: _Worker
+    rank: int
+    pid: int | None
     kind: str  # "died" (exit or signal without a report), "stopped", "raised"
     what: str  # e.g. "exited with code 3"
     traceback: str = ""
 
 
-class _Signalled(BaseException):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
+class _Reports:
+    """The workers' failure reports, read from their pipes by a thread while the agent runs."""
+
+    def __init__(self, receivers: list[Connection]):
+        self.receivers = receivers
+        self.received: dict[int, tuple[str, str]] = {}
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._read, name="pml-anchors-worker-reports", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        open_ = dict(enumerate(self.receivers))
+        while open_ and not self.done.is_set():
+            for ready in wait(list(open_.values()), timeout=POLL_S):
+                rank = next(r for r, c in open_.items() if c is ready)
+                try:
+                    message = open_[rank].recv()
+                except (EOFError, OSError):
+                    del open_[rank]
+                    continue
+                with self.lock:
+                    self.received.setdefault(rank, (message[1], message[2]))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.received.clear()
+
+    def snapshot(self) -> dict[int, tuple[str, str]]:
+        with self.lock:
+            return dict(self.received)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def _agent_class() -> type:
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    class WatchfulAgent(LocalElasticAgent):
+        """torch's local agent, plus: a worker stopped for over ``stall_timeout`` seconds fails, a stopped worker is
+        ended when another fails, exit statuses are read before the agent reaps them, and shutting down continues
+        stopped workers so that ``SIGTERM`` reaches them."""
+
+        def __init__(self, spec: Any, *, stall_timeout: float, grace: float, reports: _Reports, **kwargs: Any):
+            super().__init__(spec, shutdown_timeout=max(1, round(grace)), **kwargs)
+            self.stall_timeout, self.grace, self.reports = stall_timeout, grace, reports
+            self.exits: dict[int, tuple[int, int]] = {}  # rank -> (pid, exit code or -signal)
+            self.stopped: dict[int, tuple[int, str]] = {}  # rank -> (pid, what)
+            self.stopped_since: dict[int, float] = {}  # pid -> monotonic time first seen stopped
+            self.pids: dict[int, int] = {}  # rank -> pid, of the current attempt
+
+        def _start_workers(self, worker_group: Any) -> dict[int, Any]:
+            self.exits, self.stopped, self.stopped_since = {}, {}, {}
+            self.reports.clear()
+            pids = super()._start_workers(worker_group)
+            self.pids = {w.global_rank: pids[w.local_rank] for w in worker_group.workers}
+            return pids
+
+        def _monitor_workers(self, worker_group: Any) -> Any:
+            self._watch()
+            return super()._monitor_workers(worker_group)
+
+        def _watch(self) -> None:
+            now = time.monotonic()
+            states = {rank: _process_stat(pid) for rank, pid in self.pids.items()}
+            for rank, (state, status) in states.items():
+                if state == "Z" and status is not None and rank not in self.exits:
+                    self.exits[rank] = (self.pids[rank], status)
+            failed = any(code != 0 for _, code in self.exits.values())
+            for rank, (state, _) in states.items():
+                pid = self.pids[rank]
+                if state not in ("T", "t"):
+                    self.stopped_since.pop(pid, None)
+                    continue
+                since = self.stopped_since.setdefault(pid, now)
+                if now - since > self.stall_timeout:
+                    what = (
+                        "stopped responding: its process has been stopped (SIGSTOP or a debugger) "
+                        f"for over {self.stall_timeout:g} s"
+                    )
+                elif failed:
+                    what = "stopped responding: its process is stopped (SIGSTOP or a debugger)"
+                else:
+                    continue
+                self.stopped.setdefault(rank, (pid, what))
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)  # a stopped process acts on nothing else
+
+        def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
+            for pid in self.pids.values():  # POSIX: a stopped process acts on SIGTERM once it runs again
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+            super()._shutdown(death_sig, max(1, min(timeout, round(self.grace))))
+
+    return WatchfulAgent
 
 
 def run_workers(
-    target: Callable[..., Any], args: tuple, nprocs: int, *, timeout: float, grace: float = GRACE_S
+    target: Callable[..., Any],
+    args: tuple,
+    nprocs: int,
+    *,
+    timeout: float,
+    grace: float = GRACE_S,
+    max_restarts: int = 0,
+    verbose: bool = False,
 ) -> list[Any]:
-    """Run ``target(rank, *args)`` in ``nprocs`` spawned processes; the value each returned, by rank.
+    """Run ``target(*args)`` in ``nprocs`` processes under torch's elastic agent; the value each returned, by rank.
 
-    ``target`` must be importable (a module-level function) and its values picklable. The first failure ends
-    every worker and raises :class:`WorkerError`; a worker stopped for over ``timeout`` seconds is a failure.
-    ``SIGTERM`` or ``SIGHUP`` to this process (when their action is the default one) ends the workers, then this
-    process with the same signal. Workers still running after they all returned their values get ``timeout``
-    seconds (at least a minute) to exit before they are ended (a ``RuntimeWarning``: the values are complete).
+    Each process finds its rank in torchrun's environment (``RANK``, ...). ``target`` must be importable (a
+    module-level function) and its values picklable. With ``max_restarts`` K, a failed group is restarted up to K
+    times (``TORCHELASTIC_RESTART_COUNT`` tells the workers); then, or at once without restarts, the failure raises
+    :class:`WorkerError`. A worker stopped for over ``timeout`` seconds is a failure. ``verbose`` shows the agent's
+    log.
     """
+    from torch.distributed.elastic.agent.server.api import WorkerSpec
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+    from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
+
     context = multiprocessing.get_context("spawn")
-    workers: list[_Worker] = []
-    with _ending_on_signals():
-        try:
-            for rank in range(nprocs):
-                receive, send = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=_bootstrap, args=(target, rank, args, send, os.getpid()), name=f"pml-anchors-rank-{rank}"
-                )
-                workers.append(_Worker(rank, process, receive))
-                process.start()
-                send.close()  # the worker holds the only write end: EOF when it is gone
-            failures = _supervise(workers, timeout)
-            if failures:
-                _stop(workers, grace)
-                _drain(workers, failures)
-                raise _error(failures, timeout)
-            _await_exits(workers, timeout)
-            return [w.value for w in workers]
-        finally:
-            _stop(workers, grace)
-            for w in workers:
-                if w.channel is not None:
-                    w.channel.close()
-                with contextlib.suppress(ValueError):  # a process that never started
-                    w.process.close()
-
-
-def _supervise(workers: Sequence[_Worker], timeout: float) -> list[_Failure]:
-    """Watch until every worker returned its value (``[]``) or one failed (the failures seen)."""
-    failures: list[_Failure] = []
-    while not failures and any(w.status != "ok" for w in workers):
-        _handle(workers, _wait(workers, POLL_S), failures)
-        now = time.monotonic()
-        for w in workers:
-            state = None if w.exited or w.status != "running" else _process_state(w.pid)
-            if state not in ("T", "t"):
-                w.stopped_since = None
-            elif w.stopped_since is None:
-                w.stopped_since = now
-            elif now - w.stopped_since > timeout:
-                what = (
-                    f"stopped responding: its process has been stopped (SIGSTOP or a debugger) for over {timeout:g} s"
-                )
-                failures.append(_Failure(w, "stopped", what))
-    if failures:  # the failure often makes a peer fail too: hear of it, then name the one that failed first
-        deadline = time.monotonic() + SETTLE_S
-        while (left := deadline - time.monotonic()) > 0 and _handle(workers, _wait(workers, left), failures):
-            pass
-        for w in workers:
-            if not w.exited and w.status == "running" and _process_state(w.pid) in ("T", "t"):
-                if not any(f.worker is w for f in failures):
-                    what = "stopped responding: its process is stopped (SIGSTOP or a debugger)"
-                    failures.append(_Failure(w, "stopped", what))
-    return failures
-
-
-def _wait(workers: Sequence[_Worker], timeout: float) -> list[Any]:
-    waitables = [w.channel for w in workers if w.channel is not None]
-    waitables += [w.process.sentinel for w in workers if not w.exited]
-    return wait(waitables, timeout=timeout) if waitables else []
-
-
-def _handle(workers: Sequence[_Worker], ready: list[Any], failures: list[_Failure]) -> bool:
-    """Take in the reports and exits in ``ready``; whether there were any."""
-    for w in workers:
-        if w.channel is not None and w.channel in ready:
-            _receive(w, failures)
-    for w in workers:
-        if not w.exited and w.process.sentinel in ready:
-            while w.channel is not None:  # what it sent before exiting
-                _receive(w, failures)
-            w.process.join()
-            w.exited = True
-            if w.status == "running":
-                failures.append(_Failure(w, "died", _exit_text(w.process.exitcode)))
-    return bool(ready)
-
-
-def _receive(w: _Worker, failures: list[_Failure]) -> None:
-    assert w.channel is not None
+    pipes = [context.Pipe(duplex=False) for _ in range(nprocs)]
+    receivers, senders = [r for r, _ in pipes], [s for _, s in pipes]
+    reports = _Reports(receivers)
+    parameters = RendezvousParameters(  # torchrun --standalone: a c10d store on a free port of this machine
+        backend="c10d", endpoint="localhost:0", run_id=f"pml-anchors-{uuid.uuid4().hex}", min_nodes=1, max_nodes=1
+    )
+    agent = None
     try:
-        message = w.channel.recv()
-    except (EOFError, OSError):
-        w.channel.close()
-        w.channel = None
+        with _quiet_agent(verbose), _signal_handlers_restored():
+            spec = WorkerSpec(
+                role="pml-anchors",
+                local_world_size=nprocs,
+                rdzv_handler=get_rendezvous_handler(parameters),
+                entrypoint=_bootstrap,
+                args=(target, args, senders, os.getpid()),
+                max_restarts=max_restarts,
+                monitor_interval=POLL_S,
+            )
+            agent = _agent_class()(
+                spec,
+                logs_specs=DefaultLogsSpecs(log_dir=os.devnull),
+                start_method="spawn",
+                stall_timeout=timeout,
+                grace=grace,
+                reports=reports,
+            )
+            try:
+                result = agent.run()
+            except SignalException as exc:  # the agent has ended the workers
+                _end_with(exc.sigval)
+                raise  # not reached
+            finally:
+                spec.rdzv_handler.shutdown()
+        if result is None or result.is_failed():
+            deadline = time.monotonic() + SETTLE_S  # reports still in the pipes
+            while time.monotonic() < deadline and not reports.snapshot():
+                time.sleep(0.02)
+            raise _error(agent, result, timeout)
+        return [result.return_values[rank] for rank in range(nprocs)]
+    finally:
+        reports.close()
+        for connection in (*receivers, *senders):
+            connection.close()
+
+
+def _end_with(signum: int) -> None:
+    """After the agent ended the workers on ``signum``: Ctrl-C is a ``KeyboardInterrupt``; another signal ends this
+    process as its default action would (the caller's status then says which signal)."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt("interrupted: every worker of the job has been ended")
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+    raise SystemExit(128 + int(signum))  # only if the default action did not end the process
+
+
+@contextlib.contextmanager
+def _signal_handlers_restored() -> Iterator[None]:
+    """torch's agent installs handlers for :data:`HANDLED_SIGNALS` (raising ``SignalException``) and leaves them;
+    put back what was there."""
+    signals = [getattr(signal, name) for name in HANDLED_SIGNALS if hasattr(signal, name)]
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in signals} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _quiet_agent(verbose: bool) -> Iterator[None]:
+    """The agent logs every failure with a traceback of its own (and warnings while it ends workers); the launcher
+    says it in one :class:`WorkerError` instead. ``verbose`` keeps torch's log."""
+    if verbose:
+        yield
         return
-    if message[0] == "ok":
-        w.status, w.value = "ok", message[1]
-    else:
-        w.status = "error"
-        failures.append(_Failure(w, "raised", f"raised {message[1]}", message[2]))
+    logs = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    handler = logging.NullHandler()
+    propagate = [log.propagate for log in logs]
+    for log in logs:
+        log.addHandler(handler)
+        log.propagate = False
+    try:
+        yield
+    finally:
+        for log, before in zip(logs, propagate):
+            log.removeHandler(handler)
+            log.propagate = before
 
 
-def _drain(workers: Sequence[_Worker], failures: list[_Failure]) -> None:
-    """The reports the workers sent before they were ended."""
-    for w in workers:
-        while w.channel is not None and w.channel.poll():
-            _receive(w, failures)
+def _error(agent: Any, result: Any, timeout: float) -> WorkerError:
+    """One message: the worker that caused the failure first (a death or a stop before the errors it caused in
+    its peers), then what the others reported, then the first error's traceback."""
+    reports = agent.reports.snapshot()
+    failures: dict[int, _Failure] = {}
+    for rank, (pid, what) in agent.stopped.items():
+        failures[rank] = _Failure(rank, pid, "stopped", what)
+    exits = {rank: (pid, code) for rank, (pid, code) in agent.exits.items() if code != 0}
+    for rank, failure in (result.failures if result is not None else {}).items():
+        exits.setdefault(rank, (failure.pid, failure.exitcode))
+    for rank, (pid, code) in exits.items():
+        if rank not in failures and rank not in reports:
+            failures[rank] = _Failure(rank, pid, "died", _exit_text(code))
+    for rank, (summary, text) in reports.items():
+        if rank not in failures:
+            failures[rank] = _Failure(rank, agent.pids.get(rank), "raised", f"raised {summary}", text)
+    if not failures:  # e.g. the rendezvous ended the group
+        return WorkerError("the job's workers failed (no worker reported why)", -1, None, [])
+    order = {"died": 0, "stopped": 0, "raised": 1}
+    arrival = {rank: i for i, rank in enumerate(reports)}  # the first report is the cause, the later ones its effects
+    ranked = sorted(failures.values(), key=lambda f: (order[f.kind], arrival.get(f.rank, -1), f.rank))
+    first = ranked[0]
+    lines = [f"{_name(first)} {_first_line(first.what)}"]
+    lines += [f"  also {_name(f)} {_first_line(f.what)}" for f in ranked[1:]]
+    if any(f.kind == "stopped" or "timed out" in f.what.lower() for f in ranked):
+        lines.append(f"  (a collective waits at most --timeout {timeout:g} s for the other workers)")
+    lines.append("every other worker of the job has been ended")
+    raised = next((f for f in ranked if f.traceback), None)
+    if raised is not None:
+        lines += ["", f"{_name(raised)}'s traceback:", raised.traceback.rstrip()]
+    return WorkerError("\n".join(lines), first.rank, first.pid, [(f.rank, f.pid, f.what) for f in ranked])
+
+
+def _name(failure: _Failure) -> str:
+    return f"worker rank {failure.rank} (pid {failure.pid})"
 
 
 def _exit_text(code: int | None) -> str:
@@ -281,114 +397,25 @@ def _exit_text(code: int | None) -> str:
     return f"was killed by signal {name}" + (" (also what the out-of-memory killer sends)" if name == "SIGKILL" else "")
 
 
-def _error(failures: list[_Failure], timeout: float) -> WorkerError:
-    """One message: the worker that caused the failure first (a death or a stop before the errors it caused in
-    its peers), then what the others reported, then the first error's traceback."""
-    order = {"died": 0, "stopped": 0, "raised": 1}
-    ranked = sorted(failures, key=lambda f: order[f.kind])  # stable: by time within a kind
-    first = ranked[0]
-    lines = [f"{first.worker.name} {_first_line(first.what)}"]
-    seen = {id(first.worker)}
-    for f in ranked[1:]:
-        if id(f.worker) not in seen:
-            seen.add(id(f.worker))
-            lines.append(f"  also {f.worker.name} {_first_line(f.what)}")
-    if any(f.kind == "stopped" or "timed out" in f.what.lower() for f in failures):
-        lines.append(f"  (a collective waits at most --timeout {timeout:g} s for the other workers)")
-    lines.append("every other worker of the job has been ended")
-    raised = next((f for f in ranked if f.traceback), None)
-    if raised is not None:
-        lines += ["", f"{raised.worker.name}'s traceback:", raised.traceback.rstrip()]
-    return WorkerError(
-        "\n".join(lines), first.worker.rank, first.worker.pid, [(f.worker.rank, f.worker.pid, f.what) for f in failures]
-    )
-
-
 def _first_line(text: str, limit: int = 400) -> str:
     line = text.strip().splitlines()[0] if text.strip() else text
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _await_exits(workers: Sequence[_Worker], timeout: float) -> None:
-    """Every worker returned its value: let them exit (they tear down the process group and the interpreter)."""
-    deadline = time.monotonic() + max(timeout, EXIT_S)
-    for w in workers:
-        w.process.join(max(0.0, deadline - time.monotonic()))
-    for w in workers:
-        code = w.process.exitcode
-        if code is None or code != 0:
-            what = "did not exit in time and was ended" if code is None else _exit_text(code)
-            warnings.warn(
-                f"{w.name} {what} after it finished its work; the results are complete", RuntimeWarning, stacklevel=3
-            )
-
-
-def _stop(workers: Sequence[_Worker], grace: float) -> None:
-    """End every worker still running: SIGTERM (and SIGCONT, for a stopped one), then SIGKILL after ``grace``."""
-    alive = [w for w in workers if _started(w) and w.process.is_alive()]
-    resume = getattr(signal, "SIGCONT", None)  # POSIX: a stopped process acts on SIGTERM once it runs again
-    for w in alive:
-        with contextlib.suppress(OSError):
-            w.process.terminate()
-            if resume is not None:
-                os.kill(w.process.pid, resume)
-    deadline = time.monotonic() + grace
-    for w in alive:
-        w.process.join(max(0.0, deadline - time.monotonic()))
-    for w in alive:
-        if w.process.is_alive():
-            w.process.kill()
-        w.process.join()
-        w.exited = True
-
-
-def _started(w: _Worker) -> bool:
-    try:
-        return w.process.pid is not None
-    except ValueError:  # closed
-        return False
-
-
-def _process_state(pid: int | None) -> str | None:
-    """The state letter of ``/proc/PID/stat`` (``T``: stopped, ``t``: stopped by a debugger); ``None`` if unknown."""
+def _process_stat(pid: int | None) -> tuple[str | None, int | None]:
+    """``(state, exit code)`` from ``/proc/PID/stat``: the state letter (``T``: stopped, ``t``: stopped by a
+    debugger, ``Z``: exited, not yet reaped) and, for a zombie, its exit code (``-signal`` when a signal ended it;
+    field 52, Linux 3.5+); ``(None, None)`` if unknown."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
-        return None
+        return None, None
     fields = stat[stat.rfind(")") + 1 :].split()
-    return fields[0] if fields else None
-
-
-@contextlib.contextmanager
-def _ending_on_signals() -> Iterator[None]:
-    """While the workers run: SIGTERM and SIGHUP (when their action is the default, which would end this
-    process at once and leave the workers to the parent-death signal) raise :class:`_Signalled`, so that the
-    workers are ended first; the signal is then delivered again, with its default action."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if not caught:  # a second signal while the workers are being ended changes nothing
-            caught.append(signum)
-            raise _Signalled(signum)
-
-    names = ("SIGTERM", "SIGHUP")
-    previous = {
-        sig: signal.signal(sig, handler)
-        for sig in (getattr(signal, n) for n in names if hasattr(signal, n))
-        if signal.getsignal(sig) is signal.SIG_DFL
-    }
-    try:
-        yield
-    except _Signalled as exc:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        previous = {}
-        signal.raise_signal(exc.signum)
-        raise SystemExit(128 + exc.signum) from None  # only if the default action did not end the process
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    if not fields:
+        return None, None
+    status = None
+    if fields[0] == "Z" and len(fields) > 49:
+        raw = int(fields[49])
+        status = -(raw & 0x7F) if raw & 0x7F else (raw >> 8) & 0xFF
+    return fields[0], status

@@ -12,12 +12,21 @@ The study lives in ``OUTPUT/study.db`` (SQLite): running the same command again 
 trials have finished (a trial cut short by an interruption is recorded as failed and not counted; a trial whose
 training raised is counted, with its error). ``OUTPUT/best.json`` holds the best configuration
 (:func:`best_config` rebuilds its :class:`~pml_anchors.app.config.TrainConfig`).
+
+``jobs=N`` runs N processes on the one study (this one and N - 1 spawned ones, each its own trials, sharing the
+SQLite storage): Optuna's TPE with ``constant_liar`` so that parallel proposals spread out, and the budget counts the
+trials every process has finished or is running. The spawned processes die with this one (``PR_SET_PDEATHSIG`` on
+Linux); a trial left running by a killed process is failed, uncounted, when the study is next opened.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import multiprocessing
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -109,8 +118,19 @@ def _counted(trial: Any, optuna: Any) -> bool:
     return trial.state == state.COMPLETE or (trial.state == state.FAIL and "error" in trial.user_attrs)
 
 
-def _open_study(optuna: Any, folder: Path, seed: int, identity: dict[str, Any]) -> Any:
-    storage = f"sqlite:///{(folder / STUDY_FILE).resolve()}"
+def _storage(optuna: Any, folder: Path) -> Any:
+    """The study's SQLite storage; a process waits up to a minute for another one's write."""
+    url = f"sqlite:///{(folder / STUDY_FILE).resolve()}"
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def _sampler(optuna: Any, seed: int, jobs: int) -> Any:
+    # constant_liar: with several processes, a running trial counts as a poor result, so the others look elsewhere
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=jobs > 1)
+
+
+def _open_study(optuna: Any, folder: Path, seed: int, identity: dict[str, Any], jobs: int = 1) -> Any:
+    storage = _storage(optuna, folder)
     probe = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True)
     recorded = probe.user_attrs.get("identity")
     if recorded is None:
@@ -125,7 +145,7 @@ def _open_study(optuna: Any, folder: Path, seed: int, identity: dict[str, Any]) 
     for trial in probe.get_trials(deepcopy=False, states=(running,)):  # left by a killed run (the folder is locked)
         probe.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     # a resumed search draws anew (the same seed would propose the first trials' points again)
-    sampler = optuna.samplers.TPESampler(seed=seed + len(probe.trials))
+    sampler = _sampler(optuna, seed + len(probe.trials), jobs)
     return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
 
 
@@ -153,6 +173,7 @@ def tune(
     splits: Any = None,
     on_trial: Callable[[str], None] | None = None,
     threads_from: str | None = None,
+    jobs: int = 1,
     **config: Any,
 ) -> dict[str, Any]:
     """Search ``method``'s hyper-parameters on ``folds`` validation folds of the training split; see the module.
@@ -160,7 +181,8 @@ def tune(
     :param output: the study folder (``study.db``, ``best.json``); a study already there is continued.
     :param trials: the budget: finished trials in the study, those of earlier runs included.
     :param splits: the dataset (default: loaded from the config); its test split is sealed and never read.
-    :param on_trial: called with one line per trial (default: printed on stderr).
+    :param on_trial: called with one line per trial (default: printed on stderr; the spawned processes print theirs).
+    :param jobs: processes searching the study together (this one included; see the module).
     :param config: further :class:`TrainConfig` fields shared by every trial (``epochs``, ``batch_size``,
         ``embedding_size``, ``backbone``, ``seed``, ``limit``, ``loss_kwargs``, ...).
     :returns: the ``best.json`` dict.
@@ -170,7 +192,9 @@ def tune(
 
     trials = check_int(trials, "trials", minimum=1)
     folds = check_int(folds, "folds", minimum=2)
-    for key in ("output", "validation", "tensorboard", "eval_every_epoch"):
+    jobs = check_int(jobs, "jobs", minimum=1)
+    splits_given = splits is not None
+    for key in ("output", "validation", "select_epoch", "tensorboard", "eval_every_epoch"):
         if config.get(key) is not None:
             raise ValueError(f"tune does not take {key!r}: each trial trains on validation folds and writes no run")
     base = TrainConfig(method=method, dataset=dataset, output=None, checkpoint_every_epoch=False, **config)
@@ -186,25 +210,125 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(output)
     with claimed(folder, resume=True):
-        study = _open_study(optuna, folder, base.seed, identity)
-        while (done := sum(_counted(t, optuna) for t in study.get_trials(deepcopy=False))) < trials:
-            trial = study.ask(distributions)
-            started = time.perf_counter()
-            try:
-                value = _objective(trial, base, splits, folds)
-            except Exception as exc:  # noqa: BLE001 - a trial that raises is a failed point of the search, not its end
-                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                value = None
-            except BaseException:  # interrupted (Ctrl-C): recorded as failed, not counted; the next run redoes it
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                raise
-            else:
-                study.tell(trial, value)
-            say(_line(done, trials, trial, value, _best(study, optuna), time.perf_counter() - started))
+        study = _open_study(optuna, folder, base.seed, identity, jobs)
+        others = _start_jobs(jobs, method, dataset, base, folder, trials, folds, splits_given=splits_given)
+        try:
+            _search(optuna, study, distributions, base, splits, folds, trials, say, job=0)
+        finally:
+            _join(others)
         best = _summary(study, optuna, spec, base, space, trials, folds, splits, threads_from)
         write_json(best, folder / BEST_FILE)
     return best
+
+
+def _search(
+    optuna: Any,
+    study: Any,
+    distributions: Mapping[str, Any],
+    base: TrainConfig,
+    splits: Any,
+    folds: int,
+    trials: int,
+    say: Callable[[str], None],
+    job: int,
+) -> None:
+    """Ask, train and tell trials until the study's finished and running trials (every process's) reach ``trials``."""
+    running = optuna.trial.TrialState.RUNNING
+    while True:
+        existing = study.get_trials(deepcopy=False)
+        done = sum(_counted(t, optuna) for t in existing)
+        if done + sum(t.state == running for t in existing) >= trials:
+            return
+        trial = study.ask(distributions)
+        trial.set_user_attr("job", job)
+        started = time.perf_counter()
+        try:
+            value = _objective(trial, base, splits, folds)
+        except Exception as exc:  # noqa: BLE001 - a trial that raises is a failed point of the search, not its end
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            value = None
+        except BaseException:  # interrupted (Ctrl-C): recorded as failed, not counted; the next run redoes it
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, value)
+        done = sum(_counted(t, optuna) for t in study.get_trials(deepcopy=False))
+        say(_line(done - 1, trials, trial, value, _best(study, optuna), time.perf_counter() - started))
+
+
+def _start_jobs(
+    jobs: int,
+    method: str,
+    dataset: str,
+    base: TrainConfig,
+    folder: Path,
+    trials: int,
+    folds: int,
+    *,
+    splits_given: bool,
+) -> list[Any]:
+    """Spawn ``jobs - 1`` processes searching the study beside this one (each loads the dataset itself)."""
+    if jobs == 1:
+        return []
+    if splits_given:
+        raise ValueError("tune with jobs > 1 loads the dataset in every process: pass the dataset's name, not splits")
+    context = multiprocessing.get_context("spawn")
+    config = {**base.to_dict(), "method": method, "dataset": dataset}
+    processes = [
+        context.Process(
+            target=_job, args=(index, config, str(folder), trials, folds, os.getpid()), name=f"pml-anchors-tune-{index}"
+        )
+        for index in range(1, jobs)
+    ]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def _join(processes: list[Any]) -> None:
+    """Wait for the spawned processes; one that failed is an error naming it (the others are stopped first)."""
+    failed = []
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            failed.append(f"{process.name} (pid {process.pid}) exited with {process.exitcode}")
+    if failed:
+        raise RuntimeError("tune: " + "; ".join(failed) + " (its error is above)")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGKILL when the process that spawned it dies (even by ``kill -9``); a parent that
+    died while this one was starting ends it now."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
+def _job(index: int, config: dict[str, Any], folder: str, trials: int, folds: int, parent: int) -> None:
+    """A spawned search process: the same study, its own trials (its lines on stderr)."""
+    _die_with_parent(parent)
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = TrainConfig.from_dict(config)
+    if base.num_threads:
+        import torch
+
+        torch.set_num_threads(base.num_threads)
+    spec, _ = resolve_method(base.method)
+    space = _check_space(spec, base.loss_kwargs)
+    distributions = {name: _distribution(optuna, param) for name, param in space.items()}
+    splits = seal_test_split(load_config_dataset(base))
+    storage = _storage(optuna, Path(folder))
+    seed = base.seed + 7919 * index + len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=_sampler(optuna, seed, jobs=2))
+    say = lambda line: print(f"[job {index}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        _search(optuna, study, distributions, base, splits, folds, trials, say, job=index)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def _objective(trial: Any, base: TrainConfig, splits: Any, folds: int) -> float:

@@ -4,9 +4,10 @@ Each study folder (``pml-anchors tune``'s ``best.json``; or a parent folder of s
 configuration. Every method then trains once per seed on the full training split, with the study's data split (its
 seed: the test items are the ones no trial saw) and the seed only changing the initialisation and the batches, and
 is evaluated once on the test split. The table reports test MAP@R, P@1 and Recall@K as mean ± the 95 % Student-t
-interval over the seeds (:mod:`pml_anchors.app.stats`) and, where the method's PML counterpart (its loss's
-``pml_counterpart``, e.g. C-NCM → ``NormalizedSoftmaxLoss``) was tuned too, the paired t-test of their per-seed
-MAP@R. Writes ``results.md`` and ``results.json`` into ``output``.
+interval over the seeds (:mod:`pml_anchors.app.stats`) and, where the method's counterpart was tuned too, the paired
+t-test of their per-seed MAP@R. The counterpart is the one the method's spec declares (``MethodSpec.counterpart``,
+e.g. CAM → ``baseline:pml_contrastive``, E-NCM → ``baseline:cross_entropy``), else the baseline running its loss's
+``pml_counterpart`` (C-NCM → ``NormalizedSoftmaxLoss``). Writes ``results.md`` and ``results.json`` into ``output``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.recall_at_k import recall_metrics_in
-from .baselines import BASELINES, PREFIX
+from .baselines import PREFIX, counterpart_of
 from .config import TrainConfig
 from .output_folder import write_atomically
+from .plots import plot_intervals, plots_unavailable
 from .results import results_dict, test_classes, write_json
-from .session import build, evaluate_session, load_config_dataset, resolve_method, train
+from .session import build, final_metrics, load_config_dataset, resolve_method, train
 from .stats import mean_ci, paired_t
 from .tune import BEST_FILE, best_config
 
@@ -67,13 +69,9 @@ def _check_shared(studies: list[dict[str, Any]]) -> None:
 
 
 def _counterpart(method: str) -> str | None:
-    """The baseline (``baseline:<name>``) whose PML loss the method's loss declares as its counterpart."""
-    spec, _ = resolve_method(method)
-    target = getattr(spec.resolve_loss(), "pml_counterpart", None)
-    for baseline in BASELINES.values():
-        if target and baseline.spec.resolve_loss().__name__ == target:
-            return PREFIX + baseline.name
-    return None
+    """What the method is paired with (:func:`~pml_anchors.app.baselines.counterpart_of`: its spec's
+    ``counterpart``, or the baseline running its loss's ``pml_counterpart``)."""
+    return counterpart_of(resolve_method(method)[0])
 
 
 def bench_tuned(
@@ -83,9 +81,11 @@ def bench_tuned(
     output: str | Path = "bench",
     on_result: Callable[[dict[str, Any]], None] | None = None,
     progress: str | None = None,
+    plots: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train every tuned method of ``tuned`` over ``seeds``; write ``results.md`` and ``results.json``.
+    """Train every tuned method of ``tuned`` over ``seeds``; write ``results.md``, ``results.json`` and, with
+    ``plots`` and matplotlib, ``intervals.png`` (:func:`~pml_anchors.app.plots.plot_intervals`).
 
     ``overrides``: :class:`TrainConfig` fields applied to every run (``device``, ``num_threads``, ``knn``,
     ``dataloader_num_workers``, ...); not the tuned or shared settings, which come from the studies.
@@ -113,7 +113,7 @@ def bench_tuned(
             cfg = TrainConfig.from_dict({**data_config.to_dict(), "seed": seed, "output": None})
             started = time.perf_counter()
             session = train(build(cfg, splits=splits))
-            result = results_dict(session, evaluate_session(session), wall_seconds=time.perf_counter() - started)
+            result = results_dict(session, final_metrics(session), wall_seconds=time.perf_counter() - started)
             runs.append(result)
             if progress == "lines":
                 print(f"{name} seed {seed}: MAP@R {result[HEADLINE]:.4f}", file=sys.stderr, flush=True)
@@ -124,6 +124,13 @@ def bench_tuned(
     summary = _summarise(methods, seeds, splits)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    summary["figures"] = []
+    if plots:
+        if (note := plots_unavailable()) is not None:
+            print(note, file=sys.stderr)
+        else:
+            plot_intervals(summary, out / "intervals.png")
+            summary["figures"].append("intervals.png")
     write_json(summary, out / "results.json")
     text = markdown_table(summary)
     write_atomically(out / "results.md", lambda tmp: tmp.write_text(text))
@@ -197,11 +204,20 @@ def markdown_table(summary: dict[str, Any]) -> str:
         + (f" in {summary['test_classes']} classes" if summary.get("test_classes") else "")
         + f", the split of data seed {summary['data_seed']}, never read while tuning. Cells: mean ± the 95 % "
         f"Student-t interval over the {len(seeds)} seeds. Tuning: Optuna TPE on {summary['folds']} validation folds "
-        "of the training split, mean validation MAP@R; budget and tuned parameters per row. vs PML: the paired t-test "
-        "of the per-seed test MAP@R against the method's PML counterpart (difference ± interval, two-sided p).",
+        "of the training split, mean validation MAP@R; budget and tuned parameters per row. vs counterpart: the paired "
+        "t-test of the per-seed test MAP@R against the method's counterpart (MethodSpec.counterpart; difference ± "
+        "interval, two-sided p).",
         "",
     ]
-    header = ["method", "MAP@R", "P@1", *(f"R@{k}" for k, _ in recalls), "vs PML (Δ MAP@R, p)", "budget", "tuned"]
+    header = [
+        "method",
+        "MAP@R",
+        "P@1",
+        *(f"R@{k}" for k, _ in recalls),
+        "vs counterpart (Δ MAP@R, p)",
+        "budget",
+        "tuned",
+    ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         name = r["method"].removeprefix(PREFIX) + (" (PML)" if r["baseline"] else "")

@@ -100,6 +100,8 @@ def _run_tuned(args: argparse.Namespace) -> int:
             f"{r['method']} seed {r['seed']}: MAP@R {fmt(r['mean_average_precision_at_r'])}, P@1 {fmt(r['precision_at_1'])}"
         )
 
-    bench_tuned(args.tuned, seeds=args.seeds or (0, 1, 2), output=args.output, on_result=report, **config)
-    print(f"wrote results.md, results.json in {args.output}")
+    seeds = args.seeds or (0, 1, 2)
+    plots = not args.no_plots
+    summary = bench_tuned(args.tuned, seeds=seeds, output=args.output, on_result=report, plots=plots, **config)
+    print(f"wrote {', '.join(['results.md', 'results.json', *summary['figures']])} in {args.output}")
     return 0

@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C (or a plugin raising it while loading, named in the message)
-        print(f"pml-anchors {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"pml-anchors {args.command}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130  # 128 + SIGINT
     except BrokenPipeError:  # the reader went away (`pml-anchors methods | head`): stop quietly, like other tools
         devnull = os.open(os.devnull, os.O_WRONLY)

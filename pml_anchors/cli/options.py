@@ -124,6 +124,7 @@ def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         "--seed; a class with fewer is an error naming it; not with --limit",
     )
     p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
+    add_select_epoch(p)
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument(
         "--deterministic",
@@ -161,6 +162,36 @@ def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         "image folders on a GPU want a few)",
     )
     add_output_flags(p)
+
+
+def add_select_epoch(p: argparse.ArgumentParser) -> None:
+    """Best-epoch selection and early stopping on a validation fold (``TrainConfig.select_epoch``)."""
+    p.add_argument(
+        "--select-epoch",
+        action="store_true",
+        help="select the epoch on a validation fold: train on the other folds of the training split (class-disjoint "
+        "under open_set, stratified under same_class), evaluate the fold after every epoch, keep the best epoch's "
+        "weights and evaluate the test split once, at the end, with them (docs/tuning.md)",
+    )
+    p.add_argument(
+        "--select-folds", type=int, metavar="K", help="--select-epoch: folds of the training split (default 4)"
+    )
+    p.add_argument("--select-fold", type=int, metavar="F", help="--select-epoch: the fold selected on (default 0)")
+    p.add_argument(
+        "--select-metric",
+        metavar="NAME",
+        help="--select-epoch: the validation metric (default mean_average_precision_at_r; any metric the "
+        "evaluation reports, e.g. precision_at_1)",
+    )
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="N",
+        help="stop once N epochs in a row did not improve the validation metric (implies --select-epoch)",
+    )
+
+
+SELECT_ARGS = {"folds": "select_folds", "fold": "select_fold", "metric": "select_metric", "patience": "early_stopping"}
 
 
 def add_output_flags(p: argparse.ArgumentParser) -> None:
@@ -225,6 +256,9 @@ def given_config(args: argparse.Namespace) -> dict:
         given["dataset_kwargs"] = dict(args.dataset_kwargs)
     if getattr(args, "download", False):
         given["dataset_kwargs"] = {**given.get("dataset_kwargs", {}), "download": True}
+    select = {key: getattr(args, attr) for key, attr in SELECT_ARGS.items() if getattr(args, attr, None) is not None}
+    if getattr(args, "select_epoch", False) or select:
+        given["select_epoch"] = select
     if getattr(args, "compile", None) is not None:
         given["compile"] = True
         given["compile_kwargs"] = {} if args.compile == "default" else {"mode": args.compile}

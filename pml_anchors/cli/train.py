@@ -9,8 +9,12 @@ import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .options import DATASET_HELP, add_common, fmt, given_config, json_arg, recall_text, resolve_threads, setup_output
+
+if TYPE_CHECKING:
+    from ..app.torchrun_env import TorchrunEnv
 
 #: where a run without --output goes, relative to the current directory
 DEFAULT_RUNS = "runs"
@@ -62,8 +66,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--timeout",
         type=float,
         metavar="SECONDS",
-        help="with --nproc: how long a process waits for the others in a collective before the whole job fails, "
-        "naming the process (default 300)",
+        help="with --nproc or under torchrun: how long a process waits for the others in a collective before the "
+        "whole job fails, naming the process (default 300)",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --nproc: restart the processes up to K times after a failure, each time resuming from the last "
+        "checkpoint in --output (as torchrun --max-restarts K does; default 0)",
+    )
+    p.add_argument(
+        "--class-parallel",
+        action="store_true",
+        default=None,
+        help="with --nproc or under torchrun: shard the loss's anchors over the processes, each holding C / N "
+        "classes (exact; for millions of classes; e_ncm, c_ncm, reponet, fsc, proxy_anchor; docs/class_parallel.md)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
@@ -71,9 +90,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     given = given_config(args)
+    if getattr(args, "class_parallel", None):
+        given["class_parallel"] = True
     if not args.resume and "method" not in given:
         raise ValueError("--method is required (see `pml-anchors methods`), unless --resume is given")
-    mode = setup_output(args, own_progress=args.nproc == 1)
+    from ..app.torchrun_env import detect
+
+    torchrun = detect()  # under torchrun: this process is one worker of the job (docs/distributed.md)
+    if torchrun is not None and (args.nproc != 1 or args.max_restarts):
+        raise ValueError(
+            "--nproc and --max-restarts start processes; under torchrun use its --nproc-per-node and --max-restarts"
+        )
+    mode = setup_output(args, own_progress=args.nproc == 1 and torchrun is None)
     from ..app.checkpoints import load_checkpoint
 
     values: dict = {}
@@ -88,14 +116,23 @@ def run(args: argparse.Namespace) -> int:
         if key in given:
             given[key] = {**values.get(key, {}), **given[key]}
     values.update(given)
+    if args.resume and values.get("class_parallel") and args.nproc == 1 and torchrun is None:
+        # its checkpoint holds every anchor (docs/class_parallel.md): one process trains on with all of them
+        print("resuming a --class-parallel run in one process: this process holds every anchor", file=sys.stderr)
+        values["class_parallel"] = False
     if args.no_output:
         values["output"] = None
     created: list[str] = []
     if not args.resume and not args.no_output and values.get("output") is None:
-        values["output"], created = default_output(str(values["method"]))
-    threads_from = resolve_threads(values, given, args.nproc)
+        if torchrun is not None and torchrun.max_restarts:  # a restart must find the folder of the first attempt
+            method = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(values["method"]))
+            run_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", torchrun.run_id or "job")
+            values["output"] = os.path.join(DEFAULT_RUNS, f"{method}-torchrun-{run_id}")
+        else:
+            values["output"], created = default_output(str(values["method"]))
+    threads_from = resolve_threads(values, given, torchrun.local_world_size if torchrun else args.nproc)
     try:
-        return _train(args, values, done, checkpoint, mode, threads_from, announce=bool(created))
+        return _train(args, values, done, checkpoint, mode, threads_from, announce=bool(created), torchrun=torchrun)
     except BaseException:
         for folder in reversed(created):  # a default folder that the failed run left empty is not kept
             with contextlib.suppress(OSError):
@@ -125,6 +162,7 @@ def _train(
     threads_from: str,
     *,
     announce: bool = False,
+    torchrun: TorchrunEnv | None = None,
 ) -> int:
     from ..app.config import TrainConfig
     from ..app.progress import RunProgress
@@ -140,10 +178,26 @@ def _train(
             "(pass a larger --epochs to train on)",
             file=sys.stderr,
         )
-    if args.nproc != 1:
-        from ..app.launch import launch  # N processes, DDP + DistributedLoss
+    if torchrun is not None:
+        from ..app.launch import train_torchrun  # one worker of torchrun's job, DDP + DistributedLoss
 
-        results = launch(config, args.nproc, resume=args.resume, verbose=args.verbose, overwrite=args.overwrite)
+        worker_results = train_torchrun(
+            config, torchrun, resume=args.resume, verbose=args.verbose, overwrite=args.overwrite
+        )
+        if worker_results is None:  # rank != 0: rank 0 prints and writes the results
+            return 0
+        results = worker_results
+    elif args.nproc != 1 or args.max_restarts:
+        from ..app.launch import launch  # N processes under torch's elastic agent, DDP + DistributedLoss
+
+        results = launch(
+            config,
+            args.nproc,
+            resume=args.resume,
+            verbose=args.verbose,
+            overwrite=args.overwrite,
+            max_restarts=args.max_restarts,
+        )
     else:
         progress = None
         if mode != "off":
@@ -170,5 +224,16 @@ def _summary(r: dict) -> str:
         f"{r['seconds']:.1f} s on {r['device']}: "
         f"P@1 {fmt(r['precision_at_1'])}, {recall_text(r)}MAP@R {fmt(r['mean_average_precision_at_r'])}, "
         f"R-precision {fmt(r['r_precision'])}, mAP {fmt(r['mean_average_precision'])}, "
-        f"nearest-anchor acc {fmt(r['nearest_anchor_accuracy'])}"
+        f"nearest-anchor acc {fmt(r['nearest_anchor_accuracy'])}" + _selection_text(r.get("selection"))
+    )
+
+
+def _selection_text(selection: dict | None) -> str:
+    """What ``--select-epoch`` chose, after the test metrics (which are the selected epoch's)."""
+    if not selection:
+        return ""
+    stopped = f", stopped early at epoch {selection['stopped_at_epoch']}" if selection["stopped_early"] else ""
+    return (
+        f"\n  tested once with epoch {selection['best_epoch']}, selected on {selection['selected_on'].split(' of the')[0]}"
+        f" ({selection['metric']} {fmt(selection['best_value'])}{stopped})"
     )

@@ -30,6 +30,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="validation folds of the training split (default 4): class-disjoint under --protocol open_set, "
         "stratified under same_class",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes searching the study together, each training its own trials (default 1; the threads are "
+        "shared out among them); `tune` run again on the same --output also continues it",
+    )
     add_common(p)
     p.add_argument("--loss-kwargs", type=json_arg, help="JSON object of fixed loss keyword arguments (not tuned)")
     p.add_argument("--hook-kwargs", type=json_arg, help="JSON object of trainer-hook keyword arguments")
@@ -48,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("tune does not take --tensorboard: its trials write no runs")
     for key in ("method", "dataset", "output"):
         config.pop(key, None)
-    threads_from = resolve_threads(config, dict(config))
+    threads_from = resolve_threads(config, dict(config), max(1, args.jobs))
     quiet = args.no_progress
     best = tune(
         args.method,
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         on_trial=(lambda line: None) if quiet else None,
         threads_from=threads_from,
+        jobs=args.jobs,
         **config,
     )
     if args.json:

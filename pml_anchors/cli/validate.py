@@ -164,9 +164,22 @@ def _check(spec: Any, run: bool, num_classes: int, embedding_size: int | None) -
             row["detail"] += (
                 f"; conformance passed (loss {report['loss']:.4g}, in PML's trainer {report['trainer_loss']:.4g})"
             )
+            row["detail"] += _compile_text(report.get("compile"))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - every failure becomes a row, sys.exit() in a lazy module too
         row.update(status="failed", error=_error(exc))
     return row
+
+
+def _compile_text(compiled: dict[str, Any] | None) -> str:
+    """``; compiles whole`` or ``; 3 graph breaks (2 host reads)`` (docs/compile.md): what the step costs on a GPU."""
+    if not compiled:
+        return ""
+    if compiled.get("graph_breaks") is None:
+        return f"; does not compile ({compiled.get('error', 'dynamo could not trace it')})"
+    breaks, reads = compiled["graph_breaks"], compiled.get("host_reads") or 0
+    text = "; compiles whole" if breaks == 0 else f"; {breaks} graph break{'s' * (breaks != 1)} ({reads} host reads)"
+    syncs = compiled.get("cuda_syncs")
+    return text + ("" if syncs is None else f", {syncs} CUDA syncs per step")
 
 
 def _lazy_initializer_rows(plugins: set[str] | None, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

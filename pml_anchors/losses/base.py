@@ -65,7 +65,8 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     :param seed: seed for random initializers. The default ``0`` makes every process (e.g. every
         DDP rank) build identical anchors; ``None`` draws from torch's global RNG.
     :param anchor_kwargs: extra keyword arguments for the initializer.
-    :param check_finite: raise on NaN/Inf embeddings (one device sync per forward).
+    :param check_finite: raise on NaN/Inf embeddings (eager on CPU: a ``ValueError`` from one host read; on an
+        accelerator and under ``torch.compile``: a non-blocking device assertion, see ``docs/compile.md``).
     :param chunk_size: ``None`` (default): all classes at once. A positive int: losses built on
         :func:`pml_anchors.losses.logsumexp.class_logsumexp` process the anchor rows in chunks of this many (whole
         classes), recomputing each chunk in backward: peak memory O(B * chunk_size) instead of
@@ -250,6 +251,9 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         anchors = self.anchors
         if anchors.requires_grad:
             return compute(self.cast_anchors(embeddings))
+        if torch.compiler.is_compiling():  # inside the compiled graph, recomputed from the buffer at every call
+            with torch.no_grad():
+                return compute(self.cast_anchors(embeddings))
         key = (
             -1 if anchors.is_inference() else anchors._version,  # inference tensors have no version counter
             anchors.data_ptr(),
@@ -378,6 +382,21 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         :returns: ``{name: entry}`` for every name of ``_sub_loss_names()``, each entry made by :meth:`element_loss`
             (per sample, reduced by the reducer) or :meth:`reduced_loss` (a scalar); the reducer sums the terms.
         """
+        raise NotImplementedError
+
+    def class_parallel_losses(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor, shard: Any
+    ) -> dict[str, dict[str, Any]]:
+        """:meth:`anchor_losses` with the anchors sharded over processes (Partial FC, An et al. 2021); what a method
+        implements to run under :class:`~pml_anchors.losses.class_parallel.ClassParallelLoss`.
+
+        ``embeddings``, ``labels`` and ``weights`` are the *global* batch (every process's, gathered); ``anchors`` is
+        this process's block of rows ``[shard.start, shard.stop)`` (labels index all rows). Compute the block's terms
+        with the same kernel (:func:`~pml_anchors.losses.logsumexp.class_logsumexp`) through ``shard``
+        (:class:`~pml_anchors.losses.class_parallel.ClassShard`: ``others_logsumexp`` for softmax-type
+        cross-entropies, ``batch_logsumexp`` for per-proxy terms, ``sum``/``logsumexp``/``cat`` to combine the
+        rest) and return the same loss dict as :meth:`anchor_losses` on the whole batch, identical on every process.
+        Not implemented by default: such a loss refuses class-parallel training."""
         raise NotImplementedError
 
     def element_loss(self, losses: torch.Tensor, **extra: Any) -> dict[str, Any]:

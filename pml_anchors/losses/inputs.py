@@ -2,7 +2,8 @@
 
 Each raises a ``TypeError`` (wrong type) or ``ValueError`` (wrong shape or value) whose message says what was
 expected and what was given; ``docs/bad_input.md`` lists them. Only :func:`check_label_range_and_finite` reads the
-data (one device sync for all of it).
+data: in eager CPU use with one host read for all of it; on an accelerator and under ``torch.compile`` as a
+non-blocking device assertion (no host-device synchronisation, no graph break).
 """
 
 from __future__ import annotations
@@ -48,24 +49,46 @@ def check_labels(labels: Any, batch_size: int) -> None:
 def check_label_range_and_finite(
     embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, *, check_finite: bool = True
 ) -> None:
-    """Labels in ``[0, num_classes)`` and, with ``check_finite``, no NaN/Inf embedding: one device sync for both.
+    """Labels in ``[0, num_classes)`` and, with ``check_finite``, no NaN/Inf embedding.
 
-    A finite sum proves every embedding finite (any NaN/Inf makes it NaN/Inf); a non-finite one (or an overflow)
-    triggers the exact, row-by-row check that names the bad rows.
+    Eager, on CPU tensors: a ``ValueError`` naming the range found or the bad rows, from one host read for both
+    checks. A finite sum proves every embedding finite (any NaN/Inf makes it NaN/Inf); a non-finite one (or an
+    overflow) triggers the exact, row-by-row check that names the bad rows.
+
+    On an accelerator (reading a value back would stall the host until the device caught up) and under
+    ``torch.compile`` (where it would break the graph), each check is a device-side assertion instead
+    (``torch._assert_async``): it costs no synchronisation, and a failing one raises a ``RuntimeError`` with the
+    same wording where the host next waits for the device (on CUDA, a device-side assert that ends the process's
+    CUDA context; on CPU under ``torch.compile``, when the compiled code runs).
     """
     if embeddings.shape[0] == 0:
         return
-    low, high = torch.aminmax(labels)
-    checks = [low.double(), high.double()]
-    if check_finite:
-        checks.append(embeddings.sum(dtype=torch.float32).double().to(labels.device))
-    values = torch.stack(checks).tolist()
-    first, last = int(values[0]), int(values[1])
-    if first < 0 or last >= num_classes:
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), got values from {first} to {last}"
+    compiling = torch.compiler.is_compiling()
+    labels_on_host = not compiling and labels.device.type == "cpu"
+    finite_on_host = check_finite and not compiling and embeddings.device.type == "cpu"
+    if not labels_on_host:
+        low, high = torch.aminmax(labels)
+        torch._assert_async(
+            (low >= 0) & (high < num_classes), f"labels must lie in [0, {num_classes}) (num_classes={num_classes})"
         )
-    if check_finite and not math.isfinite(values[2]):
+    if check_finite and not finite_on_host:
+        torch._assert_async(torch.isfinite(embeddings).all(), "embeddings contain NaN or Inf")
+    if not (labels_on_host or finite_on_host):
+        return
+    checks = []
+    if labels_on_host:
+        low, high = torch.aminmax(labels)
+        checks += [low.double(), high.double()]
+    if finite_on_host:
+        checks.append(embeddings.sum(dtype=torch.float32).double())
+    values = torch.stack(checks).tolist()
+    if labels_on_host:
+        first, last = int(values[0]), int(values[1])
+        if first < 0 or last >= num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), got values from {first} to {last}"
+            )
+    if finite_on_host and not math.isfinite(values[-1]):
         bad = (~torch.isfinite(embeddings)).any(dim=1).nonzero().flatten()[:5].tolist()
         if bad:
             raise ValueError(f"embeddings contain NaN or Inf (first bad rows: {bad})")

@@ -25,11 +25,12 @@ do anyway), and ``exp(z - m) = exp2(log2(e) z - log2(e) m)``. On CPU ``torch.exp
 ``torch.exp`` and, unlike it, has no slow path for arguments below -87 (where ``exp`` underflows); the
 result differs from ``exp`` by a few float rounding units of the largest terms.
 
-Under ``torch.compile`` both functions run eagerly (``torch.compiler.disable``, applied only when compiling, so that
-a loss used without ``torch.compile`` does not import ``torch._dynamo``, about 1 s; dynamo graph-breaks around them):
-the autograd function keeps Python-side state from forward to backward (the saved ``exp(z - m)`` buffer, the
-logit map's per-block caches), which dynamo cannot trace (it fails on the caches' side effects). Everything
-around them compiles.
+Under ``torch.compile`` both functions run as the custom operators ``pml_anchors::class_lse`` and
+``pml_anchors::class_lse_backward`` (``torch.library.custom_op``): the same kernels, opaque to the compiler, with
+the logit map passed by kind and parameters and the backward recomputing the logits, so that a loss compiles
+whole (``fullgraph=True``, no graph break). Without ``torch.compile`` the autograd function runs directly (the
+saved ``exp(z - m)`` buffer, no ``torch._dynamo`` import). Only a third-party :class:`LogitMap` subclass still
+runs under ``torch.compiler.disable`` (a graph break).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -398,120 +399,418 @@ def _combine2(shifts: torch.Tensor, sums: torch.Tensor, add_zero: bool):
     return (m + torch.log2(s)).mul_(LN2), m, s
 
 
+class _State:
+    """What the forward hands its backward besides the saved tensors (an autograd ctx, or this for the custom op)."""
+
+    saved: torch.Tensor | None = None
+    sums: torch.Tensor | None = None
+    shift2: torch.Tensor | None = None
+    own_softmax: torch.Tensor | None = None
+    bounds: list[tuple[int, int]]
+
+
+def _lse_forward(st, x, rows, labels, spec: _Spec, keep: bool = True):
+    """The forward of :class:`_ClassLogSumExp`: ``(out, own, lse)``; sets ``st.bounds``, ``st.shift2``, ``st.sums``,
+    ``st.own_softmax`` and (``keep``, one chunk) ``st.saved``, the ``exp(z - m)`` buffer the backward reuses."""
+    fmap, dim = spec.logit_map, spec.dim
+    bounds = _bounds(rows.shape[0], spec.chunk_size, spec.group)
+    single = len(bounds) == 1
+    own2 = None  # the own-class (excluded) logits, base 2
+    parts = []
+    shifts, sums = [], []  # dim 1, several chunks: each chunk's (max, sum of 2^(z2 - max)), combined below
+    st.saved = st.shift2 = st.sums = st.own_softmax = None
+    for start, stop in bounds:
+        z2 = fmap.forward(x, rows[start:stop], start, LOG2E)
+        if labels is not None:
+            ex = _Exclusion(labels, start, stop, spec.group, whole=single)
+            values = ex.take(z2, mask=not spec.ce)
+            if own2 is None or ex.valid is None:  # first chunk, or the only one (holds every class)
+                own2 = values
+            else:
+                own2 = torch.where(ex.valid.unsqueeze(1), values, own2)
+        add_zero = spec.add_zero and (dim == 0 or single)
+        e, s, m, lse = _stats2(z2, dim, add_zero)
+        if single:  # keep exp(z - m) and its sum for backward: it becomes the gradient in place
+            st.sums, st.shift2 = s, m
+            if keep:
+                st.saved = e
+        elif dim == 1:
+            shifts.append(m)
+            sums.append(s)
+        del z2, e
+        parts.append(lse)
+    if dim == 0:
+        lse = parts[0] if single else torch.cat(parts, dim=1)
+    elif single:
+        lse = parts[0]
+    else:  # one (shift, sum) per row over every chunk, which backward normalises with exactly: a logsumexp
+        # of the chunks' lse would put its rounding (an ulp of |lse|, large for large logits) into every weight
+        lse, st.shift2, st.sums = _combine2(torch.cat(shifts, dim=1), torch.cat(sums, dim=1), spec.add_zero)
+    lse = lse.squeeze(dim)
+    st.bounds = bounds
+    if labels is None:
+        return lse, lse.new_empty(0), lse
+    assert own2 is not None  # with labels, set by the first chunk (there is always one)
+    own = own2 * LN2
+    if not spec.ce:
+        return lse, own, lse
+    # cross-entropy: logsumexp over all rows minus logsumexp over the own class's rows
+    if spec.group == 1:
+        own_lse = own.squeeze(1)
+    else:
+        st.own_softmax, own_lse = torch.softmax(own, dim=1), torch.logsumexp(own, dim=1)
+    return lse - own_lse, own, lse
+
+
+def _lse_backward(st, x, rows, labels, lse, spec: _Spec, grad_lse, grad_own, need_x: bool, need_rows: bool):
+    """The backward of :class:`_ClassLogSumExp`: ``(d x, d rows)`` (``None`` where not needed)."""
+    fmap, dim = spec.logit_map, spec.dim
+    if grad_lse is None:
+        grad_lse = torch.zeros_like(lse)
+    if spec.ce or (grad_own is not None and grad_own.numel() == 0):
+        grad_own = None
+    g = grad_lse.unsqueeze(dim)
+    bounds = st.bounds
+    single = len(bounds) == 1
+    dx = None
+    drows = None if single else (torch.zeros_like(rows) if need_rows else None)
+    saved, st.saved = st.saved, None  # consumed: a second backward (retain_graph) recomputes
+    for start, stop in bounds:
+        chunk = rows[start:stop]
+        ex = None if labels is None else _Exclusion(labels, start, stop, spec.group, whole=single)
+        if single or dim == 1:  # exp(z - m) / S * g, in place (recomputed bit for bit after a first backward)
+            if saved is not None:
+                grad, saved = saved, None
+            else:
+                grad = fmap.forward(x, chunk, start, LOG2E)
+                if ex is not None:
+                    ex.take(grad, mask=not spec.ce)
+                grad.sub_(st.shift2).exp2_()
+            factor = torch.where(st.sums > 0, g / st.sums.clamp_min(torch.finfo(st.sums.dtype).tiny), 0.0)
+        else:  # per-proxy lse of this chunk's own columns (dim 0): recompute its logits, exp(z - lse) * g
+            grad = fmap.forward(x, chunk, start, LOG2E)
+            if ex is not None:
+                ex.take(grad, mask=not spec.ce)
+            full = lse.unsqueeze(dim) if dim == 1 else lse[start:stop].unsqueeze(0)
+            finite = torch.isfinite(full)
+            grad.sub_(torch.where(finite, full * LOG2E, torch.zeros_like(full))).exp2_()
+            gs = g if dim == 1 else g[:, start:stop]
+            factor = torch.where(finite, gs, torch.zeros_like(gs))
+        col = fmap.column_scale(chunk, start) if dim == 0 else None
+        grad.mul_(factor if col is None else factor * col)
+        if ex is not None and spec.ce:  # minus g * softmax over the own class's rows (1 for one row)
+            own_grad = g if st.own_softmax is None else g * st.own_softmax
+            ex.put(grad, ex.take(grad, mask=False) - own_grad)
+        elif ex is not None and grad_own is not None:
+            ex.put(grad, grad_own if col is None else grad_own * col[ex.index.squeeze(1)].unsqueeze(1))
+        gx, grows = fmap.backward(x, chunk, start, grad, need_x, need_rows, prescaled=col is not None)
+        del grad
+        if gx is not None:
+            dx = gx if dx is None else dx.add_(gx)
+        if grows is not None:
+            if single:
+                drows = grows
+            else:
+                assert drows is not None  # allocated above when need_rows (several chunks)
+                drows[start:stop] = grows
+    return dx, drows
+
+
 class _ClassLogSumExp(torch.autograd.Function):
+    """The eager kernel: one B x R buffer for ``exp(z - m)`` kept from forward and turned into the gradient in place."""
+
     @staticmethod
     def forward(ctx, x, rows, labels, spec: _Spec):
         ctx.set_materialize_grads(False)
-        fmap, dim = spec.logit_map, spec.dim
-        bounds = _bounds(rows.shape[0], spec.chunk_size, spec.group)
-        single = len(bounds) == 1
-        own2 = None  # the own-class (excluded) logits, base 2
-        parts = []
-        shifts, sums = [], []  # dim 1, several chunks: each chunk's (max, sum of 2^(z2 - max)), combined below
-        ctx.saved = None
-        for start, stop in bounds:
-            z2 = fmap.forward(x, rows[start:stop], start, LOG2E)
-            if labels is not None:
-                ex = _Exclusion(labels, start, stop, spec.group, whole=single)
-                values = ex.take(z2, mask=not spec.ce)
-                if own2 is None or ex.valid is None:  # first chunk, or the only one (holds every class)
-                    own2 = values
-                else:
-                    own2 = torch.where(ex.valid.unsqueeze(1), values, own2)
-            add_zero = spec.add_zero and (dim == 0 or single)
-            e, s, m, lse = _stats2(z2, dim, add_zero)
-            if single:  # keep exp(z - m) and its sum for backward: it becomes the gradient in place
-                ctx.saved, ctx.sums, ctx.shift2 = e, s, m
-            elif dim == 1:
-                shifts.append(m)
-                sums.append(s)
-            del z2, e
-            parts.append(lse)
-        if dim == 0:
-            lse = parts[0] if single else torch.cat(parts, dim=1)
-        elif single:
-            lse = parts[0]
-        else:  # one (shift, sum) per row over every chunk, which backward normalises with exactly: a logsumexp
-            # of the chunks' lse would put its rounding (an ulp of |lse|, large for large logits) into every weight
-            lse, ctx.shift2, ctx.sums = _combine2(torch.cat(shifts, dim=1), torch.cat(sums, dim=1), spec.add_zero)
-        lse = lse.squeeze(dim)
-        ctx.spec, ctx.bounds = spec, bounds
+        out, own, lse = _lse_forward(ctx, x, rows, labels, spec)
+        ctx.spec = spec
         ctx.save_for_backward(x, rows, labels, lse)
-        if labels is None:
-            return lse, lse.new_empty(0)
-        assert own2 is not None  # with labels, set by the first chunk (there is always one)
-        own = own2 * LN2
-        if not spec.ce:
-            return lse, own
-        # cross-entropy: logsumexp over all rows minus logsumexp over the own class's rows
-        if spec.group == 1:
-            ctx.own_softmax, own_lse = None, own.squeeze(1)
-        else:
-            ctx.own_softmax, own_lse = torch.softmax(own, dim=1), torch.logsumexp(own, dim=1)
-        ctx.mark_non_differentiable(own)
-        return lse - own_lse, own
+        if spec.ce:
+            ctx.mark_non_differentiable(own)
+        return out, own
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_lse, grad_own):
-        x, rows, labels, lse = ctx.saved_tensors
-        spec = ctx.spec
-        fmap, dim = spec.logit_map, spec.dim
         need_x, need_rows = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_x or need_rows):
             return None, None, None, None
-        if grad_lse is None:
-            grad_lse = torch.zeros_like(lse)
-        if spec.ce or (grad_own is not None and grad_own.numel() == 0):
-            grad_own = None
-        g = grad_lse.unsqueeze(dim)
-        bounds = ctx.bounds
-        single = len(bounds) == 1
-        dx = None
-        drows = None if single else (torch.zeros_like(rows) if need_rows else None)
-        saved, ctx.saved = ctx.saved, None  # consumed: a second backward (retain_graph) recomputes
-        for start, stop in bounds:
-            chunk = rows[start:stop]
-            ex = None if labels is None else _Exclusion(labels, start, stop, spec.group, whole=single)
-            if single or dim == 1:  # exp(z - m) / S * g, in place (recomputed bit for bit after a first backward)
-                if saved is not None:
-                    grad, saved = saved, None
-                else:
-                    grad = fmap.forward(x, chunk, start, LOG2E)
-                    if ex is not None:
-                        ex.take(grad, mask=not spec.ce)
-                    grad.sub_(ctx.shift2).exp2_()
-                factor = torch.where(ctx.sums > 0, g / ctx.sums.clamp_min(torch.finfo(ctx.sums.dtype).tiny), 0.0)
-            else:  # per-proxy lse of this chunk's own columns (dim 0): recompute its logits, exp(z - lse) * g
-                grad = fmap.forward(x, chunk, start, LOG2E)
-                if ex is not None:
-                    ex.take(grad, mask=not spec.ce)
-                full = lse.unsqueeze(dim) if dim == 1 else lse[start:stop].unsqueeze(0)
-                finite = torch.isfinite(full)
-                grad.sub_(torch.where(finite, full * LOG2E, torch.zeros_like(full))).exp2_()
-                gs = g if dim == 1 else g[:, start:stop]
-                factor = torch.where(finite, gs, torch.zeros_like(gs))
-            col = fmap.column_scale(chunk, start) if dim == 0 else None
-            grad.mul_(factor if col is None else factor * col)
-            if ex is not None and spec.ce:  # minus g * softmax over the own class's rows (1 for one row)
-                own_grad = g if ctx.own_softmax is None else g * ctx.own_softmax
-                ex.put(grad, ex.take(grad, mask=False) - own_grad)
-            elif ex is not None and grad_own is not None:
-                ex.put(grad, grad_own if col is None else grad_own * col[ex.index.squeeze(1)].unsqueeze(1))
-            gx, grows = fmap.backward(x, chunk, start, grad, need_x, need_rows, prescaled=col is not None)
-            del grad
-            if gx is not None:
-                dx = gx if dx is None else dx.add_(gx)
-            if grows is not None:
-                if single:
-                    drows = grows
-                else:
-                    assert drows is not None  # allocated above when need_rows (several chunks)
-                    drows[start:stop] = grows
+        x, rows, labels, lse = ctx.saved_tensors
+        dx, drows = _lse_backward(ctx, x, rows, labels, lse, ctx.spec, grad_lse, grad_own, need_x, need_rows)
         return dx, drows, None, None
 
 
+# -- the same kernel as a custom op, which torch.compile traces (no graph break) ---------------------------
+#
+# Under ``torch.compile`` the autograd function above cannot be traced: its forward hands Python objects (the
+# logit map with its per-block caches, the ``exp(z - m)`` buffer) to its backward. The custom ops below run the
+# same forward and backward code on the same kernels, opaque to the compiler, with everything the backward needs
+# passed as tensors and numbers: the logit map by kind and parameters, and the per-row shift and sum of the
+# exponentials. The backward recomputes the logits (one more GEMM, as a chunked forward does), so nothing is
+# carried from forward to backward outside the graph.
+
+_MAP_KINDS: dict[type, str] = {
+    LinearLogits: "linear",
+    CosineRowsLogits: "cosine_rows",
+    NegEuclideanLogits: "neg_euclidean",
+}
+
+
+def _map_args(fmap: LogitMap) -> tuple[str, float, float, bool, tuple[torch.Tensor | None, ...]] | None:
+    """``(kind, scale, eps, squared, (bias, x_sq, rows_sq, floor))`` of a built-in map, or None for any other."""
+    kind = _MAP_KINDS.get(type(fmap))
+    if kind is None:
+        return None
+    if isinstance(fmap, NegEuclideanLogits):
+        floor = None if fmap.squared else fmap.floor
+        return kind, 1.0, 0.0, fmap.squared, (None, fmap.x_sq, fmap.rows_sq, floor)
+    assert isinstance(fmap, LinearLogits | CosineRowsLogits)
+    eps = fmap.eps if isinstance(fmap, CosineRowsLogits) else 0.0
+    return kind, fmap.scale, eps, False, (fmap.bias, None, None, None)
+
+
+def _map_from_args(kind, scale, eps, squared, bias, x_sq, rows_sq, floor) -> LogitMap:
+    if kind == "linear":
+        return LinearLogits(scale, bias)
+    if kind == "cosine_rows":
+        return CosineRowsLogits(scale, bias, eps)
+    assert x_sq is not None and rows_sq is not None
+    return NegEuclideanLogits(x_sq, rows_sq, floor, squared)
+
+
+def _op_spec(kind, scale, eps, squared, bias, x_sq, rows_sq, floor, dim, group, add_zero, chunk_size, ce) -> _Spec:
+    fmap = _map_from_args(kind, scale, eps, squared, bias, x_sq, rows_sq, floor)
+    return _Spec(fmap, dim, group, add_zero, chunk_size, ce)
+
+
+@torch.library.custom_op("pml_anchors::class_lse", mutates_args=())
+def _class_lse_op(
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    labels: torch.Tensor | None,
+    kind: str,
+    scale: float,
+    eps: float,
+    squared: bool,
+    bias: torch.Tensor | None,
+    x_sq: torch.Tensor | None,
+    rows_sq: torch.Tensor | None,
+    floor: torch.Tensor | None,
+    dim: int,
+    group: int,
+    add_zero: bool,
+    chunk_size: int | None,
+    ce: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, own, shift2, sums)``: :func:`_lse_forward`'s outputs and the per-row state its backward needs."""
+    spec = _op_spec(kind, scale, eps, squared, bias, x_sq, rows_sq, floor, dim, group, add_zero, chunk_size, ce)
+    st = _State()
+    out, own, _ = _lse_forward(st, x, rows, labels, spec, keep=False)
+    empty = out.new_empty(0)
+    shift2 = empty if st.shift2 is None else st.shift2
+    sums = empty.clone() if st.sums is None else st.sums
+    return out.clone() if out._base is not None else out, own, shift2, sums
+
+
+def _state_shape(rows: int, batch: int, dim: int, chunk_size: int | None, group: int) -> tuple[int, ...]:
+    if dim == 1:
+        return (batch, 1)
+    return (1, rows) if len(_bounds(rows, chunk_size, group)) == 1 else (0,)
+
+
+@_class_lse_op.register_fake
+def _(x, rows, labels, kind, scale, eps, squared, bias, x_sq, rows_sq, floor, dim, group, add_zero, chunk_size, ce):
+    acc = acc_dtype(torch.promote_types(x.dtype, rows.dtype))
+    b, r = x.shape[0], rows.shape[0]
+    out = x.new_empty((b,) if dim == 1 else (r,), dtype=acc)
+    own = x.new_empty((b, group) if labels is not None else (0,), dtype=acc)
+    state = _state_shape(r, b, dim, chunk_size, group)
+    return out, own, x.new_empty(state, dtype=acc), x.new_empty(state, dtype=acc)
+
+
+@torch.library.custom_op("pml_anchors::class_lse_backward", mutates_args=())
+def _class_lse_backward_op(
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    labels: torch.Tensor | None,
+    kind: str,
+    scale: float,
+    eps: float,
+    squared: bool,
+    bias: torch.Tensor | None,
+    x_sq: torch.Tensor | None,
+    rows_sq: torch.Tensor | None,
+    floor: torch.Tensor | None,
+    dim: int,
+    group: int,
+    add_zero: bool,
+    chunk_size: int | None,
+    ce: bool,
+    out: torch.Tensor,
+    own: torch.Tensor,
+    shift2: torch.Tensor,
+    sums: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_own: torch.Tensor | None,
+    need_x: bool,
+    need_rows: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d x, d rows)`` (empty where not needed) from :func:`_lse_backward`, the logits recomputed."""
+    spec = _op_spec(kind, scale, eps, squared, bias, x_sq, rows_sq, floor, dim, group, add_zero, chunk_size, ce)
+    st = _State()
+    st.bounds = _bounds(rows.shape[0], chunk_size, group)
+    st.shift2 = shift2 if shift2.numel() else None
+    st.sums = sums if sums.numel() else None
+    if ce and group > 1:
+        st.own_softmax = torch.softmax(own, dim=1)
+    dx, drows = _lse_backward(st, x, rows, labels, out, spec, grad_out, grad_own, need_x, need_rows)
+    return (x.new_empty(0) if dx is None else dx), (rows.new_empty(0) if drows is None else drows)
+
+
+@_class_lse_backward_op.register_fake
+def _(
+    x,
+    rows,
+    labels,
+    kind,
+    scale,
+    eps,
+    squared,
+    bias,
+    x_sq,
+    rows_sq,
+    floor,
+    dim,
+    group,
+    add_zero,
+    chunk_size,
+    ce,
+    out,
+    own,
+    shift2,
+    sums,
+    grad_out,
+    grad_own,
+    need_x,
+    need_rows,
+):
+    return x.new_empty(x.shape if need_x else (0,)), rows.new_empty(rows.shape if need_rows else (0,))
+
+
+_OP_ARGS = 16  # the forward op's inputs
+
+
+def _class_lse_setup(ctx, inputs, output):
+    out, own, shift2, sums = output
+    ctx.args = inputs[3:_OP_ARGS]  # everything but x, rows, labels: (kind, ..., ce)
+    x, rows, labels = inputs[:3]
+    bias, x_sq, rows_sq, floor = inputs[7:11]
+    ctx.save_for_backward(x, rows, labels, bias, x_sq, rows_sq, floor, out, own, shift2, sums)
+    ce = inputs[_OP_ARGS - 1]
+    ctx.mark_non_differentiable(shift2, sums, *((own,) if ce else ()))
+
+
+def _class_lse_backward(ctx, grad_out, grad_own, _grad_shift2, _grad_sums):
+    x, rows, labels, bias, x_sq, rows_sq, floor, out, own, shift2, sums = ctx.saved_tensors
+    kind, scale, eps, squared = ctx.args[:4]
+    dim, group, add_zero, chunk_size, ce = ctx.args[8:]
+    need_x, need_rows = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_x or need_rows):
+        return (None,) * _OP_ARGS
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dx, drows = _class_lse_backward_op(
+        x,
+        rows,
+        labels,
+        kind,
+        scale,
+        eps,
+        squared,
+        bias,
+        x_sq,
+        rows_sq,
+        floor,
+        dim,
+        group,
+        add_zero,
+        chunk_size,
+        ce,
+        out,
+        own,
+        shift2,
+        sums,
+        grad_out,
+        grad_own,
+        need_x,
+        need_rows,
+    )
+    return (dx if need_x else None, drows if need_rows else None) + (None,) * (_OP_ARGS - 2)
+
+
+_class_lse_op.register_autograd(_class_lse_backward, setup_context=_class_lse_setup)
+
+
+def _apply(x, rows, labels, spec: _Spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, own)``: the eager autograd function, or under ``torch.compile`` the custom op (a built-in map) or the
+    autograd function behind ``torch.compiler.disable`` (any other map: a graph break)."""
+    if not torch.compiler.is_compiling():
+        return _ClassLogSumExp.apply(x, rows, labels, spec)
+    args = _map_args(spec.logit_map)
+    if args is None:
+        return _disabled_apply(x, rows, labels, spec)
+    kind, scale, eps, squared, tensors = args
+    out, own, _, _ = _class_lse_op(
+        x,
+        rows,
+        labels,
+        kind,
+        scale,
+        eps,
+        squared,
+        *tensors,
+        spec.dim,
+        spec.group,
+        spec.add_zero,
+        spec.chunk_size,
+        spec.ce,
+    )
+    return out, own
+
+
 @_eager_under_compile
+def _disabled_apply(x, rows, labels, spec):
+    return _ClassLogSumExp.apply(x, rows, labels, spec)
+
+
+@overload
+def class_logsumexp(
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    logit_map: LogitMap,
+    *,
+    dim: int = 1,
+    exclude: torch.Tensor,
+    group: int = 1,
+    add_zero: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def class_logsumexp(
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    logit_map: LogitMap,
+    *,
+    dim: int = 1,
+    exclude: None = None,
+    group: int = 1,
+    add_zero: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, None]: ...
+
+
 def class_logsumexp(
     x: torch.Tensor,
     rows: torch.Tensor,
@@ -549,11 +848,10 @@ def class_logsumexp(
         raise ValueError(f"rows ({rows.shape[0]}) must be a multiple of group ({group})")
     spec = _Spec(logit_map, dim, int(group), bool(add_zero), check_chunk_size(chunk_size))
     labels = None if exclude is None else exclude.long()
-    lse, excluded = _ClassLogSumExp.apply(x, rows, labels, spec)
+    lse, excluded = _apply(x, rows, labels, spec)
     return lse, (excluded if labels is not None else None)
 
 
-@_eager_under_compile
 def class_cross_entropy(
     x: torch.Tensor,
     rows: torch.Tensor,
@@ -577,7 +875,7 @@ def class_cross_entropy(
     if rows.shape[0] % group:
         raise ValueError(f"rows ({rows.shape[0]}) must be a multiple of group ({group})")
     spec = _Spec(logit_map, 1, int(group), False, check_chunk_size(chunk_size), ce=True)
-    return _ClassLogSumExp.apply(x, rows, labels.long(), spec)
+    return _apply(x, rows, labels.long(), spec)
 
 
 def cross_entropy_from_lse(lse_others: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

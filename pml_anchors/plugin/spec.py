@@ -49,6 +49,9 @@ class MethodSpec:
         search_space.Param` (``log_uniform(1e-5, 1e-2)``, ``choice(...)``): loss keyword arguments and the reserved
         ``lr``, ``weight_decay`` and ``loss_lr_multiplier`` (:mod:`pml_anchors.plugin.search_space`); empty: the
         method declares none.
+    :param counterpart: what benchmark reports compare the method with, paired seed by seed: a PML baseline
+        (``"baseline:pml_contrastive"``, listed by ``pml-anchors bench --help``) or another registered method;
+        ``None`` (default): the baseline that runs the loss's ``pml_counterpart``, if there is one.
     """
 
     name: str
@@ -65,6 +68,7 @@ class MethodSpec:
     plugin: str | None = None
     plugin_version: str | None = None
     search_space: Mapping[str, Param] = field(default_factory=dict)
+    counterpart: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -93,6 +97,7 @@ class MethodSpec:
             "paper": self.paper,
             "description": self.description,
             "search_space": {k: p.as_dict() for k, p in self.search_space.items()},
+            "counterpart": self.counterpart,
         }
 
 
@@ -149,6 +154,13 @@ def validate_spec(spec: Any, plugin: str) -> MethodSpec:
         check_search_space(spec.search_space)
     except (TypeError, ValueError) as exc:
         raise InvalidMethodSpec(f"{where}: {exc}") from exc
+    if spec.counterpart is not None and not (
+        isinstance(spec.counterpart, str) and is_initializer_name(spec.counterpart.removeprefix("baseline:"))
+    ):
+        raise InvalidMethodSpec(
+            f"{where}: counterpart must be None, 'baseline:<name>' or a method's name ('name' or 'plugin:name'), "
+            f"got {spec.counterpart!r}"
+        )
     _check_requires_api(spec.requires_api, where)
     return spec
 

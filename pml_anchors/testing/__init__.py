@@ -9,6 +9,9 @@ they are available in every pytest session once pml-anchors is installed.
       def test_conformance():
           check_method("my_method")
 
+  Its report's ``"compile"`` entry (:func:`~pml_anchors.testing.compile_check.compile_report`) says whether the
+  method compiles whole (graph breaks under ``torch._dynamo.explain``, with their reasons), how many of the breaks
+  read a value back to the host (a sync per step on a GPU), and with a CUDA GPU how many syncs one step makes;
 * ``pml_registry`` fixture: an isolated registry with entry-point discovery blocked (and no
   ``PML_ANCHORS_PLUGINS_DIR``); add the plugin under test with ``pml_registry.add_plugin(module_or_object)``;
 * :func:`check_dtypes` and :func:`check_import_is_light` (:mod:`~pml_anchors.testing.checks`): float64/float32/

@@ -17,6 +17,7 @@ from ..plugin.api import build_loss, build_trainer_hooks, get_method
 from ..plugin.lazy import accepts_keyword
 from ..plugin.spec import MethodSpec, validate_spec
 from ..plugin.trainer_hooks import attach_hooks, chain_hooks, pml_progress_warning_hidden
+from .compile_check import compile_report
 
 __all__ = ["ConformanceError", "check_method"]
 
@@ -41,6 +42,7 @@ def check_method(
     hook_kwargs: dict[str, Any] | None = None,
     train_iterations: int = 3,
     train_epochs: int = 2,
+    compile_check: bool = True,
 ) -> dict[str, Any]:
     """Conformance check for a registered method (name) or a :class:`MethodSpec`.
 
@@ -52,6 +54,12 @@ def check_method(
     iterations, and its ``end_of_epoch_hook`` does not stop training (PML stops at a hook that returns
     ``False``), so a recipe that changes between epochs (a warm-up) runs both ways. Returns a small report.
     ``embedding_size=None`` lets methods with a forced width (polytopes) derive it.
+
+    With ``compile_check`` the report's ``"compile"`` entry says whether the loss compiles whole and whether its
+    step waits for the device (:func:`~pml_anchors.testing.compile_check.compile_report`: graph breaks and their
+    reasons under ``torch._dynamo.explain``, how many of them read a value back to the host, and with a CUDA GPU
+    the synchronisations of one step there). It is reported, not checked: such a method works, only slower on
+    an accelerator, and ``torch.compile(loss, fullgraph=True)`` fails on it.
     """
     import torch
     from pytorch_metric_learning.losses import BaseMetricLossFunction
@@ -123,12 +131,15 @@ def check_method(
     trained = _run_trainer(loss, hooks, num_classes, width, train_iterations, train_epochs, where)
     if not math.isfinite(trained):
         raise ConformanceError(f"{where}: loss is not finite inside PML's trainer ({trained})")
-    return {
+    report: dict[str, Any] = {
         "method": spec.qualified_name,
         "loss": float(value.detach()),
         "trainer_loss": trained,
         "hooks": type(hooks).__name__,
     }
+    if compile_check:
+        report["compile"] = compile_report(make(), embeddings, labels)
+    return report
 
 
 def _takes_seed(spec: MethodSpec) -> bool:

@@ -32,6 +32,7 @@ def register_methods(register):
     register(
         MethodSpec(
             name="cam",
+            counterpart="baseline:pml_contrastive",  # bench reports pair it with: a pair loss on distances
             loss="pml_anchors_cam.cam_loss:ClassAnchorMarginLoss",
             initializer=standard_normal,
             normalize_embeddings=False,  # trained and retrieved with raw L2 distances

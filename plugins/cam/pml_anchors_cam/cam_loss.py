@@ -34,12 +34,14 @@ from pml_anchors.validators import check_bool, check_real, optional_bool, option
 
 from .initializers import standard_normal
 from .repeller import (
+    DENSE_ENTRIES,
     NeighborList,
     _centred,
     _gram_d2,
     check_search_cost,
     check_step_cost,
     repeller_blocked,
+    repeller_dense,
     repeller_on_pairs,
 )
 
@@ -133,6 +135,11 @@ class ClassAnchorMarginLoss(AnchorLoss):
         L_R comes from :mod:`~pml_anchors_cam.repeller` (row blocks of the distance matrix of the centred
         anchors, or the exact neighbour list for large K); coincident anchors get a finite (zero) gradient.
         """
+        if self._sync_free(anchors):  # K x K from differences: no host read, one compiled graph
+            shortfall = (self.min_norm - torch.linalg.vector_norm(anchors, dim=1)).clamp_min(0).square()
+            if present is not None:
+                shortfall = torch.where(present, shortfall, torch.zeros_like(shortfall))
+            return repeller_dense(anchors, self.margin, present), 0.5 * shortfall.sum()
         if present is not None:
             anchors = anchors[present.nonzero().flatten()]
             repeller = repeller_blocked(anchors, self.margin)
@@ -192,6 +199,15 @@ class ClassAnchorMarginLoss(AnchorLoss):
         shortfall = (self.min_norm - torch.linalg.vector_norm(sub[where[b : b + s]], dim=1)).clamp_min(0).square()
         return attractor, repeller, 0.5 * shortfall.sum()
 
+    @staticmethod
+    def _sync_free(anchors: torch.Tensor) -> bool:
+        """Whether L_R runs as one dense K x K pass (:func:`~pml_anchors_cam.repeller.repeller_dense`): on an
+        accelerator and under ``torch.compile``, where the blocked search's and the neighbour list's host reads
+        would stall the device or break the graph, up to K^2 = ``DENSE_ENTRIES``. Above that (and on CPU, where a
+        host read costs nothing) the blocked search or the neighbour list, which read sizes on the host."""
+        on_host = anchors.device.type == "cpu" and not torch.compiler.is_compiling()
+        return not on_host and anchors.shape[0] ** 2 <= DENSE_ENTRIES
+
     def _use_neighbor_list(self, k: int) -> bool:
         if self.margin == 0 or k < 2:
             return False
@@ -202,7 +218,8 @@ class ClassAnchorMarginLoss(AnchorLoss):
             work = anchors.dtype
             x, w = embeddings.to(work), weights.to(work)
             terms = None
-            if not self.batch_classes_only and self._use_neighbor_list(anchors.shape[0]):
+            sparse = not self.batch_classes_only and self._use_neighbor_list(anchors.shape[0])
+            if sparse and not self._sync_free(anchors):
                 terms = self._sparse_terms(x, labels, w, anchors)
             if terms is not None:
                 attractor, repeller, norm = terms

@@ -46,6 +46,7 @@ __all__ = [
     "check_step_cost",
     "close_pairs",
     "repeller_blocked",
+    "repeller_dense",
     "repeller_on_pairs",
 ]
 
@@ -196,6 +197,28 @@ def repeller_on_pairs(anchors: torch.Tensor, pairs: torch.Tensor, margin: float)
     diff = anchors[pairs[0]] - anchors[pairs[1]]
     d = _safe_sqrt(diff.square().sum(dim=1))
     return (2.0 * margin - d).clamp_min(0).square().sum()
+
+
+#: Pairs up to which :func:`repeller_dense` may hold the K x K distance matrix (the sync-free path: a 4096 x 4096
+#: float32 matrix is 64 MB).
+DENSE_ENTRIES = 1 << 24
+
+
+def repeller_dense(anchors: torch.Tensor, margin: float, present: torch.Tensor | None = None) -> torch.Tensor:
+    """L_R over every pair of rows, from one K x K matrix of distances taken from the rows' differences (no Gram
+    cancellation; coincident rows get a zero gradient): no host read and no data-dependent shape, so it runs on the
+    device without a sync and inside one ``torch.compile`` graph. ``present`` (K,) bool: count only the pairs of
+    rows that are both ``True`` (the classes present in a batch; a mask instead of an index, whose size would
+    depend on the data). Memory O(K^2): for K^2 <= ``DENSE_ENTRIES``.
+    """
+    if anchors.shape[0] < 2 or margin == 0:
+        return anchors.sum() * 0
+    d = torch.cdist(anchors, anchors, compute_mode="donot_use_mm_for_euclid_dist")
+    keep = torch.ones(d.shape, dtype=torch.bool, device=d.device).triu_(1)  # each unordered pair once
+    if present is not None:
+        keep &= present.unsqueeze(0) & present.unsqueeze(1)
+    hinge = (2.0 * margin - d).clamp_min(0)
+    return torch.where(keep, hinge, torch.zeros_like(hinge)).square().sum()
 
 
 # -- exact search for the pairs closer than a reach, in bounded memory ------------------------------------------

@@ -24,6 +24,7 @@ def register_methods(register):
     register(
         MethodSpec(
             name="fsc",
+            counterpart="baseline:pml_soft_triple",  # bench reports pair it with: learnable sub-centres
             loss="pml_anchors_fsc.fsc_loss:FixedSubCenterLoss",
             initializer="gaussian_subcenters",
             paper=PAPER,

@@ -26,7 +26,7 @@ from pytorch_metric_learning.distances import DotProductSimilarity
 
 from pml_anchors.losses import AnchorLoss
 from pml_anchors.losses.distances import is_dot_product
-from pml_anchors.losses.logsumexp import LinearLogits, class_cross_entropy
+from pml_anchors.losses.logsumexp import LinearLogits, class_cross_entropy, cross_entropy_from_lse
 from pml_anchors.validators import check_choice, check_real, positive_int
 
 __all__ = ["ASSIGN_MODES", "FixedSubCenterLoss", "intra_class_cosine"]
@@ -195,6 +195,42 @@ class FixedSubCenterLoss(AnchorLoss):
                     else:  # ||x - w||^2 = ||x||^2 - 2 w.x + ||w||^2, and ||x||^2 is the same for every k
                         k_star = (w[labels].square().sum(dim=2) - 2 * own).argmin(dim=1)
                 sq = (x - w[labels, k_star]).square().sum(dim=1)
+            compact = self.beta * 0.5 * (sq * weights).sum()
+        loss_dict["compactness"] = self.reduced_loss(compact)
+        return loss_dict
+
+    def class_parallel_losses(self, embeddings, labels, anchors, weights, shard):
+        """Eq. 3/8 and 7 with the classes sharded over processes (:mod:`pml_anchors.losses.class_parallel`), each
+        class with its s sub-centres: each block's log-sum-exp over the other classes' sub-logits, combined across
+        processes, the own class's s sub-logits and the compactness distance from the block that holds that class.
+        Same loss dict, value and gradients as :meth:`anchor_losses` on the whole batch."""
+        s = self.sub_centers
+        rows = anchors.reshape(-1, anchors.shape[-1])
+        others, own = shard.others_logsumexp(
+            embeddings, rows, LinearLogits(), labels, group=s, chunk_size=self.chunk_size
+        )
+        ce = cross_entropy_from_lse(others, torch.logsumexp(own, dim=1))
+        loss_dict = {"loss": self.element_loss(ce * weights.to(ce.dtype))}
+        if self.beta == 0:
+            compact = ce.new_zeros(())
+        else:
+            owned, local = shard.owned(labels)
+            w = anchors.to(ce.dtype)
+            x = embeddings.to(ce.dtype)
+            own_w = w[local]  # (B, s, d): the own class's sub-centres where owned
+            if self.assign == "all":
+                mean = own_w.mean(dim=1)
+                spread = (own_w - mean.unsqueeze(1)).square().sum(dim=(1, 2))
+                sq = s * (x - mean).square().sum(dim=1) + spread
+            else:
+                with torch.no_grad():
+                    own_logits = own.detach()
+                    if self.assign == "logit":
+                        k_star = own_logits.argmax(dim=1)
+                    else:
+                        k_star = (own_w.square().sum(dim=2) - 2 * own_logits).argmin(dim=1)
+                sq = (x - own_w[torch.arange(x.shape[0], device=x.device), k_star]).square().sum(dim=1)
+            sq = shard.sum(torch.where(owned, sq, torch.zeros_like(sq)))
             compact = self.beta * 0.5 * (sq * weights).sum()
         loss_dict["compactness"] = self.reduced_loss(compact)
         return loss_dict

@@ -35,6 +35,7 @@ def register_methods(register):
     register(
         MethodSpec(
             name="e_ncm",
+            counterpart="baseline:cross_entropy",  # the NCM paper compares with softmax CE
             loss="pml_anchors_ncm.ncm_loss:ENCMLoss",
             initializer="ncm_tiered",
             normalize_embeddings=False,
@@ -47,6 +48,7 @@ def register_methods(register):
     register(
         MethodSpec(
             name="c_ncm",
+            counterpart="baseline:pml_normalized_softmax",  # bench reports pair it with: the cosine softmax
             loss="pml_anchors_ncm.ncm_loss:CNCMLoss",
             initializer="ncm_tiered",
             paper=PAPER,

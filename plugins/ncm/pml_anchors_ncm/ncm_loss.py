@@ -244,6 +244,40 @@ class NCMLoss(AnchorLoss):
             return sq_norms(anchors)
         return self.cached_anchors("sq_norms", embeddings, sq_norms)
 
+    def class_parallel_losses(self, embeddings, labels, anchors, weights, shard):
+        """Eq. 5 with the classes sharded over processes (:mod:`pml_anchors.losses.class_parallel`): each block's
+        log-sum-exp of the other classes, combined across processes; the own class's logit from the block that
+        holds it (E-NCM: from ``x - a_y`` itself, as :meth:`anchor_losses`); E-NCM's rounding floor from the largest
+        anchor norm of all blocks. Same value and gradients as :meth:`anchor_losses` on the whole batch."""
+        acc = _accumulate_dtype(embeddings.dtype)
+        if self.metric == "cosine":
+            if anchors.requires_grad:
+                rows = F.normalize(anchors.to(acc), dim=1, eps=self.eps).to(anchors.dtype)
+            else:
+                rows = self._unit_anchors(embeddings)
+            x = self._unit_features(embeddings)
+            others, own = shard.others_logsumexp(
+                x, rows, LinearLogits(1.0 / self.temperature), labels, chunk_size=self.chunk_size
+            )
+            ce = cross_entropy_from_lse(others, own.squeeze(1))
+        else:
+            x_sq = embeddings.detach().to(acc).square().sum(dim=1)
+            a_sq, a_sq_max = self._anchor_sq_norms(embeddings, anchors)
+            floor = None
+            if not self.squared:
+                gemm_dtype = embeddings.dtype
+                if torch.is_autocast_enabled(embeddings.device.type):
+                    with torch.no_grad():
+                        gemm_dtype = torch.mm(embeddings[:1].detach(), anchors[:1].detach().T).dtype
+                a_max = shard.amax(a_sq_max.reshape(1))
+                floor = (x_sq + a_max).mul_(4 * torch.finfo(gemm_dtype).eps).add_(self.eps**2)
+            fmap = NegEuclideanLogits(x_sq, a_sq, floor, self.squared)
+            others, _ = shard.others_logsumexp(embeddings, anchors, fmap, labels, chunk_size=self.chunk_size)
+            owned, local = shard.owned(labels)
+            own = self._own_logits(embeddings, anchors, local)
+            ce = cross_entropy_from_lse(others, shard.sum(torch.where(owned, own, torch.zeros_like(own))))
+        return {"loss": self.element_loss(ce * weights.to(ce.dtype))}
+
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """-M(f(x), a_c): minus the (squared) distance for E-NCM, the cosine / temperature for C-NCM (B x K), as
         PML's ``NormalizedSoftmaxLoss.get_logits``."""

@@ -19,6 +19,7 @@ def register_methods(register):
     register(
         MethodSpec(
             name="proxy_anchor",
+            counterpart="baseline:pml_proxy_anchor",  # bench reports pair it with: the same loss in PML
             loss="pml_anchors_proxy_anchor.proxy_anchor_loss:ProxyAnchorLoss",
             initializer="kaiming_normal",
             trainer_hooks="pml_anchors_proxy_anchor.hooks:ProxyAnchorHooks",

@@ -36,7 +36,6 @@ from pml_anchors.losses import AnchorLoss
 from pml_anchors.losses.logsumexp import (
     CosineRowsLogits,
     LinearLogits,
-    LogitMap,
     acc_dtype,
     class_logsumexp,
     once_differentiable,
@@ -204,6 +203,19 @@ def _segment_log1p_sum_exp(logits: torch.Tensor, labels: torch.Tensor, num_class
     return _SegmentLog1pSumExp.apply(logits, labels, num_classes)
 
 
+class _DivisorReducer(DivisorReducer):
+    """PML's ``DivisorReducer`` (sum / divisor, 0 for a zero divisor) without its host reads: PML's tests
+    ``divisor != 0`` and ``isnan(output)`` in Python, a device sync per call and a graph break under
+    ``torch.compile``. Here a tensor divisor stays on the device; the float16 retry PML does on NaN is not needed
+    (the losses arrive in at least float32)."""
+
+    def sum_and_divide(self, losses, embeddings, divisor):
+        if not torch.is_tensor(divisor):
+            return self.zero_loss(embeddings) if divisor == 0 else torch.sum(losses) / divisor
+        total = torch.sum(losses) / divisor.clamp_min(1)  # clamped: no 0 / 0 in the gradient of the branch not taken
+        return torch.where(divisor != 0, total, 0.0)
+
+
 class ProxyAnchorLoss(AnchorLoss):
     """Proxy Anchor loss (Kim et al., CVPR 2020, eq. 4); drop-in for PML's ``ProxyAnchorLoss``.
 
@@ -258,7 +270,7 @@ class ProxyAnchorLoss(AnchorLoss):
 
     # -- PML protocol -----------------------------------------------------------------------------------
     def get_default_reducer(self):
-        return DivisorReducer()
+        return _DivisorReducer()
 
     def get_default_distance(self):
         return CosineSimilarity()
@@ -272,17 +284,19 @@ class ProxyAnchorLoss(AnchorLoss):
             return x
         return _l2_normalize(x) if self.distance.p == 2 else self.distance.normalize(x)
 
+    def _logits(self, embeddings, anchors, weights):
+        """``(embeddings, rows, logit map, shift, bias)`` of z = alpha * (s(x, p) + delta) + (w - 1), B x K, from one
+        GEMM (shift = w - 1, w: PML's miner weights, 1 without a miner; bias = shift + alpha * delta). Cosine: against
+        the raw proxies with their normalisation folded in (CosineRowsLogits), so no normalised K x d copy is made."""
+        shift = (weights - 1).to(acc_dtype(embeddings.dtype))
+        bias = shift + self.alpha * self.margin
+        if self.distance.normalize_embeddings and self.distance.p == 2:
+            return _l2_normalize(embeddings), anchors, CosineRowsLogits(self.alpha, bias), shift, bias
+        return self.normalize(embeddings), self.normalize(anchors), LinearLogits(self.alpha, bias), shift, bias
+
     def anchor_losses(self, embeddings, labels, anchors, weights):
         acc = acc_dtype(embeddings.dtype)
-        shift = (weights - 1).to(acc)  # PML's miner convention; 0 without a miner
-        bias = shift + self.alpha * self.margin
-        # z = alpha * (s(x, p) + delta) + (w - 1), B x K, from one GEMM. Cosine: against the raw proxies with
-        # their normalisation folded in (CosineRowsLogits), so no normalised K x d copy is made.
-        fmap: LogitMap
-        if self.distance.normalize_embeddings and self.distance.p == 2:
-            emb, rows, fmap = _l2_normalize(embeddings), anchors, CosineRowsLogits(self.alpha, bias)
-        else:
-            emb, rows, fmap = self.normalize(embeddings), self.normalize(anchors), LinearLogits(self.alpha, bias)
+        emb, rows, fmap, shift, bias = self._logits(embeddings, anchors, weights)
         # Negative term, per proxy: log(1 + sum_{x in X-_p} e^{z}), the positives left out; also returns z[i, y_i].
         neg, z_pos = class_logsumexp(emb, rows, fmap, dim=0, exclude=labels, add_zero=True, chunk_size=self.chunk_size)
         # Positive term: alpha * (delta - s(x, p_y)) + (w - 1) = 2 * bias - z[i, y_i], its gradient through
@@ -299,11 +313,40 @@ class ProxyAnchorLoss(AnchorLoss):
                 pos_value = self.alpha * (self.margin - pos_cos) + shift
             pos_logits = _ValueWithGradient.apply(pos_value, z_pos.squeeze(1), -1.0)
         pos = _segment_log1p_sum_exp(pos_logits, labels, self.num_classes)
-        # |P+| as a Python int, as PML (``len(with_pos_proxies)``): the DivisorReducer then divides by a number
-        num_with_pos = int(torch.bincount(labels, minlength=self.num_classes).count_nonzero())
+        # |P+| (PML's ``len(with_pos_proxies)``) as a tensor: no host read, no graph break (see _DivisorReducer)
+        with_pos = torch.zeros(self.num_classes, dtype=pos.dtype, device=pos.device).index_fill_(0, labels, 1)
         return {
-            "pos_loss": self.element_loss(pos, divisor=num_with_pos),
+            "pos_loss": self.element_loss(pos, divisor=with_pos.sum()),
             "neg_loss": self.element_loss(neg, divisor=self.num_classes),
+        }
+
+    def class_parallel_losses(self, embeddings, labels, anchors, weights, shard):
+        """Eq. (4) with the proxies sharded over processes (:mod:`pml_anchors.losses.class_parallel`): each process
+        computes the per-proxy positive and negative terms of its block (the negative one with the same kernel as
+        :meth:`anchor_losses`), the K-vectors are gathered and |P+| counted on the global batch: the same loss dict,
+        value and gradients as :meth:`anchor_losses` on the whole batch."""
+        acc = acc_dtype(embeddings.dtype)
+        emb, rows, fmap, shift, bias = self._logits(embeddings, anchors, weights)
+        neg, z_pos, owned, local = shard.batch_logsumexp(
+            emb, rows, fmap, labels, add_zero=True, chunk_size=self.chunk_size
+        )
+        mine = owned.nonzero().squeeze(1)  # the samples whose proxy is in this block
+        if emb.dtype == acc and not torch.is_autocast_enabled(emb.device.type):
+            pos_logits = 2 * bias[mine] - z_pos[mine]
+        else:
+            with torch.no_grad():
+                pos_rows = rows[local[mine]].to(acc)
+                if isinstance(fmap, CosineRowsLogits):
+                    pos_rows = _unit_rows(pos_rows)
+                pos_cos = (emb.detach()[mine].to(acc) * pos_rows).sum(dim=1)
+                pos_value = self.alpha * (self.margin - pos_cos) + shift[mine]
+            pos_logits = _ValueWithGradient.apply(pos_value, z_pos[mine], -1.0)
+        pos = shard.cat(_segment_log1p_sum_exp(pos_logits, local[mine], shard.size))
+        neg = shard.cat(neg)
+        with_pos = torch.zeros(shard.rows, dtype=pos.dtype, device=pos.device).index_fill_(0, labels, 1)
+        return {
+            "pos_loss": self.element_loss(pos, divisor=with_pos.sum()),
+            "neg_loss": self.element_loss(neg, divisor=shard.rows),
         }
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ def register_methods(register):
     register(
         MethodSpec(
             name="reponet",
+            counterpart="baseline:pml_arcface",  # bench reports pair it with: an angular-margin softmax
             loss="pml_anchors_reponet.reponet_loss:RePoNetLoss",
             initializer=None,  # the loss builds the polytope chosen by its ``polytope`` option
             normalize_embeddings=True,

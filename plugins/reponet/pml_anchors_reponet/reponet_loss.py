@@ -236,6 +236,28 @@ class RePoNetLoss(AnchorLoss):
         losses = cross_entropy_from_lse(lse, target) * weights.to(lse.dtype)
         return {"loss": self.element_loss(losses)}
 
+    def class_parallel_losses(self, embeddings, labels, anchors, weights, shard):
+        """Eq. 9 with the classifier rows (virtual vertices included) sharded over processes
+        (:mod:`pml_anchors.losses.class_parallel`): each block's log-sum-exp of the non-target rows, combined across
+        processes, and the target row's cosine from the block that holds it; same value and gradients as
+        :meth:`anchor_losses` on the whole batch."""
+        features, rows = self._cosines(embeddings, anchors)
+        others, own = shard.others_logsumexp(
+            features, rows, LinearLogits(self.scale), labels, chunk_size=self.chunk_size
+        )
+        target = own.squeeze(1)
+        if self.margin != 0:
+            work = others.dtype
+            if features.dtype == work and not torch.is_autocast_enabled(features.device.type):
+                cos_target = target / self.scale
+            else:
+                owned, local = shard.owned(labels)
+                dot = (features.to(work) * rows.to(work)[local]).sum(dim=1)
+                cos_target = shard.sum(torch.where(owned, dot, torch.zeros_like(dot)))
+            target = self.scale * self.target_logit(cos_target)
+        losses = cross_entropy_from_lse(others, target) * weights.to(others.dtype)
+        return {"loss": self.element_loss(losses)}
+
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Margin-free scaled cosines kappa cos theta_j to every row (B x rows, virtual vertices included)."""
         features, rows = self._cosines(embeddings, self.cast_anchors(embeddings))

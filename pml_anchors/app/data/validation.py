@@ -12,14 +12,15 @@ cannot have seen it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ...validators import check_int
-from .containers import DatasetSplits, TensorImageDataset, dataset_size, get_labels, subset
+from .containers import DatasetSplits, LabeledSubset, TensorImageDataset, dataset_size, get_labels, subset
 from .pixels import AugmentedTensorDataset
 from .splits import PROTOCOLS
 
@@ -145,13 +146,42 @@ def validation_folds(labels: torch.Tensor, folds: int, seed: int, protocol: str)
     return [torch.nonzero(fold_of == f).flatten() for f in range(folds)]
 
 
-def _evaluation_view(dataset: Dataset) -> Dataset:
-    """The items of ``dataset`` without random augmentation (validation items are evaluated, not trained on)."""
+def _transform_of(dataset: Any) -> Any:
+    """The ``transform`` the images of ``dataset`` go through (through :class:`LabeledSubset` / ``ConcatDataset``
+    wrappers and a sealed test split, whose images are not read), or ``None``."""
+    if isinstance(dataset, SealedTestSplit):
+        return _transform_of(dataset.unseal())
+    if isinstance(dataset, LabeledSubset):
+        return _transform_of(dataset.base)
+    if isinstance(dataset, ConcatDataset):
+        return _transform_of(dataset.datasets[0]) if dataset.datasets else None
+    return getattr(dataset, "transform", None)
+
+
+def _with_transform(dataset: Any, transform: Any) -> Any:
+    """A view of ``dataset`` whose images go through ``transform`` (shallow copies: the files are not read again)."""
+    if isinstance(dataset, LabeledSubset):
+        return LabeledSubset(_with_transform(dataset.base, transform), dataset.indices, dataset.labels)
+    if isinstance(dataset, ConcatDataset):
+        return ConcatDataset([_with_transform(d, transform) for d in dataset.datasets])
+    if getattr(dataset, "transform", None) is not None:
+        view = copy.copy(dataset)
+        view.transform = transform
+        return view
+    return dataset
+
+
+def _evaluation_view(dataset: Dataset, test: Dataset) -> Dataset:
+    """The items of ``dataset`` as the test split's are evaluated: without random augmentation (tensor images), or
+    through the test split's transform (image files: e.g. the centre crop instead of the training's random crop)."""
     if isinstance(dataset, AugmentedTensorDataset):
         return TensorImageDataset(
             dataset.images, dataset.labels, mean=dataset.mean, std=dataset.std, scale=dataset.scale
         )
-    return dataset
+    evaluation, training = _transform_of(test), _transform_of(dataset)
+    if evaluation is None or training is None or evaluation is training:
+        return dataset
+    return _with_transform(dataset, evaluation)
 
 
 def validation_split(splits: DatasetSplits, fold: int, folds: int, seed: int = 0) -> DatasetSplits:
@@ -178,12 +208,14 @@ def validation_split(splits: DatasetSplits, fold: int, folds: int, seed: int = 0
         remap = {c: i for i, c in enumerate(train_classes)}
         remap.update({c: len(train_classes) + i for i, c in enumerate(val_classes)})
         train = subset(splits.train, train_idx, [remap[c] for c in labels[train_idx].tolist()])
-        test = subset(_evaluation_view(splits.train), val_idx, [remap[c] for c in labels[val_idx].tolist()])
+        test = subset(
+            _evaluation_view(splits.train, splits.test), val_idx, [remap[c] for c in labels[val_idx].tolist()]
+        )
         num_classes = len(train_classes)
         class_names = tuple(name(c) for c in train_classes + val_classes)
     else:
         train = subset(splits.train, train_idx)
-        test = subset(_evaluation_view(splits.train), val_idx)
+        test = subset(_evaluation_view(splits.train, splits.test), val_idx)
         num_classes, class_names = splits.num_classes, splits.class_names
     record = {
         **choice,
