@@ -232,3 +232,11 @@ def test_bench_selects_every_runs_epoch_and_refuses_impossible_folds_up_front(tm
     assert [r["selection"]["epochs_trained"] for r in summary["runs"]] == [2, 2]
     assert all(r["test_size"] == 40 for r in summary["runs"])  # the test split, not the fold
     assert "the epoch selected on validation fold 0 of 2" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_the_epoch_lines_say_the_metric_is_the_validation_folds():
+    from pml_anchors.app.progress import epoch_line
+
+    entry = {"epoch": 2, "loss": 0.5, "seconds": 1.0, "precision_at_1": 0.9}
+    assert epoch_line(entry, 4) == "epoch 2/4: loss 0.5000, 1.0 s, P@1 0.9000"
+    assert epoch_line({**entry, "evaluated_on": "validation"}, 4).endswith("1.0 s, validation P@1 0.9000")

@@ -35,7 +35,8 @@ def epoch_line(entry: dict[str, Any], epochs: int) -> str:
     parts.append(f"{entry['seconds']:.1f} s")
     if entry.get("precision_at_1") is not None:
         parts[-1] += ","
-        parts.append(f"P@1 {entry['precision_at_1']:.4f}")
+        split = "validation " if entry.get("evaluated_on") == "validation" else ""  # --select-epoch: not the test split
+        parts.append(f"{split}P@1 {entry['precision_at_1']:.4f}")
     return " ".join(parts)
 
 
