@@ -14,46 +14,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "nearest_anchor_accuracy")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "TORCHELASTIC", "MASTER_"))}
-    env.pop("LOCAL_RANK", None)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+from _torchrun import METRICS, free_port, job_env
 
 
 def _train(args: list[str], out: Path) -> tuple[dict, float]:
     started = time.perf_counter()
     command = [sys.executable, "-m", "pml_anchors.cli", "train", *args, "--output", str(out)]
-    subprocess.run(command, check=True, env=_clean_env(), capture_output=True)
+    subprocess.run(command, check=True, env=job_env(), capture_output=True)
     return json.loads((out / "results.json").read_text()), time.perf_counter() - started
 
 
 def _two_nodes(args: list[str], out: Path) -> tuple[dict, float]:
-    port = _free_port()
+    port = free_port()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
     launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"parity-{port}"]
     command = [*launcher, "-m", "pml_anchors.cli", "train", *args, "--output", str(out)]
     started = time.perf_counter()
-    nodes = [
-        subprocess.Popen(command, env=_clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in "ab"
-    ]
+    nodes = [subprocess.Popen(command, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in "ab"]
     for node in nodes:
         _, err = node.communicate()
         if node.returncode:

@@ -16,27 +16,16 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-METRICS = ("precision_at_1", "mean_average_precision_at_r", "r_precision", "nearest_anchor_accuracy")
+from _torchrun import METRICS, free_port, job_env
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "TORCHELASTIC", "MASTER_"))}
-    env.pop("LOCAL_RANK", None)
-    env.update(OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", TORCH_ELASTIC_SHUTDOWN_TIMEOUT="5")
-    return env
+#: multi-node restarts need a store per attempt (docs/distributed.md); the agents stop their workers quickly
+RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"}
 
 
 def _worker_of_rank(launchers: list[subprocess.Popen], rank: int) -> int | None:
@@ -71,11 +60,13 @@ def main() -> None:
         one = Path(tmp) / "one"
         started = time.perf_counter()
         cli = [sys.executable, "-m", "pml_anchors.cli", "train"]
-        subprocess.run([*cli, *train, "--output", str(one)], check=True, env=_env(), capture_output=True)
+        subprocess.run(
+            [*cli, *train, "--output", str(one)], check=True, env=job_env(**RESTART_ENV), capture_output=True
+        )
         one_s = time.perf_counter() - started
 
         out = Path(tmp) / "job"
-        port = _free_port()
+        port = free_port()
         if args.nodes == 2:
             launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
             launcher += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"restart-{port}"]
@@ -85,7 +76,9 @@ def main() -> None:
         command += ["-m", "pml_anchors.cli", "train", *train, "--output", str(out)]
         started = time.perf_counter()
         logs = [open(Path(tmp) / f"node{n}.log", "wb") for n in range(args.nodes)]  # noqa: SIM115
-        jobs = [subprocess.Popen(command, env=_env(), stdout=log, stderr=subprocess.STDOUT) for log in logs]
+        jobs = [
+            subprocess.Popen(command, env=job_env(**RESTART_ENV), stdout=log, stderr=subprocess.STDOUT) for log in logs
+        ]
         try:
             while not (out / "checkpoint.pt").exists():
                 if any(j.poll() is not None for j in jobs):
