@@ -7,6 +7,7 @@ kernel, learning-rate multipliers for a loss's own parameters, and exact distrib
 * :mod:`~pml_anchors.losses.logsumexp`: log-sum-exp and cross-entropy over the classes, optionally chunked;
 * :mod:`~pml_anchors.losses.lr_multipliers`: :func:`param_groups` for PML's ``metric_loss_optimizer``;
 * :mod:`~pml_anchors.losses.distributed`: :class:`DistributedLoss` (the global batch on every rank);
+* :mod:`~pml_anchors.losses.class_parallel`: :class:`ClassParallelLoss` (each rank holds a block of the anchors);
 * :mod:`~pml_anchors.losses.distances`: which PML distance a loss's maths is.
 
 Every registered method's loss class is importable from here by name, like PML's:
@@ -17,10 +18,11 @@ from typing import Any
 
 from ..plugin.api import list_methods
 from .base import AnchorLoss, AnchorsArg
+from .class_parallel import ClassParallelLoss
 from .distributed import DistributedLoss
 from .lr_multipliers import loss_optimizers, param_groups
 
-__all__ = ["AnchorLoss", "AnchorsArg", "DistributedLoss", "loss_optimizers", "param_groups"]
+__all__ = ["AnchorLoss", "AnchorsArg", "ClassParallelLoss", "DistributedLoss", "loss_optimizers", "param_groups"]
 
 
 def _class_name(loss: Any) -> str:

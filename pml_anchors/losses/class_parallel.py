@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from .base import AnchorLoss
-from .distributed import DistributedLoss
+from .distributed import DistributedLoss, WrappedLoss
 from .logsumexp import LogitMap, class_logsumexp
 
 __all__ = [
@@ -382,7 +382,7 @@ class ClassShard:
 # -- the wrapper ------------------------------------------------------------------------------------------------
 
 
-class ClassParallelLoss(torch.nn.Module):
+class ClassParallelLoss(WrappedLoss):
     """Run an :class:`~pml_anchors.losses.AnchorLoss` with its anchors sharded over the processes of a group.
 
     Use inside an initialised process group (gloo on CPU, NCCL on GPU), the model in DDP and the loss not::
@@ -448,12 +448,6 @@ class ClassParallelLoss(torch.nn.Module):
                 loss.register_buffer("anchors", block, persistent=True)
         loss.clear_anchor_cache()
         self.loss = loss
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("loss"), name)
 
     @property
     def shard(self) -> ClassShard:

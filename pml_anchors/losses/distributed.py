@@ -58,7 +58,17 @@ def all_gather_variable(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [g[:n] for g, n in zip(gathered, sizes)]
 
 
-class DistributedLoss(torch.nn.Module):
+class WrappedLoss(torch.nn.Module):
+    """A module around a loss (``self.loss``) whose attributes fall through to it (``anchors``, ``predict``, ...)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("loss"), name)
+
+
+class DistributedLoss(WrappedLoss):
     """Wrap a PML loss so each rank computes it on the global batch (gathered across ranks).
 
     Use inside an initialised process group (gloo on CPU, NCCL on GPU) with the model in DDP::
@@ -77,12 +87,6 @@ class DistributedLoss(torch.nn.Module):
         if not isinstance(loss, torch.nn.Module):
             raise TypeError(f"DistributedLoss wraps a torch.nn.Module loss, got {type(loss).__name__}")
         self.loss = loss
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("loss"), name)
 
     def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
         if indices_tuple is not None or ref_emb is not None or ref_labels is not None:
