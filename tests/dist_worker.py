@@ -6,7 +6,9 @@ per job.
 """
 
 import datetime
+import gc
 import os
+import sys
 import traceback
 
 import torch
@@ -78,7 +80,23 @@ def worker(rank, world, port, jobs, out_dir, kw):
                 results[key] = {"error": traceback.format_exc()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        results = {}
+        leave_process_group()
+    exit_saved()
+
+
+def leave_process_group() -> None:
+    """Collect what the jobs made (DDP models, subgroups) while the process group is whole, then destroy it."""
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def exit_saved() -> None:
+    """End a spawned worker whose results are saved without the interpreter's teardown, where gloo's threads can abort
+    the process (SIGABRT, "terminate called without an active exception", seen on a busy 2-core machine)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(jobs, out_dir, world=2, **kw):

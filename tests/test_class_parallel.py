@@ -12,7 +12,6 @@ another size). The tests below read the failures each worker recorded.
 from __future__ import annotations
 
 import datetime
-import gc
 import os
 import socket
 import traceback
@@ -20,6 +19,7 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
+from dist_worker import exit_saved, leave_process_group
 
 import pml_anchors
 from pml_anchors.losses.class_parallel import (
@@ -254,12 +254,9 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 results[key] = [traceback.format_exc()]
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        checks = {}  # the DDP models and subgroups the checks made: collected while the process group is whole
-        gc.collect()
-        dist.destroy_process_group()
-    # the results are saved: skip the interpreter's teardown, where gloo's threads can abort the process (SIGABRT,
-    # "terminate called without an active exception", seen once on a busy 2-core machine)
-    os._exit(0)
+        checks = {}  # the DDP models and subgroups the checks made
+        leave_process_group()
+    exit_saved()
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2proc", "4proc"])
