@@ -31,10 +31,10 @@ from ..evaluation.tester import METRICS
 from ..plugin.api import get_method, list_methods
 from .baselines import BASELINES, PREFIX, get_baseline
 from .config import TrainConfig
+from .data.validation import validation_folds
 from .plots import plot_accuracy_per_epoch, plot_accuracy_vs_time, plot_embeddings, plots_unavailable, project
 from .progress import RunProgress
 from .results import results_dict, test_classes, write_json
-from .selection import selection_splits
 from .session import build, final_metrics, load_config_dataset, train
 from .tensorboard import require_tensorboard
 
@@ -101,7 +101,8 @@ def bench(
         plots = False
     splits = load_config_dataset(base)
     if base.select_epoch is not None:  # too few classes or items for the folds: one error now, not one per method
-        selection_splits(splits, base.select_epoch)
+        choice = base.select_epoch
+        validation_folds(splits.train_labels, choice["folds"], choice["seed"], splits.protocol)
     runs, projections = [], {}
     for index, name in enumerate(names, 1):
         label = f"[{index}/{len(names)}] {name.removeprefix(PREFIX)}"

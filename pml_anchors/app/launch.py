@@ -66,13 +66,13 @@ import torch.distributed as dist
 from torch.utils.data import RandomSampler, Sampler
 
 from ..devices import resolve_device
-from ..losses.class_parallel import ClassParallelLoss, gather_anchors, wrap_for_training
+from ..losses.class_parallel import ClassParallelLoss, gather_anchors, shard_anchors, wrap_for_training
 from ..validators import check_int, positive_int
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .output_folder import RUN_FILES, claimed
 from .results import results_dict, write_json
-from .session import Session, evaluate_session, resolve_method, run, train
+from .session import Session, final_metrics, resolve_method, run, train
 from .session import build as build_session
 from .supervisor import WorkerError, report_failure, run_workers
 from .torchrun_env import TorchrunEnv, detect
@@ -119,7 +119,7 @@ class _ShardedLoss:
     def _block(self, value: Any) -> Any:
         w = self.wrapped
         if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == w.num_rows:
-            return value[w.start : w.stop].clone()
+            return shard_anchors(value, w.rank, w.world_size)
         return value
 
     @contextlib.contextmanager
@@ -524,10 +524,7 @@ def _finish(
     if rank != 0:
         return None
     diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
-    last = session.history[-1] if session.history else {}
-    fresh = last.get("epoch") == session.epoch and "precision_at_1" in last
-    metrics = last if fresh else evaluate_session(session)
-    results = results_dict(session, metrics, wall_seconds=time.perf_counter() - started)
+    results = results_dict(session, final_metrics(session), wall_seconds=time.perf_counter() - started)
     assert session.trainer is not None  # train() refuses a session without one
     per_process = session.trainer.batch_size
     results.update(

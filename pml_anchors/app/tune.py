@@ -198,9 +198,7 @@ def tune(
         if config.get(key) is not None:
             raise ValueError(f"tune does not take {key!r}: each trial trains on validation folds and writes no run")
     base = TrainConfig(method=method, dataset=dataset, output=None, checkpoint_every_epoch=False, **config)
-    spec, _ = resolve_method(method)
-    space = _check_space(spec, base.loss_kwargs)
-    distributions = {name: _distribution(optuna, param) for name, param in space.items()}
+    spec, space, distributions = _search_space(optuna, base)
     splits = seal_test_split(splits if splits is not None else load_config_dataset(base))
     validation_folds(splits.train_labels, folds, base.seed, splits.protocol)  # too few classes/items: fail now
     settings = {k: v for k, v in base.to_dict().items() if k not in ("method", "dataset", "seed", "num_threads")}
@@ -317,9 +315,7 @@ def _job(index: int, config: dict[str, Any], folder: str, trials: int, folds: in
         import torch
 
         torch.set_num_threads(base.num_threads)
-    spec, _ = resolve_method(base.method)
-    space = _check_space(spec, base.loss_kwargs)
-    distributions = {name: _distribution(optuna, param) for name, param in space.items()}
+    _, _, distributions = _search_space(optuna, base)
     splits = seal_test_split(load_config_dataset(base))
     storage = _storage(optuna, Path(folder))
     seed = base.seed + 7919 * index + len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials)
@@ -329,6 +325,13 @@ def _job(index: int, config: dict[str, Any], folder: str, trials: int, folds: in
         _search(optuna, study, distributions, base, splits, folds, trials, say, job=index)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _search_space(optuna: Any, base: TrainConfig) -> tuple[MethodSpec, Mapping[str, Param], dict[str, Any]]:
+    """``base.method``'s spec, its checked search space and the Optuna distributions of it."""
+    spec, _ = resolve_method(base.method)
+    space = _check_space(spec, base.loss_kwargs)
+    return spec, space, {name: _distribution(optuna, param) for name, param in space.items()}
 
 
 def _objective(trial: Any, base: TrainConfig, splits: Any, folds: int) -> float:
