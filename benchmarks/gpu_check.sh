@@ -10,8 +10,9 @@
 #    the floors, eager;
 # 4. loss_speed.py --device cuda --compile reduce-overhead at C = 10k: each method as one compiled graph replayed
 #    as a CUDA graph (the compile is the untimed first call);
-# 5. train_step.py --device cuda --whole reduce-overhead: the small-CNN step, eager and with trunk + embedder + loss
-#    as one compiled graph (the loss's share of the step).
+# 5. train_step.py --device cuda --whole reduce-overhead --classes 10,10000: the small-CNN step, eager and with
+#    trunk + embedder + loss as one compiled graph (the loss's share of the step); C = 10k runs CAM on its
+#    neighbour list, refreshed between steps as its trainer hooks do.
 #
 # Every stage has its own time limit (so the whole run ends in time even if one hangs) and writes its output to
 # $OUT/<stage>.txt (and .json for the benchmarks); $OUT/summary.txt lists each stage's exit status and seconds.
@@ -48,6 +49,6 @@ stage loss_speed 70 "$PY" benchmarks/loss_speed.py --device cuda --sizes 128x100
     --repeats 15 --json "$OUT/loss_speed.json"
 stage loss_speed_compiled 100 "$PY" benchmarks/loss_speed.py --device cuda --sizes 128x10000 --no-memory \
     --compile reduce-overhead --repeats 15 --json "$OUT/loss_speed_compiled.json"
-stage train_step 110 "$PY" benchmarks/train_step.py --device cuda --whole reduce-overhead \
+stage train_step 170 "$PY" benchmarks/train_step.py --device cuda --whole reduce-overhead --classes 10,10000 \
     --json "$OUT/train_step.json"
 echo "done: $OUT" | tee -a "$OUT/summary.txt"

@@ -87,6 +87,7 @@ class Case:
         self.labels = torch.randint(0, classes, (batch,), generator=gen).to(device)
         self.emb = None
         self.forward_loss = self.loss_fn = None
+        self._refresh()
         if whole is not None:
             kwargs = {} if whole == "default" else {"mode": whole}
             trunk, embedder, loss = self.trunk, self.embedder, self.loss
@@ -97,11 +98,19 @@ class Case:
     def models(self) -> str:
         return f"whole ({self.whole})" if self.whole is not None else "compiled" if self.compiled else "eager"
 
+    def _refresh(self) -> None:
+        """What the method's trainer hooks do between steps: CAM's neighbour-list check (K > 4096), outside the
+        (compiled) step, as ``pml-anchors train`` runs it."""
+        refresh = getattr(self.loss, "refresh_neighbors", None)
+        if callable(refresh):
+            refresh()
+
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if self.forward_loss is not None:
             self.forward_loss(self.images, self.labels).backward()
             self.optimizer.step()
+            self._refresh()
             if self.emb is None:
                 with torch.no_grad():
                     self.emb = self.embedder(self.trunk(self.images))
@@ -109,6 +118,7 @@ class Case:
         emb = self.embedder(self.trunk(self.images))
         self.loss(emb, self.labels).backward()
         self.optimizer.step()
+        self._refresh()
         self.emb = emb.detach()
 
     def loss_only(self) -> None:

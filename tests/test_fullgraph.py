@@ -8,7 +8,9 @@ training step neither synchronises the host nor escapes a CUDA graph.
 * the fused log-sum-exp's custom op passes ``torch.library.opcheck``; a third-party logit map falls back to an
   eager call (one graph break, eager values); ``check_method`` reports graph breaks and host reads;
 * CUDA (skipped without a GPU): a small-CNN training step runs under ``torch.cuda.set_sync_debug_mode("error")``
-  for every method, and ``torch.compile(mode="reduce-overhead")`` captures a small-CNN step in CUDA graphs.
+  for every method, and ``torch.compile(mode="reduce-overhead")`` captures a small-CNN step in CUDA graphs; CAM with
+  8192 anchors (its neighbour list, refreshed between steps) steps without a sync, eager and in CUDA graphs (the
+  CPU side of that: plugins/cam/tests/test_step_without_host_reads.py).
 """
 
 from __future__ import annotations
@@ -168,12 +170,12 @@ BUILTIN = method_cases.builtin_method_names()
 BUILTIN_IDS = [method_cases.method_id(n) for n in BUILTIN]
 
 
-def _small_cnn_case(name: str, num_classes: int = 10, batch: int = 64, device: str = "cuda"):
+def _small_cnn_case(name: str, num_classes: int = 10, batch: int = 64, device: str = "cuda", embedding_size=16):
     """The small MNIST CNN (trunk + embedder), ``name``'s loss, SGD over both, one batch: all on ``device``."""
     from pml_anchors.app.models import build_backbone
 
     torch.manual_seed(0)
-    loss = method_cases.build(name, num_classes=num_classes, embedding_size=16).to(device)
+    loss = method_cases.build(name, num_classes=num_classes, embedding_size=embedding_size).to(device)
     trunk, embedder = build_backbone("small_cnn", in_channels=1, input_size=28, embedding_size=loss.embedding_size)
     model = torch.nn.Sequential(trunk, embedder).to(device)
     params = list(model.parameters()) + [p for p in loss.parameters() if p.requires_grad]
@@ -233,3 +235,45 @@ def test_reduce_overhead_captures_a_small_cnn_step_in_cuda_graphs(name):
             out.append(value.detach().clone())
     assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
     torch.testing.assert_close(torch.stack(values), torch.stack(eager_values), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"], ids=["eager", "reduce_overhead"])
+def test_cam_above_4096_anchors_steps_without_a_sync(mode):
+    """CAM with K = 8192 anchors (its neighbour list): once ``refresh_neighbors`` (CAM's trainer hooks) checked the
+    list between optimizer steps, the step reads nothing back, eager and captured in CUDA graphs."""
+    from torch._dynamo.utils import counters
+
+    qualified = next(n for n in BUILTIN if method_cases.method_id(n) == "cam")
+    model, loss, optimizer, images, labels = _small_cnn_case(qualified, num_classes=8192, embedding_size=128)
+
+    def forward(x, y):
+        return loss(model(x), y)
+
+    fn = forward if mode is None else torch.compile(forward, mode=mode, fullgraph=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        value = fn(images, labels)
+        value.backward()
+        optimizer.step()
+        return value.detach().clone()
+
+    counters.clear()
+    loss.refresh_neighbors()
+    for _ in range(3):  # warm-up: compile, record the CUDA graphs
+        step()
+        loss.refresh_neighbors()
+    torch.cuda.synchronize()
+    values = []
+    for _ in range(3):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            values.append(step())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        loss.refresh_neighbors()  # between steps: it reads sizes back
+    assert all(torch.isfinite(v).item() for v in values)
+    assert loss._neighbors.padded is not None  # the list, not the blocked fallback
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])

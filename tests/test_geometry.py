@@ -43,9 +43,10 @@ def test_the_base_hooks_record_each_methods_geometry_with_the_same_keys(name):
     assert record["epoch"] == 3 and record["mean_anchor_norm"] > 0 and 0 < record["min_anchor_angle_deg"] <= 180
 
 
-def test_only_proxy_anchor_ships_its_own_hooks():
+def test_only_proxy_anchor_and_cam_ship_their_own_hooks():
     kinds = {spec.name: type(pml_anchors.get_trainer_hooks(spec.name)).__name__ for spec in pml_anchors.list_methods()}
-    assert kinds == {name: "TrainerHooks" for name in EXPECTED_KEYS} | {"proxy_anchor": "ProxyAnchorHooks"}
+    own = {"proxy_anchor": "ProxyAnchorHooks", "cam": "CamTrainerHooks"}  # recipe; neighbour list between steps
+    assert kinds == {name: "TrainerHooks" for name in EXPECTED_KEYS} | own
 
 
 def test_a_method_with_a_target_reports_it_even_for_one_class():

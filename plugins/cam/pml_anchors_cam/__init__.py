@@ -4,7 +4,8 @@ Content-Based Image Retrieval").
 Registers the method ``cam`` (learnable class anchors; attractor + repeller + minimum-norm terms on raw
 Euclidean embeddings) and the initializer ``standard_normal``. Nothing here imports torch: the loss is a lazy
 ``"module:attr"`` string and the initializer imports torch only when called. The anchors are learnable: the base
-trainer hooks warn if no optimizer steps them, and record the loss's geometry every epoch.
+trainer hooks warn if no optimizer steps them, record the loss's geometry every epoch and, for K > 4096 anchors,
+check the repeller's neighbour list between optimizer steps (``CamTrainerHooks``).
 """
 
 from pml_anchors import MethodSpec, hookimpl
@@ -34,6 +35,7 @@ def register_methods(register):
             name="cam",
             counterpart="baseline:pml_contrastive",  # bench reports pair it with: a pair loss on distances
             loss="pml_anchors_cam.cam_loss:ClassAnchorMarginLoss",
+            trainer_hooks="pml_anchors_cam.hooks:CamTrainerHooks",  # the neighbour list checked between steps
             initializer=standard_normal,
             normalize_embeddings=False,  # trained and retrieved with raw L2 distances
             paper=PAPER,

@@ -49,6 +49,29 @@ from .repeller import (
 NEIGHBOR_LIST_MIN_CLASSES = 256
 
 
+_NOT_REFRESHED = (
+    "CAM's neighbour list has not been searched on {device}: with K = {k} anchors (K^2 > DENSE_ENTRIES) a compiled "
+    "step reads "
+    "the list that loss.refresh_neighbors() leaves; call it once before the first compiled step and after every "
+    "optimizer step (CAM's trainer hooks, pml_anchors.get_trainer_hooks('cam'), do)"
+)
+_OVERFLOWED = (
+    "CAM's neighbour list overflowed: more than {max_pairs:,} anchor pairs lie closer than 2m + skin = {reach:g}, so "
+    "L_R has no fixed-shape form to compile; run the loss eagerly (it then sums every pair in row blocks), or use a "
+    "smaller margin, wider initial anchors or batch_classes_only=True"
+)
+_STALE = (
+    "CAM's neighbour list is stale: an anchor moved {skin:g} or more since loss.refresh_neighbors() last ran, so "
+    "the list may miss a pair closer than 2m; call loss.refresh_neighbors() after every optimizer step"
+)
+
+
+def _on_host(anchors: torch.Tensor) -> bool:
+    """Whether the step may read values back to the host for free: eager, on the CPU (on an accelerator a read
+    stalls the host until the device catches up; under ``torch.compile`` it breaks the graph)."""
+    return anchors.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _no_autocast(device_type: str) -> AbstractContextManager:
     """Run the small anchor computations in their own dtype: autocast would do the K x K Gram in bf16."""
     return torch.autocast(device_type=device_type, enabled=False)
@@ -135,11 +158,6 @@ class ClassAnchorMarginLoss(AnchorLoss):
         L_R comes from :mod:`~pml_anchors_cam.repeller` (row blocks of the distance matrix of the centred
         anchors, or the exact neighbour list for large K); coincident anchors get a finite (zero) gradient.
         """
-        if self._sync_free(anchors):  # K x K from differences: no host read, one compiled graph
-            shortfall = (self.min_norm - torch.linalg.vector_norm(anchors, dim=1)).clamp_min(0).square()
-            if present is not None:
-                shortfall = torch.where(present, shortfall, torch.zeros_like(shortfall))
-            return repeller_dense(anchors, self.margin, present), 0.5 * shortfall.sum()
         if present is not None:
             anchors = anchors[present.nonzero().flatten()]
             repeller = repeller_blocked(anchors, self.margin)
@@ -147,22 +165,92 @@ class ClassAnchorMarginLoss(AnchorLoss):
             repeller = repeller_on_pairs(anchors, pairs, self.margin)
         else:
             repeller = repeller_blocked(anchors, self.margin)
-        norms = torch.linalg.vector_norm(anchors, dim=1)  # no K x n temporary; zero gradient at the origin
-        shortfall = (self.min_norm - norms).clamp_min(0).square()
-        return repeller, 0.5 * shortfall.sum()
+        return repeller, self._norm_term(anchors)
+
+    def _norm_term(self, anchors: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """L_N (eq. 3) over the anchors, or over the ``rows`` (bool mask) of them; no K x n temporary and a zero
+        gradient at the origin."""
+        shortfall = (self.min_norm - torch.linalg.vector_norm(anchors, dim=1)).clamp_min(0).square()
+        if rows is not None:
+            shortfall = torch.where(rows, shortfall, torch.zeros_like(shortfall))
+        return 0.5 * shortfall.sum()
+
+    def _device_terms(self, x, labels, weights, anchors):
+        """(attractor, L_R, L_N) with no host read and no data-dependent shape, or None where no such form exists.
+
+        Used on an accelerator and under ``torch.compile`` (a host read would stall the device or break the
+        graph). ``batch_classes_only``: the B x B distances of the batch's anchor rows, each class counted at its
+        first row in the batch. K^2 <= ``DENSE_ENTRIES``: the dense K x K form. Above: the neighbour list, padded
+        to a fixed length (:meth:`_listed_pairs`). None (the host form, which reads sizes) for
+        ``neighbor_list=False`` at large K, an overflowing list, or B^2 > ``DENSE_ENTRIES``.
+        """
+        attractor = 0.5 * (x - anchors[labels]).square().sum(dim=1) * weights
+        k = anchors.shape[0]
+        if self.batch_classes_only:
+            if labels.shape[0] ** 2 > DENSE_ENTRIES:
+                return None
+            rows = anchors[labels]
+            same = labels.unsqueeze(0) == labels.unsqueeze(1)
+            first = ~torch.tril(same, diagonal=-1).any(dim=1)  # each present class once: at its first row
+            return attractor, repeller_dense(rows, self.margin, first), self._norm_term(rows, first)
+        if k * k <= DENSE_ENTRIES or self.margin == 0:
+            return attractor, repeller_dense(anchors, self.margin), self._norm_term(anchors)
+        listed = self._listed_pairs(anchors) if self._use_neighbor_list(k) else None
+        if listed is None:
+            return None
+        return attractor, repeller_on_pairs(anchors, listed[0], self.margin, listed[1]), self._norm_term(anchors)
+
+    def _listed_pairs(self, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The neighbour list padded to a fixed length, (pairs, mask), for a step without a host read.
+
+        Eager: checked against these anchors unless :meth:`refresh_neighbors` already did since their last
+        change (then nothing is read back); None if it overflows. Under ``torch.compile``: the list
+        :meth:`refresh_neighbors` left, with a device-side assertion that it still holds every pair closer than
+        2m (no anchor moved 0.45 skin since it was searched), so a stale list fails the step instead of
+        leaving a pair out.
+        """
+        if not torch.compiler.is_compiling():
+            return None if self._close_pairs(anchors) is None else self._neighbor_list().padded
+        neighbors = self._neighbors
+        snapshot = None if neighbors is None else neighbors.snapshot
+        if neighbors is None or snapshot is None or snapshot.device != anchors.device:
+            raise RuntimeError(_NOT_REFRESHED.format(k=anchors.shape[0], device=anchors.device))
+        if neighbors.padded is None:
+            raise RuntimeError(_OVERFLOWED.format(max_pairs=neighbors.max_pairs, reach=neighbors.reach))
+        torch._assert_async(neighbors.holds_for(anchors), _STALE.format(skin=0.45 * neighbors.skin))
+        return neighbors.padded
+
+    @torch.no_grad()
+    def refresh_neighbors(self) -> None:
+        """Check the neighbour list against the anchors as they are now, outside the training step.
+
+        Call it after every optimizer step (and once before the first) when K^2 > ``DENSE_ENTRIES`` (K > 4096)
+        on an accelerator or under ``torch.compile``: it re-searches the anchors that moved (reading sizes back
+        to the host), so that the step itself reads nothing back and keeps fixed shapes (one compiled graph,
+        one CUDA graph). CAM's trainer hooks call it before training and after every iteration. A no-op where
+        the step does not use the list (``batch_classes_only``, ``margin=0``, ``neighbor_list=False``, K <= 4096).
+        """
+        k = self.anchors.shape[0]
+        if self.batch_classes_only or k * k <= DENSE_ENTRIES or not self._use_neighbor_list(k):
+            return
+        self._close_pairs(self.anchors)
+
+    def _neighbor_list(self) -> NeighborList:
+        if self._neighbors is None:
+            skin = self.margin if self.neighbor_skin is None else self.neighbor_skin
+            self._neighbors = NeighborList(self.margin, skin, max_pairs=max(1 << 20, 4 * self.anchors.shape[0]))
+        return self._neighbors
 
     def _close_pairs(self, anchors: torch.Tensor) -> torch.Tensor | None:
         """Pairs (2, P) holding every anchor pair closer than 2m (neighbour list), or None if too many (then L_R
         sums every pair: refused where that costs more than ``MAX_STEP_MACS`` per step)."""
-        if self._neighbors is None:
-            skin = self.margin if self.neighbor_skin is None else self.neighbor_skin
-            self._neighbors = NeighborList(self.margin, skin, max_pairs=max(1 << 20, 4 * anchors.shape[0]))
-        pairs = self._neighbors.pairs(anchors)
+        neighbors = self._neighbor_list()
+        pairs = neighbors.pairs(anchors)
         if pairs is None:
             k, d = anchors.shape
             reason = (
-                f"more than {self._neighbors.max_pairs:,} anchor pairs lie closer than 2m + skin = "
-                f"{self._neighbors.reach:g}, too many for the neighbour list (anchors much closer together than 2m "
+                f"more than {neighbors.max_pairs:,} anchor pairs lie closer than 2m + skin = "
+                f"{neighbors.reach:g}, too many for the neighbour list (anchors much closer together than 2m "
                 f"= {2 * self.margin:g}: a smaller margin or wider initial anchors also avoid it)"
             )
             check_step_cost(k, d, reason)
@@ -199,15 +287,6 @@ class ClassAnchorMarginLoss(AnchorLoss):
         shortfall = (self.min_norm - torch.linalg.vector_norm(sub[where[b : b + s]], dim=1)).clamp_min(0).square()
         return attractor, repeller, 0.5 * shortfall.sum()
 
-    @staticmethod
-    def _sync_free(anchors: torch.Tensor) -> bool:
-        """Whether L_R runs as one dense K x K pass (:func:`~pml_anchors_cam.repeller.repeller_dense`): on an
-        accelerator and under ``torch.compile``, where the blocked search's and the neighbour list's host reads
-        would stall the device or break the graph, up to K^2 = ``DENSE_ENTRIES``. Above that (and on CPU, where a
-        host read costs nothing) the blocked search or the neighbour list, which read sizes on the host."""
-        on_host = anchors.device.type == "cpu" and not torch.compiler.is_compiling()
-        return not on_host and anchors.shape[0] ** 2 <= DENSE_ENTRIES
-
     def _use_neighbor_list(self, k: int) -> bool:
         if self.margin == 0 or k < 2:
             return False
@@ -217,9 +296,8 @@ class ClassAnchorMarginLoss(AnchorLoss):
         with _no_autocast(embeddings.device.type):
             work = anchors.dtype
             x, w = embeddings.to(work), weights.to(work)
-            terms = None
-            sparse = not self.batch_classes_only and self._use_neighbor_list(anchors.shape[0])
-            if sparse and not self._sync_free(anchors):
+            terms = None if _on_host(anchors) else self._device_terms(x, labels, w, anchors)
+            if terms is None and not self.batch_classes_only and self._use_neighbor_list(anchors.shape[0]):
                 terms = self._sparse_terms(x, labels, w, anchors)
             if terms is not None:
                 attractor, repeller, norm = terms

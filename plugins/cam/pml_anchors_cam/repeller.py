@@ -69,6 +69,8 @@ VERIFY_ENTRIES = 1 << 21
 #: A low-precision filter that let through more than this many false candidates per anchor (at least 1024
 #: anchors counted) is redone in a finer dtype.
 MAX_REJECTED_PER_ROW = 16
+#: Shortest padded neighbour list (:attr:`NeighborList.padded`).
+MIN_PADDED = 1024
 #: Largest full pair search (K^2 / 2 x (d + 2) multiply-adds) a neighbour list starts: ~2.1M anchors at d = 128
 #: (1M took 3 minutes on 2 CPU cores with bfloat16 products); above, :func:`check_search_cost` refuses.
 MAX_SEARCH_MACS = float(1 << 48)
@@ -190,13 +192,19 @@ def repeller_blocked(anchors: torch.Tensor, margin: float, block_entries: int = 
     return total + repeller_on_pairs(anchors, pairs, margin)
 
 
-def repeller_on_pairs(anchors: torch.Tensor, pairs: torch.Tensor, margin: float) -> torch.Tensor:
-    """L_R summed over the unordered ``pairs`` (2, P) only (differentiable; distances from differences)."""
+def repeller_on_pairs(
+    anchors: torch.Tensor, pairs: torch.Tensor, margin: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_R summed over the unordered ``pairs`` (2, P) only (differentiable; distances from differences).
+    ``mask`` (P,) bool: count only the pairs marked ``True`` (a list padded to a fixed length)."""
     if pairs.shape[1] == 0 or margin == 0:
         return anchors.sum() * 0
     diff = anchors[pairs[0]] - anchors[pairs[1]]
     d = _safe_sqrt(diff.square().sum(dim=1))
-    return (2.0 * margin - d).clamp_min(0).square().sum()
+    hinge = (2.0 * margin - d).clamp_min(0)
+    if mask is not None:
+        hinge = torch.where(mask, hinge, torch.zeros_like(hinge))
+    return hinge.square().sum()
 
 
 #: Pairs up to which :func:`repeller_dense` may hold the K x K distance matrix (the sync-free path: a 4096 x 4096
@@ -576,6 +584,9 @@ class NeighborList:
         self.list: torch.Tensor | None = None
         self.stats = {"rebuilds": 0, "partial": 0, "calls": 0, "overflows": 0}
         self._answered: tuple[weakref.ref, int, int] | None = None  # the tensor the last answer was for
+        #: The list padded to a power-of-two length, (pairs (2, L), mask (L,)), or None (no list): see :meth:`padded`.
+        self.padded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._padded_from: torch.Tensor | None = None
 
     @property
     def reach(self) -> float:
@@ -612,19 +623,50 @@ class NeighborList:
             torch.linalg.vector_norm(anchors[start:stop] - self.snapshot[start:stop], dim=1, out=out[start:stop])
         return out
 
+    def answers(self, anchors: torch.Tensor) -> bool:
+        """Whether the list was last checked against this very tensor, unmodified since (same object, storage and
+        version counter: an optimizer step changes the version). Read from the host's bookkeeping only."""
+        key = (anchors.data_ptr(), anchors._version)
+        return self._answered is not None and self._answered[0]() is anchors and self._answered[1:] == key
+
     @torch.no_grad()
     def pairs(self, anchors: torch.Tensor) -> torch.Tensor | None:
         """The pairs (2, P) containing every pair closer than 2m now, or ``None`` when there are too many.
 
-        Asked again about the very same tensor, unmodified (same object, storage and version counter), it
-        answers the same without checking again (the loss asks twice in a step when the list overflows)."""
-        key = (anchors.data_ptr(), anchors._version)
-        if self._answered is not None and self._answered[0]() is anchors and self._answered[1:] == key:
+        Asked again about the very same tensor, unmodified (:meth:`answers`), it answers the same without
+        checking again: no host read (the loss asks twice in a step when the list overflows, and a step after
+        ``ClassAnchorMarginLoss.refresh_neighbors`` finds the list checked)."""
+        if self.answers(anchors):
             return self.list
         self._answered = None
         answer = self._pairs(anchors.detach())
-        self._answered = (weakref.ref(anchors), *key)
+        self._answered = (weakref.ref(anchors), anchors.data_ptr(), anchors._version)
         return answer
+
+    def holds_for(self, anchors: torch.Tensor) -> torch.Tensor:
+        """A 0-dim bool tensor, computed on the anchors' device without a host read: ``True`` when every anchor lies
+        within 0.45 skin of its snapshot, so that the list holds every pair closer than 2m (module docstring)."""
+        assert self.snapshot is not None  # asked only of a built list
+        moved = torch.linalg.vector_norm(anchors.detach() - self.snapshot, dim=1)
+        return (moved < 0.45 * self.skin).all()
+
+    def _pad(self) -> None:
+        """:attr:`padded`: the list in a (2, L) index tensor, L the next power of two >= max(P, ``MIN_PADDED``),
+        and a (L,) mask of its P real pairs (the padding pairs row 0 with itself). A step over it has shapes that
+        change only when L does: no data-dependent size, and a compiled step recompiles rarely."""
+        if self.list is None:
+            self.padded = None
+            return
+        if self.padded is not None and self._padded_from is self.list:
+            return  # unchanged since the last step
+        self._padded_from = self.list
+        p = self.list.shape[1]
+        length = max(MIN_PADDED, 1 << max(p - 1, 0).bit_length())
+        pairs = self.list.new_zeros(2, length)
+        pairs[:, :p] = self.list
+        mask = torch.zeros(length, dtype=torch.bool, device=self.list.device)
+        mask[:p] = True
+        self.padded = (pairs, mask)
 
     def _pairs(self, anchors: torch.Tensor) -> torch.Tensor | None:
         self.stats["calls"] += 1
@@ -662,4 +704,5 @@ class NeighborList:
             self.stats["rebuilds"] += 1
         if self.list is None:
             self.stats["overflows"] += 1
+        self._pad()
         return self.list

@@ -346,7 +346,8 @@ def test_registered_spec():
         False,  # trained and retrieved on raw Euclidean distances
         {},  # the anchors train at the network's lr
     )
-    assert "Ghita" in described["paper"] and described["trainer_hooks"] is None  # the base hooks serve it
+    assert "Ghita" in described["paper"]
+    assert described["trainer_hooks"] == "pml_anchors_cam.hooks:CamTrainerHooks"  # neighbour list between steps
 
 
 def test_plugin_import_is_torch_free():
@@ -355,5 +356,5 @@ def test_plugin_import_is_torch_free():
 
 def test_check_method():
     report = check_method("cam")
-    assert report["hooks"] == "TrainerHooks" and math.isfinite(report["trainer_loss"])
+    assert report["hooks"] == "CamTrainerHooks" and math.isfinite(report["trainer_loss"])
     check_method("cam", loss_kwargs={"batch_classes_only": True})
