@@ -10,7 +10,8 @@
 * the fixed-anchor cache: reused while the buffer is unchanged, invalidated by ``load_state_dict``, in-place
   writes, dtype/device moves, a new tensor; ``clear_anchor_cache`` for ``.data`` writes;
 * CAM's exact neighbour list against every-pair L_R while anchors move under an optimizer;
-* ``benchmarks/loss_speed.py --quick`` prints a markdown table and valid JSON.
+* ``benchmarks/loss_speed.py --quick`` prints a markdown table and valid JSON; ``benchmarks/launch_count.py`` counts
+  kernels and host reads.
 """
 
 from __future__ import annotations
@@ -578,6 +579,37 @@ def test_train_step_quick_reports_the_loss_share_eager_and_compiled():
     assert all(0 < r["share"] < 1 and r["step_ms"] > r["loss_ms"] > 0 for r in rows)
     assert all(r["x_eager"] == (1.0 if r["models"] == "eager" else r["x_eager"]) > 0 for r in rows)
     assert "| C | method | trunk + embedder |" in proc.stderr
+
+
+def test_launch_count_counts_kernels_and_host_reads():
+    """The floor is a handful of kernels; PML's ProxyAnchorLoss reads |P+| back to the host (``len(...)``) and
+    pml-anchors' proxy_anchor does not; every row names its floor."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "launch_count.py"),
+            "--sizes",
+            "16x50",
+            "--batch",
+            "32",
+            "--methods",
+            "c_ncm,proxy_anchor,ProxyAnchorLoss",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    for line in proc.stdout.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[2].strip("`")] = (int(cells[3]), cells[4], int(cells[5]))
+    assert set(rows) == {"floor", "floor_w", "c_ncm", "proxy_anchor", "ProxyAnchorLoss"}
+    assert 5 <= rows["floor"][0] <= 10 and rows["floor"][2] == 0  # mm, log_softmax, nll, their backward
+    assert rows["ProxyAnchorLoss"][2] >= 1 and rows["proxy_anchor"][2] == 0
+    assert rows["c_ncm"][1].endswith("(floor)") and rows["proxy_anchor"][1].endswith("(floor_w)")
+    assert all(kernels > rows["floor"][0] for name, (kernels, _, _) in rows.items() if not name.startswith("floor"))
 
 
 def _loss_speed_module(monkeypatch):

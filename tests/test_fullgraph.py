@@ -7,6 +7,8 @@ training step neither synchronises the host nor escapes a CUDA graph.
 * under ``torch.compile`` the data checks are device assertions: bad labels and NaN embeddings still raise;
 * the fused log-sum-exp's custom op passes ``torch.library.opcheck``; a third-party logit map falls back to an
   eager call (one graph break, eager values); ``check_method`` reports graph breaks and host reads;
+* the forward on fake CUDA tensors (``FakeTensorMode``) runs every method's CUDA branches without a GPU and reads
+  nothing back (a host read raises there: PML's ProxyAnchorLoss does);
 * CUDA (skipped without a GPU): a small-CNN training step runs under ``torch.cuda.set_sync_debug_mode("error")``
   for every method, and ``torch.compile(mode="reduce-overhead")`` captures a small-CNN step in CUDA graphs; CAM with
   8192 anchors (its neighbour list, refreshed between steps) steps without a sync, eager and in CUDA graphs (the
@@ -93,6 +95,41 @@ def test_under_compile_bad_labels_and_nan_embeddings_still_raise(name):
     nan[2, 0] = float("nan")
     with pytest.raises(RuntimeError, match="embeddings contain NaN or Inf"):
         compiled(nan, labels)
+
+
+def _fake_cuda_forward(loss, emb, labels):
+    """``loss(emb, labels)`` on fake CUDA tensors (``FakeTensorMode``: shapes and devices, no data), which runs
+    the loss's CUDA branches on a machine without a GPU: any host read (``.item()``, ``int(t)``, ``if t:``) or
+    data-dependent shape (``nonzero``) raises, for there is no value to read. (Autograd's engine needs a real GPU,
+    so the backward is left to the compile tests above, whose traced backward has no host read either.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        loss = loss.to("cuda")
+        value = loss(emb.detach().to("cuda"), labels.to("cuda"))
+    return value
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU-only torch build has no CUDA branches to fake")
+@pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")  # the anchor cache's key: metadata
+@pytest.mark.parametrize("chunk_size", CHUNKS, ids=["unchunked", "chunked"])
+@pytest.mark.parametrize("name", METHODS, ids=IDS)
+def test_the_cuda_forward_reads_nothing_back(name, chunk_size):
+    value = _fake_cuda_forward(
+        method_cases.build(name, chunk_size=chunk_size), *method_cases.batch(method_cases.build(name))
+    )
+    assert value.device.type == "cuda" and value.shape == ()
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU-only torch build has no CUDA branches to fake")
+def test_fake_cuda_catches_a_host_read():
+    """PML's ProxyAnchorLoss reads |P+| back to the host (``len(with_pos_proxies)``): the check above would fail."""
+    from pytorch_metric_learning.losses import ProxyAnchorLoss
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    emb, labels = method_cases.batch(method_cases.build(method_cases.builtin_method_names()[0]))
+    with pytest.raises((DataDependentOutputException, DynamicOutputShapeException)):
+        _fake_cuda_forward(ProxyAnchorLoss(method_cases.NUM_CLASSES, emb.shape[1]), emb, labels)
 
 
 def _op_cases():
