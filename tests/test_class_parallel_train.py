@@ -38,6 +38,11 @@ def test_class_parallel_trains_as_data_parallel_and_writes_every_anchor(runs):
     a, b = (json.loads((runs / name / "results.json").read_text()) for name in ("plain", "sharded"))
     assert b["world_size"] == 2 and b["replica_max_abs_diff"] == 0.0  # trunk and embedder: the same on both
     assert b["nearest_anchor_accuracy"] == pytest.approx(a["nearest_anchor_accuracy"], abs=0.02)  # all 10 anchors
+    # the hooks' anchor geometry: of all 10 proxies (rank 0's block alone, 5 proxies, has other angles and norms)
+    (geometry,), (plain_geometry,) = b["hook_history"], a["hook_history"]
+    assert geometry["epoch"] == plain_geometry["epoch"] == 1
+    for key in ("min_anchor_angle_deg", "mean_anchor_norm"):
+        assert geometry[key] == pytest.approx(plain_geometry[key], rel=1e-5)
 
 
 def test_its_checkpoint_evaluates_and_resumes_in_one_process(runs, tmp_path, capsys):

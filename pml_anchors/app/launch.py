@@ -96,12 +96,13 @@ def distributed_loss(loss: torch.nn.Module, config: TrainConfig) -> torch.nn.Mod
 
 class _ShardedLoss:
     """A class-parallel run's loss and its optimiser: every process trains one block of the anchors, and rank 0 sees
-    the full set (gathered from every process) for what it evaluates and writes.
+    the full set (gathered from every process) for what it evaluates, records and writes.
 
     :meth:`shard` re-points the loss optimiser from the full anchors to this process's block (its state, e.g. a
     resumed Adam's moments, sliced likewise). :meth:`full` (a collective) gives rank 0, inside the block, a session
-    whose ``loss`` holds every anchor and whose loss optimiser's ``state_dict`` is the full one, so that evaluation
-    (nearest-anchor accuracy) and ``checkpoint.pt`` are those of one process: ``eval``, ``load_trained`` and a resume
+    whose ``loss`` (and trainer's ``metric_loss``, whose ``geometry()`` the method hooks record) holds every anchor
+    and whose loss optimiser's ``state_dict`` is the full one, so that evaluation (nearest-anchor accuracy), the
+    recorded geometry and ``checkpoint.pt`` are those of one process: ``eval``, ``load_trained`` and a resume
     at another world size read it.
     """
 
@@ -141,6 +142,9 @@ class _ShardedLoss:
             full_loss._buffers["anchors"] = state["anchors"]
         full_loss.__dict__.pop("_anchor_cache", None)  # a cache of its own (the block's stays the block's)
         session.loss = full_loss
+        loss_funcs = session.trainer.loss_funcs
+        training_loss = loss_funcs["metric_loss"]
+        loss_funcs["metric_loss"] = full_loss  # the method hooks' geometry: of every anchor, not rank 0's block
         saved = self.optimizer
         if saved is not None:
             session.optimizers["metric_loss_optimizer"] = _StateView(saved, optimizer_state)
@@ -148,6 +152,7 @@ class _ShardedLoss:
             yield
         finally:
             session.loss = block_loss
+            loss_funcs["metric_loss"] = training_loss
             if saved is not None:
                 session.optimizers["metric_loss_optimizer"] = saved
 
