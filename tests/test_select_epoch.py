@@ -175,7 +175,7 @@ def test_select_epoch_fills_its_defaults_and_excludes_validation():
     }
     with pytest.raises(ValueError, match="give one"):
         TrainConfig(method="x", select_epoch={}, validation={"fold": 0, "folds": 2})
-    with pytest.raises(ValueError, match="tune does not take 'select_epoch'"):
+    with pytest.raises(TypeError, match="select_epoch must be True or False"):  # tune's folds are its own
         tune("c_ncm", trials=1, folds=2, output="unused", select_epoch={})
 
 

@@ -251,3 +251,53 @@ def test_jobs_are_checked(spaced, tmp_path):
     splits = load_config_dataset(tiny())
     with pytest.raises(ValueError, match="loads the dataset in every process"):
         tune("toy_tuned", output=tmp_path / "b", trials=1, folds=2, jobs=2, splits=splits, **TINY)
+
+
+# -- select_epoch: each trial scored at its best epoch ---------------------------------------------------------
+
+
+def test_select_epoch_scores_each_trial_at_its_best_epoch(spaced, tmp_path):
+    """Every fold evaluates its validation fold after every epoch; the trial scores the epoch whose mean over the
+    folds is best (the earlier on a tie); best.json records it and best_config trains for it."""
+    best, lines = _tune(tmp_path / "s", trials=2, epochs=3, select_epoch=True)
+    study = _study(tmp_path / "s")
+    for trial in study.get_trials():
+        folds = trial.user_attrs["folds"]
+        curves = [f["curve"] for f in folds]
+        assert [len(c) for c in curves] == [3, 3]
+        mean = [(a + b) / 2 for a, b in zip(*curves)]
+        assert trial.user_attrs["curve"] == pytest.approx(mean)
+        epoch = trial.user_attrs["epoch"]
+        assert trial.value == pytest.approx(max(mean)) == pytest.approx(mean[epoch - 1])
+        assert all(m < trial.value for m in mean[: epoch - 1])  # the earliest of the best
+        assert [f["mean_average_precision_at_r"] for f in folds] == [c[-1] for c in curves]  # the last epoch's too
+    best_trial = max(study.get_trials(), key=lambda t: (t.value, -t.number))
+    assert best["selected_epoch"] == best_trial.user_attrs["epoch"] and best["epochs"] == 3  # selected; the budget
+    assert best["best_curve"] == pytest.approx(best_trial.user_attrs["curve"])
+    assert "at the trial's best epoch" in best["objective"] and best["test_split"] == "sealed, never read"
+    assert best["config"]["eval_every_epoch"] is False  # a marker of the trials, not a setting of the tuned run
+    config = best_config(tmp_path / "s")
+    assert config.epochs == best["selected_epoch"] and config.eval_every_epoch is False
+    assert config.lr == best["params"]["lr"]
+
+
+def test_a_study_without_epoch_selection_is_not_continued_with_it(spaced, tmp_path):
+    _tune(tmp_path / "s", trials=1)
+    with pytest.raises(ValueError, match=r"holds a study of other settings \(settings differ\)"):
+        _tune(tmp_path / "s", trials=2, select_epoch=True)
+
+
+def test_cli_tune_select_epoch(spaced, tmp_path, capsys):
+    argv = ["tune", "--method", "toy_tuned", "--folds", "2", "--epochs", "2", "--limit", "64", "--batch-size", "32"]
+    argv += ["--device", "cpu", "--backbone-kwargs", '{"width": 8}', "--trials", "1", "--select-epoch"]
+    assert main([*argv, "--output", str(tmp_path / "s"), "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["selected_epoch"] in (1, 2)
+    assert main([*argv, "--early-stopping", "1", "--select-folds", "3", "--output", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "tune --select-epoch scores every trial at its best epoch" in err
+    assert "--select-folds" in err and "--early-stopping" in err
+    with pytest.raises(ValueError, match="tune does not take 'eval_every_epoch'"):
+        _tune(tmp_path / "u", eval_every_epoch=True)
+    with pytest.raises(TypeError, match="select_epoch must be True or False"):
+        _tune(tmp_path / "u", select_epoch={"folds": 2})

@@ -117,3 +117,29 @@ def test_cli_bench_tuned(studies, tmp_path, capsys):
 def test_tuning_never_raised_the_seal(studies):
     for name in ("c_ncm", "pml_normalized_softmax"):
         assert json.loads((studies / name / "best.json").read_text())["test_split"] == "sealed, never read"
+
+
+def test_studies_that_selected_their_epoch_train_for_it(tmp_path):
+    """Tuned with select_epoch, each method trains for the epoch its study selected on validation (the budget
+    shared); a mix of selected and unselected studies is refused."""
+    root, budget = tmp_path / "selected", {**SHARED, "epochs": 3}
+    for method in ("c_ncm", "baseline:pml_normalized_softmax"):
+        study = root / method.removeprefix("baseline:")
+        tune(method, output=study, trials=2, folds=2, on_trial=lambda _: None, select_epoch=True, **budget)
+    chosen = {
+        m: json.loads((root / m / "best.json").read_text())["selected_epoch"]
+        for m in ("c_ncm", "pml_normalized_softmax")
+    }
+    summary = bench_tuned([root], seeds=[0], output=tmp_path / "b")
+    assert summary["epoch_selected_on_validation"] is True
+    for row in summary["methods"]:
+        assert row["epochs"] == chosen[row["method"].removeprefix("baseline:")]
+    assert sorted(r["epochs"] for r in summary["runs"]) == sorted(chosen.values())  # trained for exactly those
+    assert summary["epochs"] == 3  # the shared budget
+    assert "the epoch its study selected on validation" in (tmp_path / "b" / "results.md").read_text()
+    mixed = tmp_path / "mixed"
+    tune("c_ncm", output=mixed / "c_ncm", trials=1, folds=2, on_trial=lambda _: None, **budget)
+    (mixed / "nsm").mkdir()
+    (mixed / "nsm" / "best.json").write_bytes((root / "pml_normalized_softmax" / "best.json").read_bytes())
+    with pytest.raises(ValueError, match="some studies were tuned with --select-epoch and some not"):
+        bench_tuned([mixed], seeds=[0], output=tmp_path / "x")

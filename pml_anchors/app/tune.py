@@ -103,13 +103,17 @@ def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
 
 
 def best_config(best: Mapping[str, Any] | str | Path) -> TrainConfig:
-    """The :class:`TrainConfig` of a study's best trial (``best.json``, its path or its folder), without output."""
+    """The :class:`TrainConfig` of a study's best trial (``best.json``, its path or its folder), without output; a
+    study tuned with ``select_epoch`` trains for its ``selected_epoch``."""
     if isinstance(best, Mapping):
         data: Mapping[str, Any] = best
     else:
         path = Path(best)
         data = json.loads((path / BEST_FILE if path.is_dir() else path).read_text())
-    return trial_config(TrainConfig.from_dict(data["config"]), data["params"])
+    config = trial_config(TrainConfig.from_dict(data["config"]), data["params"])
+    if data.get("selected_epoch") is not None:  # tune(select_epoch=True): the best trial's epoch, chosen on validation
+        config = TrainConfig.from_dict({**config.to_dict(), "epochs": data["selected_epoch"]})
+    return config
 
 
 def _counted(trial: Any, optuna: Any) -> bool:
@@ -174,6 +178,7 @@ def tune(
     on_trial: Callable[[str], None] | None = None,
     threads_from: str | None = None,
     jobs: int = 1,
+    select_epoch: bool = False,
     **config: Any,
 ) -> dict[str, Any]:
     """Search ``method``'s hyper-parameters on ``folds`` validation folds of the training split; see the module.
@@ -183,6 +188,9 @@ def tune(
     :param splits: the dataset (default: loaded from the config); its test split is sealed and never read.
     :param on_trial: called with one line per trial (default: printed on stderr; the spawned processes print theirs).
     :param jobs: processes searching the study together (this one included; see the module).
+    :param select_epoch: score each trial at its best epoch (the mean validation MAP@R over the folds, evaluated after
+        every epoch; ``epochs`` is then the largest budget) instead of its last; ``best.json``'s ``selected_epoch``
+        is the best trial's, which :func:`best_config` (and so ``bench --tuned``) trains for.
     :param config: further :class:`TrainConfig` fields shared by every trial (``epochs``, ``batch_size``,
         ``embedding_size``, ``backbone``, ``seed``, ``limit``, ``loss_kwargs``, ...).
     :returns: the ``best.json`` dict.
@@ -194,9 +202,15 @@ def tune(
     folds = check_int(folds, "folds", minimum=2)
     jobs = check_int(jobs, "jobs", minimum=1)
     splits_given = splits is not None
-    for key in ("output", "validation", "select_epoch", "tensorboard", "eval_every_epoch"):
+    for key in ("output", "validation", "tensorboard", "eval_every_epoch"):
         if config.get(key) is not None:
             raise ValueError(f"tune does not take {key!r}: each trial trains on validation folds and writes no run")
+    if not isinstance(select_epoch, bool):
+        raise TypeError(
+            f"select_epoch must be True or False (a trial selects its epoch on tune's own folds), got {select_epoch!r}"
+        )
+    if select_epoch:
+        config["eval_every_epoch"] = True  # the trials' marker: evaluate the validation fold after every epoch
     base = TrainConfig(method=method, dataset=dataset, output=None, checkpoint_every_epoch=False, **config)
     spec, space, distributions = _search_space(optuna, base)
     splits = seal_test_split(splits if splits is not None else load_config_dataset(base))
@@ -335,29 +349,36 @@ def _search_space(optuna: Any, base: TrainConfig) -> tuple[MethodSpec, Mapping[s
 
 
 def _objective(trial: Any, base: TrainConfig, splits: Any, folds: int) -> float:
-    """Mean validation MAP@R over the folds of one trial's configuration (per-fold scores in its user attrs)."""
+    """Mean validation MAP@R over the folds of one trial's configuration (per-fold scores in its user attrs).
+
+    With epoch selection (``base.eval_every_epoch``, set by ``tune(select_epoch=True)``) every fold evaluates its
+    validation fold after every epoch, and the trial scores the epoch whose mean over the folds is best (the
+    earlier on a tie), recorded as its ``epoch`` user attribute with the mean ``curve``."""
     config = trial_config(base, trial.params)
-    scores, per_fold = [], []
+    curves, per_fold = [], []
     for fold in range(folds):
         fold_splits = validation_split(splits, fold, folds, base.seed)
         choice = {k: fold_splits.info["validation"][k] for k in ("fold", "folds", "seed")}
         fold_config = TrainConfig.from_dict({**config.to_dict(), "validation": choice})
         session = train(build(fold_config, splits=fold_splits))
-        metrics = evaluate_session(session, geometry=False)
-        score = metrics.get(OBJECTIVE)
-        if score is None or not math.isfinite(score):
-            raise ValueError(f"fold {fold}: validation {OBJECTIVE} is {score!r}")
-        scores.append(float(score))
-        per_fold.append(
-            {
-                "fold": fold,
-                OBJECTIVE: float(score),
-                "precision_at_1": metrics.get("precision_at_1"),
-                "seconds": session.train_seconds,
-            }
-        )
+        epochs = session.history if base.eval_every_epoch else [evaluate_session(session, geometry=False)]
+        scores = [entry.get(OBJECTIVE) for entry in epochs]
+        bad = [score for score in scores if score is None or not math.isfinite(score)]
+        if not scores or bad:
+            raise ValueError(f"fold {fold}: validation {OBJECTIVE} is {bad[0] if bad else None!r}")
+        curve = [float(score) for score in scores if score is not None]
+        curves.append(curve)
+        record = {"fold": fold, OBJECTIVE: curve[-1], "precision_at_1": epochs[-1].get("precision_at_1")}
+        per_fold.append({**record, "seconds": session.train_seconds, **({"curve": curve} if len(curve) > 1 else {})})
     trial.set_user_attr("folds", per_fold)
-    return sum(scores) / len(scores)
+    if len(set(map(len, curves))) != 1:  # every fold trains the same epochs (no early stopping in a trial)
+        raise ValueError(f"the folds trained different numbers of epochs: {[len(c) for c in curves]}")
+    mean = [sum(scores) / folds for scores in zip(*curves)]
+    best = max(range(len(mean)), key=lambda e: (mean[e], -e))
+    if base.eval_every_epoch:
+        trial.set_user_attr("epoch", best + 1)
+        trial.set_user_attr("curve", mean)
+    return mean[best]
 
 
 def _summary(
@@ -379,14 +400,17 @@ def _summary(
     states = optuna.trial.TrialState
     records = [validation_split(splits, f, folds, base.seed).info["validation"] for f in range(folds)]
     sealed = splits.test
+    selected = base.eval_every_epoch
+    objective = f"mean validation {OBJECTIVE} over {folds} folds" + (" at the trial's best epoch" if selected else "")
     return {
         "method": spec.name,
         "qualified_method": spec.qualified_name,
         "dataset": base.dataset,
         "protocol": base.protocol,
-        "objective": f"mean validation {OBJECTIVE} over {folds} folds",
+        "objective": objective,
         "value": best.value,
         "params": dict(best.params),
+        **({"selected_epoch": best.user_attrs["epoch"], "best_curve": best.user_attrs["curve"]} if selected else {}),
         "best_trial": best.number,
         "best_folds": best.user_attrs.get("folds"),
         "budget": trials,
@@ -398,7 +422,7 @@ def _summary(
         "epochs": base.epochs,
         "tuned": {name: param.as_dict() for name, param in space.items()},
         "fixed": {k: v for k, v in base.to_dict().items() if k not in space and k not in ("method", "output")},
-        "config": {**base.to_dict(), "output": None},
+        "config": {**base.to_dict(), "output": None, "eval_every_epoch": False},  # the trials' marker, not a setting
         "validation": records,
         "test_split": f"sealed, read {sealed.reads} times" if sealed.reads else "sealed, never read",
         "sampler": f"optuna {optuna.__version__} TPESampler (seed {base.seed} + trials already in the study)",

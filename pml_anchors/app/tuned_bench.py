@@ -57,6 +57,12 @@ def find_studies(folders: Sequence[str | Path]) -> list[Path]:
 
 def _check_shared(studies: list[dict[str, Any]]) -> None:
     first = studies[0]["config"]
+    selected = {s["method"]: s.get("selected_epoch") is not None for s in studies}
+    if len(set(selected.values())) > 1:
+        raise ValueError(
+            f"some studies were tuned with --select-epoch and some not ({', '.join(m for m, s in selected.items() if s)}"
+            " selected their epoch): a fair comparison tunes every method the same way"
+        )
     for study in studies[1:]:
         differ = [k for k in SHARED if study["config"].get(k) != first.get(k)]
         if study["config"].get("embedding_size") != first.get("embedding_size"):
@@ -152,6 +158,7 @@ def _summarise(methods: list[dict[str, Any]], seeds: list[int], splits: Any) -> 
             "budget": m["study"]["budget"],
             "folds": m["study"]["folds"],
             "validation_value": m["study"]["value"],
+            "epochs": m["study"].get("selected_epoch", m["study"]["epochs"]),  # trained for: selected, or the budget
             "per_seed": {k: [r.get(k) for r in runs] for k in metrics},
             "stats": {k: mean_ci([r[k] for r in runs]).as_dict() for k in dict.fromkeys(metrics)},
         }
@@ -169,6 +176,7 @@ def _summarise(methods: list[dict[str, Any]], seeds: list[int], splits: Any) -> 
         "data_seed": first["seed"],
         "seeds": seeds,
         "epochs": first["epochs"],
+        "epoch_selected_on_validation": first.get("selected_epoch") is not None,
         "folds": first["folds"],
         "test_size": len(splits.test),
         **test_classes(splits.test),
@@ -190,6 +198,12 @@ def _train_items(summary: dict[str, Any]) -> str:
     return f"the {sizes[0]} training items" if len(sizes) == 1 else "the training split"
 
 
+def _epochs_text(summary: dict[str, Any]) -> str:
+    if summary.get("epoch_selected_on_validation"):
+        return f"the epoch its study selected on validation (at most {summary['epochs']}; per row)"
+    return f"{summary['epochs']} epoch(s)"
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """The ``results.md`` of a tuned bench: the protocol line, then one row per method."""
     rows = summary["methods"]
@@ -199,7 +213,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines = [
         f"# pml-anchors bench --tuned: {summary['dataset']} ({summary['data_protocol']})",
         "",
-        f"Each method trained with its tuned hyper-parameters for {summary['epochs']} epoch(s) on {_train_items(summary)}"
+        f"Each method trained with its tuned hyper-parameters for {_epochs_text(summary)} on {_train_items(summary)}"
         f", once per seed ({', '.join(map(str, seeds))}), and tested once: {n} test items"
         + (f" in {summary['test_classes']} classes" if summary.get("test_classes") else "")
         + f", the split of data seed {summary['data_seed']}, never read while tuning. Cells: mean ± the 95 % "
@@ -229,6 +243,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         elif r["pml_counterpart"]:
             versus = f"({r['pml_counterpart'].removeprefix(PREFIX)} not tuned)"
         tuned = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+        if summary.get("epoch_selected_on_validation"):
+            tuned = f"{tuned}, epochs={r['epochs']}".lstrip(", ")
         cells = [name, _cell(r["stats"].get(HEADLINE)), _cell(r["stats"].get("precision_at_1"))]
         cells += [_cell(r["stats"].get(m)) for _, m in recalls]
         cells += [versus, f"{r['budget']} trials × {r['folds']} folds", tuned]

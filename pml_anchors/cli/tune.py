@@ -7,7 +7,16 @@ import argparse
 import json
 import os
 
-from .options import DATASET_HELP, add_common, fmt, given_config, json_arg, resolve_threads, setup_output
+from .options import (
+    DATASET_HELP,
+    SELECT_ARGS,
+    add_common,
+    fmt,
+    given_config,
+    json_arg,
+    resolve_threads,
+    setup_output,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Search the method's declared hyper-parameters (MethodSpec.search_space) with Optuna's seeded "
         "TPE sampler: each trial trains on k-1 validation folds of the training split and scores the mean "
         "validation MAP@R over the k folds; the test split is never read. The study is kept in DIR/study.db: the "
-        "same command continues it until --trials trials have finished. Writes DIR/best.json. Needs "
+        "same command continues it until --trials trials have finished; with --select-epoch a trial scores its best "
+        "epoch (validation evaluated after every epoch) and best.json records it. Writes DIR/best.json. Needs "
         'pip install "pml-anchors[tune]".',
     )
     p.add_argument("--method", required=True, help="registered method (see `pml-anchors methods`), or baseline:<name>")
@@ -56,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("tune does not take --tensorboard: its trials write no runs")
     for key in ("method", "dataset", "output"):
         config.pop(key, None)
+    select = config.pop("select_epoch", None)
+    if select:  # --select-folds / --select-fold / --select-metric / --early-stopping
+        given = ", ".join(f"--{SELECT_ARGS[key].replace('_', '-')}" for key in select)
+        raise ValueError(
+            "tune --select-epoch scores every trial at its best epoch on tune's own --folds, by MAP@R, without early "
+            f"stopping: leave out {given}"
+        )
     threads_from = resolve_threads(config, dict(config), max(1, args.jobs))
     quiet = args.no_progress
     best = tune(
@@ -67,12 +84,14 @@ def run(args: argparse.Namespace) -> int:
         on_trial=(lambda line: None) if quiet else None,
         threads_from=threads_from,
         jobs=args.jobs,
+        select_epoch=select is not None,
         **config,
     )
     if args.json:
         print(json.dumps(best, indent=2))
     else:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
-        print(f"{best['method']}: best mean validation MAP@R {fmt(best['value'])} (#{best['best_trial']}) {params}")
+        at = f" at epoch {best['selected_epoch']}" if best.get("selected_epoch") else ""
+        print(f"{best['method']}: best mean validation MAP@R {fmt(best['value'])}{at} (#{best['best_trial']}) {params}")
         print(f"wrote {BEST_FILE} and the study in {os.path.abspath(args.output)}")
     return 0
