@@ -240,3 +240,26 @@ def test_the_epoch_lines_say_the_metric_is_the_validation_folds():
     entry = {"epoch": 2, "loss": 0.5, "seconds": 1.0, "precision_at_1": 0.9}
     assert epoch_line(entry, 4) == "epoch 2/4: loss 0.5000, 1.0 s, P@1 0.9000"
     assert epoch_line({**entry, "evaluated_on": "validation"}, 4).endswith("1.0 s, validation P@1 0.9000")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_nproc_2_selects_the_epoch_of_one_process(tmp_path):
+    """``--nproc 2 --select-epoch``: both processes train on the other folds (the global batches of one process),
+    rank 0 evaluates the validation fold every epoch, selects, stops both processes early and tests once; the same
+    curve, epoch and stop as one process (lenetpp: no BatchNorm, so the two runs differ only by DDP's rounding)."""
+    argv = ["train", "--method", "c_ncm", "--backbone", "lenetpp", "--epochs", "6", "--limit", "128", "--lr", "0.01"]
+    argv += ["--test-limit", "60", "--batch-size", "32", "--select-folds", "2", "--device", "cpu", "--threads", "1"]
+    argv += ["--early-stopping", "1", "--no-progress"]
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        assert main([*argv, *extra, "--output", str(tmp_path / name)]) == 0
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+    assert two["world_size"] == 2 and two["selection"]["test_reads_while_training"] == 0
+    assert two["selection"]["best_epoch"] == one["selection"]["best_epoch"]
+    assert two["selection"]["stopped_at_epoch"] == one["selection"]["stopped_at_epoch"] == two["epochs"] < 6
+    curves = [[value for _, value in run["selection"]["validation_curve"]] for run in (one, two)]
+    assert len(curves[1]) == two["epochs"] and curves[1] == pytest.approx(curves[0], abs=1e-4)
+    assert two["mean_average_precision_at_r"] == pytest.approx(one["mean_average_precision_at_r"], abs=1e-4)
+    assert two["train_size"] == one["train_size"] < 128  # the other fold, on both processes
+    assert all(entry["evaluated_on"] == "validation" for entry in two["history"])
+    evaluated = evaluate_checkpoint(tmp_path / "two" / "checkpoint.pt")  # the selected epoch's weights
+    assert evaluated["mean_average_precision_at_r"] == pytest.approx(two["mean_average_precision_at_r"], abs=1e-6)

@@ -23,6 +23,8 @@ process the same data split, initial models and anchors. Then, in every process:
 * rank 0 alone evaluates and writes ``results.json`` and ``checkpoint.pt`` (plain ``state_dict``\\ s of the
   unwrapped modules: ``pml-anchors eval`` and ``--resume`` work with or without distribution). The other ranks
   write nothing and leave ``--output`` alone (under torchrun rank 0 claims it; under ``--nproc`` the launcher).
+  With ``select_epoch`` every process trains on the other folds and rank 0 alone evaluates the validation fold,
+  keeps the best epoch's weights and decides an early stop (which every process then follows).
 
 A model without BatchNorm (e.g. ``--backbone lenetpp``) then trains to the single-process results, up to float
 rounding; BatchNorm statistics are per process (as with plain DDP), which changes the results slightly. Methods
@@ -481,7 +483,7 @@ def _worker(
                 for name in RUN_FILES:  # a restart must not resume the run this one replaces
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(output, name))
-            evaluates = bool(config_dict.get("eval_every_epoch"))
+            evaluates = bool(config_dict.get("eval_every_epoch")) or config_dict.get("select_epoch") is not None
             parallel = _DataParallel(rank, world, device, evaluates_every_epoch=evaluates)
             hooks: dict[str, Any] = {"end_of_iteration_hook": parallel.end_of_iteration_hook}
             hooks["end_of_epoch_hook"] = parallel.end_of_epoch_hook
@@ -495,6 +497,8 @@ def _worker(
             else:
                 session = build_session(config, resume=checkpoint, **hooks)
             assert session is not None
+            if rank != 0:  # every process trains on the selection's folds; rank 0 alone evaluates one and selects
+                session.selection = None
             parallel.setup(session)
             train(session)
             sums = _checksums(session, loss=parallel.sharded is None).to(device)

@@ -312,9 +312,7 @@ def build(
             "torchrun (docs/class_parallel.md)"
         )
     selection = None
-    if config.select_epoch is not None and with_trainer:
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            raise ValueError("select_epoch runs in one process: it is not supported with --nproc or torchrun yet")
+    if config.select_epoch is not None and with_trainer:  # --nproc / torchrun: rank 0 alone evaluates and selects
         splits, held_out = selection_splits(splits, config.select_epoch)
         selection = EpochSelection.from_choice(config.select_epoch, held_out)
     if len(splits.train) < 2:
