@@ -130,3 +130,23 @@ def test_same_geometry_other_options_round_trip(tmp_path):
 
 def test_every_builtin_method_is_covered():
     assert method_cases.BUILTIN_METHODS <= set(IDS)
+
+
+@pytest.mark.parametrize("name", method_cases.builtin_method_names(), ids=method_cases.method_id)
+def test_a_trained_runs_checkpoint_is_read_evaluated_and_resumed(name, tmp_path):
+    """Every built-in method's ``checkpoint.pt``, written by a real run, passes the app's checkpoint checks
+    (``load_checkpoint``), evaluates to the run's metrics and resumes (RePoNet's ``get_extra_state`` dict, which
+    records its num_classes, was once refused as "should be a tensor")."""
+    from training_toys import tiny
+
+    from pml_anchors.app.checkpoints import load_checkpoint
+    from pml_anchors.app.reload import evaluate_checkpoint
+    from pml_anchors.app.session import run
+
+    results = run(tiny(name, output=str(tmp_path / "run"), num_threads=1))
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+    evaluated = evaluate_checkpoint(checkpoint)
+    assert evaluated["precision_at_1"] == pytest.approx(results["precision_at_1"], abs=1e-6)
+    resumed = run(tiny(name, output=str(tmp_path / "run"), epochs=2, num_threads=1), resume=checkpoint)
+    assert resumed["epochs"] == 2

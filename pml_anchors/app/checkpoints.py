@@ -203,6 +203,8 @@ def check_checkpoint(data: Mapping[str, Any], path: str | os.PathLike) -> None:
         )
     for part in STATE_DICTS:
         for name, tensor in data[part].items():
+            if name.rpartition(".")[2] == "_extra_state":  # a module's get_extra_state() (e.g. RePoNet's num_classes)
+                continue
             if not torch.is_tensor(tensor):
                 raise CheckpointError(f"{path}: {part} state {name!r} should be a tensor, got {type(tensor).__name__}")
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
