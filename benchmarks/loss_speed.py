@@ -383,6 +383,10 @@ def measure_size(
     log: Callable[[str], None],
     compile_mode: str | None = None,
 ) -> list[dict[str, Any]]:
+    if compile_mode is not None:
+        # every method compiles the losses' shared forward: a fresh cache per size keeps it under dynamo's
+        # recompile limit (8), which fullgraph=True turns into an error
+        torch._dynamo.reset()
     contestants = build_contestants(names, batch, d, c, device, seed, chunk_size, compile_mode)
     first = {con.name: time_step(con, device) for con in contestants}  # cold: builds caches / CAM's list
     for _ in range(warmup - 1):

@@ -137,6 +137,10 @@ def measure(
         variants.append((True, None))
     if whole is not None:
         variants.append((False, whole))
+    if compiled or whole is not None:
+        # every case compiles the same code objects (the forward lambda, the losses' shared forward): a fresh
+        # cache per C keeps them under dynamo's recompile limit (8), which fullgraph=True turns into an error
+        torch._dynamo.reset()
     cases = [Case(n, classes, dim, batch, device, seed, compiled=v, whole=w) for n in names for v, w in variants]
     slow = compiled or whole is not None
     for _ in range(max(warmup, 3 if slow else 1)):  # compiled: the first step compiles, CUDA graphs record later
