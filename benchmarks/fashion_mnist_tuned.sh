@@ -7,6 +7,7 @@
 #
 #   bash benchmarks/fashion_mnist_tuned.sh               # $JOBS studies at a time, then bench --tuned
 #   TRIALS=30 EPOCHS=3 LIMIT= bash benchmarks/fashion_mnist_tuned.sh   # a larger budget (LIMIT empty: all images)
+#   SELECT=1 EPOCHS=8 bash benchmarks/fashion_mnist_tuned.sh   # tune --select-epoch: each trial at its best epoch
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +20,7 @@ EPOCHS="${EPOCHS:-2}"
 LIMIT="${LIMIT-6000}"
 SEEDS="${SEEDS:-0,1,2}"
 JOBS="${JOBS:-2}"
+SELECT="${SELECT:-}"                              # non-empty: tune --select-epoch (EPOCHS is then the budget)
 METHODS="${METHODS:-cam c_ncm e_ncm fsc proxy_anchor reponet baseline:pml_contrastive baseline:pml_normalized_softmax
   baseline:cross_entropy baseline:pml_soft_triple baseline:pml_proxy_anchor baseline:pml_arcface}"
 mkdir -p "$OUT/studies"
@@ -28,11 +30,12 @@ tune_one() {  # tune_one METHOD: its study in $OUT/studies/<name>, log beside it
   local name=${1#baseline:}
   "$PML" tune --method "$1" --dataset fashion_mnist --data-root "$FMNIST_IDX" --protocol open_set --embedding-size 128 \
     --epochs "$EPOCHS" --threads 1 --no-progress ${LIMIT:+--limit "$LIMIT"} --trials "$TRIALS" --folds "$FOLDS" \
-    --output "$OUT/studies/$name" >"$OUT/studies/$name.log" 2>&1 || echo "(exit $?)" >>"$OUT/studies/$name.log"
+    ${SELECT:+--select-epoch} --output "$OUT/studies/$name" >"$OUT/studies/$name.log" 2>&1 ||
+    echo "(exit $?)" >>"$OUT/studies/$name.log"
   echo "$name: $(tail -n 1 "$OUT/studies/$name.log")"
 }
 export -f tune_one
-export PML FMNIST_IDX OUT TRIALS FOLDS EPOCHS LIMIT
+export PML FMNIST_IDX OUT TRIALS FOLDS EPOCHS LIMIT SELECT
 
 t0=$SECONDS
 for m in $METHODS; do echo "$m"; done | xargs -P "$JOBS" -I{} bash -c 'tune_one "$1"' _ {}

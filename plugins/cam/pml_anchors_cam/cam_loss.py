@@ -17,6 +17,8 @@ computed directly: for K <= 256 it is (a search in row blocks, then the close pa
 above, an exact Verlet neighbour list (:class:`~pml_anchors_cam.repeller.NeighborList`) keeps the pairs that
 can be closer than 2m and re-searches only anchors that moved, so a step costs O(K d + pairs * d) between
 (rare) rebuilds. With ``batch_classes_only`` the terms run over the batch's classes only (O(B^2 d)).
+On an accelerator and under ``torch.compile`` the step reads nothing back to the host (:meth:`_device_terms`):
+the same terms in forms of fixed shape, the neighbour list checked between steps by :meth:`refresh_neighbors`.
 """
 
 from __future__ import annotations
