@@ -528,15 +528,16 @@ def test_cam_repeller_is_exact_for_nearly_coincident_anchors_in_float32(neighbor
 # -- the benchmark script ------------------------------------------------------------------------------------
 
 
-def test_loss_speed_quick_prints_a_table_and_valid_json():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "loss_speed.py"), "--quick", "--threads", "1", "--json", "-"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+def _benchmark(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``benchmarks/<script> args...`` run from the repository root; it must exit 0."""
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_loss_speed_quick_prints_a_table_and_valid_json():
+    proc = _benchmark("loss_speed.py", "--quick", "--threads", "1", "--json", "-")
     data = json.loads(proc.stdout)
     assert {"meta", "results"} <= set(data)
     names = {r["loss"] for r in data["results"]}
@@ -550,25 +551,8 @@ def test_loss_speed_quick_prints_a_table_and_valid_json():
 
 
 def test_train_step_quick_reports_the_loss_share_eager_and_compiled():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "train_step.py"),
-            "--quick",
-            "--methods",
-            "c_ncm,proxy_anchor",
-            "--compile",
-            "--threads",
-            "1",
-            "--json",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["--quick", "--methods", "c_ncm,proxy_anchor", "--compile", "--threads", "1", "--json", "-"]
+    proc = _benchmark("train_step.py", *args, timeout=300)
     rows = json.loads(proc.stdout)["results"]
     assert [(r["method"], r["models"]) for r in rows] == [
         ("c_ncm", "eager"),
@@ -584,23 +568,9 @@ def test_train_step_quick_reports_the_loss_share_eager_and_compiled():
 def test_launch_count_counts_kernels_and_host_reads():
     """The floor is a handful of kernels; PML's ProxyAnchorLoss reads |P+| back to the host (``len(...)``) and
     pml-anchors' proxy_anchor does not; every row names its floor."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "launch_count.py"),
-            "--sizes",
-            "16x50",
-            "--batch",
-            "32",
-            "--methods",
-            "c_ncm,proxy_anchor,ProxyAnchorLoss",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
+    proc = _benchmark(
+        "launch_count.py", "--sizes", "16x50", "--batch", "32", "--methods", "c_ncm,proxy_anchor,ProxyAnchorLoss"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {}
     for line in proc.stdout.splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
