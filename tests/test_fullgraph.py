@@ -10,7 +10,9 @@ training step neither synchronises the host nor escapes a CUDA graph.
 * the forward on fake CUDA tensors (``FakeTensorMode``) runs every method's CUDA branches without a GPU and reads
   nothing back (a host read raises there: PML's ProxyAnchorLoss does);
 * CUDA (skipped without a GPU): a small-CNN training step runs under ``torch.cuda.set_sync_debug_mode("error")``
-  for every method, and ``torch.compile(mode="reduce-overhead")`` captures a small-CNN step in CUDA graphs; CAM with
+  for every method, ``torch.cuda.graph`` captures a whole step (small CNN + loss + capturable Adam) of every method
+  and its replays follow eager steps, and ``torch.compile(mode="reduce-overhead")`` captures a small-CNN step in CUDA
+  graphs; CAM with
   8192 anchors (its neighbour list, refreshed between steps) steps without a sync, eager and in CUDA graphs (the
   CPU side of that: plugins/cam/tests/test_step_without_host_reads.py).
 """
@@ -314,3 +316,51 @@ def test_cam_above_4096_anchors_steps_without_a_sync(mode):
     assert all(torch.isfinite(v).item() for v in values)
     assert loss._neighbors.padded is not None  # the list, not the blocked fallback
     assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("name", BUILTIN, ids=BUILTIN_IDS)
+def test_a_whole_training_step_is_captured_in_one_cuda_graph(name):
+    """Small CNN + loss + Adam (``capturable=True``) captured with ``torch.cuda.graph`` and replayed: possible only
+    if nothing in the step reads the host or sizes a tensor by the data; the replays follow eager steps taken from
+    the same state."""
+    model, loss, _, images, labels = _small_cnn_case(name)
+    params = list(model.parameters()) + [p for p in loss.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3, capturable=True)
+
+    def step():
+        value = loss(model(images), labels)
+        value.backward()
+        optimizer.step()
+        return value
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream: lazily built state, optimizer state
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    tensors = [*model.state_dict().values(), *loss.state_dict().values(), *params]
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    saved = [t.detach().clone() for t in tensors]  # the state the replays start from (capture ran nothing)
+    replayed = []
+    for _ in range(3):
+        graph.replay()
+        replayed.append(captured.detach().clone())
+    with torch.no_grad():
+        for t, s in zip(tensors, saved):
+            t.copy_(s)
+    eager = []
+    for _ in range(3):
+        for p in params:
+            p.grad = None if p.grad is None else p.grad.zero_()
+        eager.append(step().detach())
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(v).item() for v in replayed)
+    torch.testing.assert_close(torch.stack(replayed), torch.stack(eager), rtol=1e-4, atol=1e-4)
