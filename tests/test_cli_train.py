@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from training_toys import (
     single_thread,  # noqa: F401 - autouse fixture
 )
@@ -62,8 +63,15 @@ def test_train_writes_results_and_checkpoint_and_eval_reproduces(toys, tmp_path,
     assert results["method"] == "toy_learnable" and results["dataset"] == "digits" and results["epochs"] == 1
     assert any(p["name"] == "toys" for p in results["plugins"])
 
-    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--json"]) == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--json", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1  # --threads, as train's
+    finally:
+        torch.set_num_threads(before)
     again = json.loads(capsys.readouterr().out)
+    assert (again["epoch"], again["epochs_trained"]) == (1, 1)
     for key in ("precision_at_1", "mean_average_precision_at_r", "r_precision", "mean_average_precision"):
         assert again[key] == pytest.approx(results[key], abs=1e-9), key
     assert again["nearest_anchor_accuracy"] == pytest.approx(results["nearest_anchor_accuracy"])

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from training_toys import add_toys, tiny
 
+import pml_anchors
 from pml_anchors.app.bench import bench
 from pml_anchors.app.config import TrainConfig
 from pml_anchors.app.data.containers import get_labels
@@ -263,3 +264,6 @@ def test_nproc_2_selects_the_epoch_of_one_process(tmp_path):
     assert all(entry["evaluated_on"] == "validation" for entry in two["history"])
     evaluated = evaluate_checkpoint(tmp_path / "two" / "checkpoint.pt")  # the selected epoch's weights
     assert evaluated["mean_average_precision_at_r"] == pytest.approx(two["mean_average_precision_at_r"], abs=1e-6)
+    best = two["selection"]["best_epoch"]
+    assert (evaluated["epoch"], evaluated["epochs_trained"]) == (best, two["epochs"])  # what eval reports
+    assert pml_anchors.load_trained(tmp_path / "two" / "checkpoint.pt").epoch == best

@@ -283,8 +283,10 @@ def test_select_epoch_scores_each_trial_at_its_best_epoch(spaced, tmp_path):
 
 def test_a_study_without_epoch_selection_is_not_continued_with_it(spaced, tmp_path):
     _tune(tmp_path / "s", trials=1)
-    with pytest.raises(ValueError, match=r"holds a study of other settings \(settings differ\)"):
+    with pytest.raises(ValueError, match=r"other settings \(--select-epoch: False in the study, True now\)"):
         _tune(tmp_path / "s", trials=2, select_epoch=True)
+    with pytest.raises(ValueError, match=r"other settings \(settings.epochs: 1 in the study, 2 now\)"):
+        _tune(tmp_path / "s", trials=2, epochs=2)
 
 
 def test_cli_tune_select_epoch(spaced, tmp_path, capsys):
@@ -295,7 +297,7 @@ def test_cli_tune_select_epoch(spaced, tmp_path, capsys):
     assert best["selected_epoch"] in (1, 2)
     assert main([*argv, "--early-stopping", "1", "--select-folds", "3", "--output", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
-    assert "tune --select-epoch scores every trial at its best epoch" in err
+    assert "tune takes no --select-folds, --early-stopping: with --select-epoch it scores every trial" in err
     assert "--select-folds" in err and "--early-stopping" in err
     with pytest.raises(ValueError, match="tune does not take 'eval_every_epoch'"):
         _tune(tmp_path / "u", eval_every_epoch=True)

@@ -137,9 +137,11 @@ def test_studies_that_selected_their_epoch_train_for_it(tmp_path):
     assert sorted(r["epochs"] for r in summary["runs"]) == sorted(chosen.values())  # trained for exactly those
     assert summary["epochs"] == 3  # the shared budget
     assert "the epoch its study selected on validation" in (tmp_path / "b" / "results.md").read_text()
+    with pytest.raises(ValueError, match="these studies selected their epoch on validation"):
+        bench_tuned([root], seeds=[0], output=tmp_path / "again", select_epoch={})  # would select a second time
     mixed = tmp_path / "mixed"
     tune("c_ncm", output=mixed / "c_ncm", trials=1, folds=2, on_trial=lambda _: None, **budget)
     (mixed / "nsm").mkdir()
     (mixed / "nsm" / "best.json").write_bytes((root / "pml_normalized_softmax" / "best.json").read_bytes())
-    with pytest.raises(ValueError, match="some studies were tuned with --select-epoch and some not"):
+    with pytest.raises(ValueError, match=r"some not \(pml_normalized_softmax selected their epoch; c_ncm did not\)"):
         bench_tuned([mixed], seeds=[0], output=tmp_path / "x")

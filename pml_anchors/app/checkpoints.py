@@ -113,6 +113,14 @@ def checkpoint_dict(session: Any) -> dict[str, Any]:
     return data
 
 
+def trained_epoch(checkpoint: Mapping[str, Any]) -> int:
+    """The epoch whose weights :func:`trained_weights` gives: the selected one, else the last trained."""
+    selection = checkpoint.get("selection")
+    if isinstance(selection, Mapping) and isinstance(selection.get("best_states"), Mapping):
+        return int(selection["best_epoch"])
+    return int(checkpoint["epoch"])
+
+
 def trained_weights(checkpoint: Mapping[str, Any], name: str) -> Any:
     """The ``name`` (trunk, embedder, loss) weights to use a checkpoint's model with: the selected epoch's when the
     run selected one on a validation fold (:mod:`pml_anchors.app.selection`), else the last epoch's."""

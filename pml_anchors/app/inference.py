@@ -29,7 +29,7 @@ import torch
 from ..devices import resolve_device
 from ..evaluation.diagnostics import predict
 from ..plugin.api import registered_names_only
-from .checkpoints import CheckpointError, load_checkpoint, trained_weights
+from .checkpoints import CheckpointError, load_checkpoint, trained_epoch, trained_weights
 from .config import TrainConfig
 from .resume import checkpoint_source, config_for_checkpoint
 from .session import build_models, checkpoint_method, resolve_method
@@ -138,7 +138,7 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         loss,
         method=spec.name,
         config=config,
-        epoch=int(checkpoint["epoch"]),
+        epoch=trained_epoch(checkpoint),  # of its weights: with --select-epoch the selected one
         class_names=tuple(checkpoint.get("class_names", ())),
         data_info=checkpoint.get("data_info"),
         input_shape=tuple(checkpoint["input_shape"]),

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from .checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint, trained_epoch
 from .resume import config_for_checkpoint
 from .session import Session, build, evaluate_session
 
 __all__ = ["evaluate_checkpoint", "session_from_checkpoint"]
 
 
-def session_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> Session:
+def session_from_checkpoint(path: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> Session:
     """The models and loss of a checkpoint, rebuilt from its config for evaluation (no trainer).
 
     ``overrides`` replace config fields (``device``, ``dataset``, ``data_root``, ``protocol``,
     ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
     ``num_classes`` and the models its ``backbone``/``embedding_size`` (:func:`config_for_checkpoint`).
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = path if isinstance(path, Mapping) else load_checkpoint(path)
     config = config_for_checkpoint(checkpoint, **overrides)
     return build(config, resume=checkpoint, num_classes=checkpoint["num_classes"], with_trainer=False)
 
@@ -31,14 +32,16 @@ def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, 
     ``test_limit``, ...); ``None`` values are ignored. The loss keeps the checkpoint's
     ``num_classes`` and the models its ``backbone``/``embedding_size``.
     """
-    session = session_from_checkpoint(path, **overrides)
+    checkpoint = load_checkpoint(path)
+    session = session_from_checkpoint(checkpoint, **overrides)
     metrics = evaluate_session(session)
     return {
         "checkpoint": str(path),
         "method": session.spec.name,
         "dataset": session.config.dataset,
         "protocol": session.config.protocol,
-        "epoch": session.epoch,
+        "epoch": trained_epoch(checkpoint),  # of the weights evaluated: with --select-epoch the selected one
+        "epochs_trained": session.epoch,
         "device": str(session.device),
         **metrics,
     }

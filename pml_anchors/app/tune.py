@@ -140,10 +140,9 @@ def _open_study(optuna: Any, folder: Path, seed: int, identity: dict[str, Any], 
     if recorded is None:
         probe.set_user_attr("identity", identity)
     elif recorded != identity:
-        changed = sorted(k for k in identity if recorded.get(k) != identity[k])
         raise ValueError(
-            f"{folder / STUDY_FILE} holds a study of other settings ({', '.join(changed)} differ); resume it with "
-            "the command that started it, or tune into another --output"
+            f"{folder / STUDY_FILE} holds a study of other settings ({_differences(recorded, identity)}); resume it "
+            "with the command that started it, or tune into another --output"
         )
     running = optuna.trial.TrialState.RUNNING
     for trial in probe.get_trials(deepcopy=False, states=(running,)):  # left by a killed run (the folder is locked)
@@ -151,6 +150,24 @@ def _open_study(optuna: Any, folder: Path, seed: int, identity: dict[str, Any], 
     # a resumed search draws anew (the same seed would propose the first trials' points again)
     sampler = _sampler(optuna, seed + len(probe.trials), jobs)
     return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+
+
+def _differences(recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
+    """``folds differ`` / ``settings.epochs: 3 in the study, 5 now`` (``eval_every_epoch`` named as
+    ``--select-epoch``, which sets it)."""
+    parts = []
+    for key in identity:
+        old, new = recorded.get(key), identity[key]
+        if old == new:
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            for inner in sorted({*old, *new}):
+                if old.get(inner) != new.get(inner):
+                    name = "--select-epoch" if inner == "eval_every_epoch" else f"{key}.{inner}"
+                    parts.append(f"{name}: {old.get(inner)!r} in the study, {new.get(inner)!r} now")
+        else:
+            parts.append(f"{key} differ")
+    return "; ".join(parts)
 
 
 def _line(done: int, budget: int, trial: Any, value: float | None, best: Any, seconds: float) -> str:

@@ -59,9 +59,12 @@ def _check_shared(studies: list[dict[str, Any]]) -> None:
     first = studies[0]["config"]
     selected = {s["method"]: s.get("selected_epoch") is not None for s in studies}
     if len(set(selected.values())) > 1:
+        chose = ", ".join(m for m, s in selected.items() if s)
+        did_not = ", ".join(m for m, s in selected.items() if not s)
         raise ValueError(
-            f"some studies were tuned with --select-epoch and some not ({', '.join(m for m, s in selected.items() if s)}"
-            " selected their epoch): a fair comparison tunes every method the same way"
+            f"some studies were tuned with --select-epoch and some not ({chose} selected their epoch; {did_not} did "
+            "not): a fair comparison tunes every method the same way; tune the others the same way into another "
+            "--output, or leave their folders out"
         )
     for study in studies[1:]:
         differ = [k for k in SHARED if study["config"].get(k) != first.get(k)]
@@ -104,6 +107,11 @@ def bench_tuned(
     forbidden = sorted(set(overrides) & {*SHARED, "lr", "weight_decay", "loss_kwargs", "loss_lr_multiplier", "seed"})
     if forbidden:
         raise ValueError(f"bench --tuned takes {forbidden} from the studies; leave them out")
+    if overrides.get("select_epoch") is not None and any(s.get("selected_epoch") is not None for s in studies):
+        raise ValueError(
+            "these studies selected their epoch on validation (tune --select-epoch), and bench --tuned trains each "
+            "method for it: leave out --select-epoch (it would select again, on a fold taken from the training data)"
+        )
     names = [str(s["config"]["method"]) for s in studies]  # as tuned: a method or baseline:<name>
     if len(set(names)) != len(names):
         raise ValueError(f"--tuned names a method twice: {names}")

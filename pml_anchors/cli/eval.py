@@ -21,6 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=int, help="evaluate on this many test items")
     p.add_argument("--device", help="auto, cpu or cuda (default: the checkpoint's)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: the checkpoint's)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for the evaluation (default: the checkpoint's)")
     add_recall_at(p)
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         test_limit=args.test_limit,
         device=args.device,
         dataloader_num_workers=args.workers,
+        num_threads=args.threads,
         recall_at=args.recall_at,
         knn=args.knn,
     )
@@ -54,7 +56,14 @@ def run(args: argparse.Namespace) -> int:
         names = ("precision_at_1", *(name for _, name in recall_metrics_in(results)), "mean_average_precision_at_r")
         names += ("r_precision", "mean_average_precision", "nearest_anchor_accuracy")
         print(
-            f"{results['method']} (epoch {results['epoch']}) on {results['dataset']} [{results['protocol']}]: "
+            f"{results['method']} ({_epoch_text(results)}) on {results['dataset']} [{results['protocol']}]: "
             + ", ".join(f"{k} {fmt(results[k])}" for k in names)
         )
     return 0
+
+
+def _epoch_text(results: dict) -> str:
+    """``epoch 7``, or for a run that selected its epoch on validation ``epoch 6, selected on validation; 7 trained``."""
+    if results["epoch"] == results.get("epochs_trained", results["epoch"]):
+        return f"epoch {results['epoch']}"
+    return f"epoch {results['epoch']}, selected on validation; {results['epochs_trained']} trained"

@@ -49,6 +49,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "shared out among them); `tune` run again on the same --output also continues it",
     )
     add_common(p)
+    for action in p._actions:  # train's selection flags: tune selects on its own --folds by MAP@R, or not at all
+        if action.dest == "select_epoch":
+            action.help = (
+                "score every trial at its best epoch (each fold evaluates its validation fold after every epoch; "
+                "--epochs is the budget) instead of its last; best.json records the epoch and bench --tuned trains "
+                "for it (docs/tuning.md)"
+            )
+        elif action.dest in SELECT_ARGS.values():
+            action.help = argparse.SUPPRESS
     p.add_argument("--loss-kwargs", type=json_arg, help="JSON object of fixed loss keyword arguments (not tuned)")
     p.add_argument("--hook-kwargs", type=json_arg, help="JSON object of trainer-hook keyword arguments")
     p.add_argument("--output", required=True, metavar="DIR", help="the study folder (study.db, best.json)")
@@ -70,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if select:  # --select-folds / --select-fold / --select-metric / --early-stopping
         given = ", ".join(f"--{SELECT_ARGS[key].replace('_', '-')}" for key in select)
         raise ValueError(
-            "tune --select-epoch scores every trial at its best epoch on tune's own --folds, by MAP@R, without early "
-            f"stopping: leave out {given}"
+            f"tune takes no {given}: with --select-epoch it scores every trial at its best epoch on its own --folds, "
+            "by MAP@R, without early stopping"
         )
     threads_from = resolve_threads(config, dict(config), max(1, args.jobs))
     quiet = args.no_progress

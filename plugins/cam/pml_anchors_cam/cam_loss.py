@@ -52,8 +52,8 @@ NEIGHBOR_LIST_MIN_CLASSES = 256
 
 
 _NOT_REFRESHED = (
-    "CAM's neighbour list has not been searched on {device}: with K = {k} anchors (K^2 > DENSE_ENTRIES) a compiled "
-    "step reads "
+    "CAM's neighbour list has not been searched on {device}: with K = {k} anchors (above 4096) a compiled step "
+    "reads "
     "the list that loss.refresh_neighbors() leaves; call it once before the first compiled step and after every "
     "optimizer step (CAM's trainer hooks, pml_anchors.get_trainer_hooks('cam'), do)"
 )
