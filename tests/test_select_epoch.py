@@ -244,7 +244,7 @@ def test_the_epoch_lines_say_the_metric_is_the_validation_folds():
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_nproc_2_selects_the_epoch_of_one_process(tmp_path):
+def test_nproc_2_selects_the_epoch_of_one_process(tmp_path, capsys):
     """``--nproc 2 --select-epoch``: both processes train on the other folds (the global batches of one process),
     rank 0 evaluates the validation fold every epoch, selects, stops both processes early and tests once; the same
     curve, epoch and stop as one process (lenetpp: no BatchNorm, so the two runs differ only by DDP's rounding)."""
@@ -267,3 +267,7 @@ def test_nproc_2_selects_the_epoch_of_one_process(tmp_path):
     best = two["selection"]["best_epoch"]
     assert (evaluated["epoch"], evaluated["epochs_trained"]) == (best, two["epochs"])  # what eval reports
     assert pml_anchors.load_trained(tmp_path / "two" / "checkpoint.pt").epoch == best
+    capsys.readouterr()
+    resumed = ["train", "--resume", str(tmp_path / "one" / "checkpoint.pt"), "--epochs", "8", "--no-output"]
+    assert main([*resumed, "--no-progress"]) == 0  # stopped early: nothing more to train, and it says so
+    assert f"this run stopped early at epoch {one['epochs']}" in capsys.readouterr().err

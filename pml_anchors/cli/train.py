@@ -116,6 +116,15 @@ def run(args: argparse.Namespace) -> int:
         if key in given:
             given[key] = {**values.get(key, {}), **given[key]}
     values.update(given)
+    selection = checkpoint.get("selection") if args.resume else None
+    if isinstance(selection, dict) and selection.get("stopped_at") is not None and done is not None:
+        if values.get("epochs", 0) > done:  # train() goes no further: the selection had stopped the run
+            print(
+                f"this run stopped early at epoch {selection['stopped_at']} (the validation metric did not improve for "
+                f"{(values.get('select_epoch') or {}).get('patience')} epoch(s)): --resume trains no further epoch; "
+                "start a new run to train it longer",
+                file=sys.stderr,
+            )
     if args.resume and values.get("class_parallel") and args.nproc == 1 and torchrun is None:
         # its checkpoint holds every anchor (docs/class_parallel.md): one process trains on with all of them
         print("resuming a --class-parallel run in one process: this process holds every anchor", file=sys.stderr)
