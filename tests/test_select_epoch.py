@@ -271,3 +271,6 @@ def test_nproc_2_selects_the_epoch_of_one_process(tmp_path, capsys):
     resumed = ["train", "--resume", str(tmp_path / "one" / "checkpoint.pt"), "--epochs", "8", "--no-output"]
     assert main([*resumed, "--no-progress"]) == 0  # stopped early: nothing more to train, and it says so
     assert f"this run stopped early at epoch {one['epochs']}" in capsys.readouterr().err
+    assert main([*resumed, "--early-stopping", "5"]) == 2  # options given on resume add to the run's selection
+    err = capsys.readouterr().err
+    assert "did not improve for 1 epoch(s)" in err and "'patience': 1} (checkpoint)" in err and "'folds': 4" not in err

@@ -112,17 +112,17 @@ def run(args: argparse.Namespace) -> int:
         values, done = dict(checkpoint["config"]), int(checkpoint["epoch"])
         if values.get("output") is not None:  # the run's folder is where its checkpoint is, wherever we are
             values["output"] = os.path.dirname(os.path.abspath(args.resume))
-    for key in ("backbone_kwargs", "dataset_kwargs"):  # e.g. --backbone-weights adds to the checkpoint's options
-        if key in given:
-            given[key] = {**values.get(key, {}), **given[key]}
+    for key in ("backbone_kwargs", "dataset_kwargs", "select_epoch"):  # options given on resume add to the run's
+        if key in given and isinstance(values.get(key), dict):
+            given[key] = {**values[key], **given[key]}
+    patience = (values.get("select_epoch") or {}).get("patience")  # the run's, before options given now
     values.update(given)
     selection = checkpoint.get("selection") if args.resume else None
     if isinstance(selection, dict) and selection.get("stopped_at") is not None and done is not None:
         if values.get("epochs", 0) > done:  # train() goes no further: the selection had stopped the run
             print(
                 f"this run stopped early at epoch {selection['stopped_at']} (the validation metric did not improve for "
-                f"{(values.get('select_epoch') or {}).get('patience')} epoch(s)): --resume trains no further epoch; "
-                "start a new run to train it longer",
+                f"{patience} epoch(s)): --resume trains no further epoch; start a new run to train it longer",
                 file=sys.stderr,
             )
     if args.resume and values.get("class_parallel") and args.nproc == 1 and torchrun is None:
