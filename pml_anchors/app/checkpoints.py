@@ -113,21 +113,25 @@ def checkpoint_dict(session: Any) -> dict[str, Any]:
     return data
 
 
-def trained_epoch(checkpoint: Mapping[str, Any]) -> int:
-    """The epoch whose weights :func:`trained_weights` gives: the selected one, else the last trained."""
+def _selected(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The selection state of a run that selected its epoch on a validation fold and kept that epoch's weights."""
     selection = checkpoint.get("selection")
     if isinstance(selection, Mapping) and isinstance(selection.get("best_states"), Mapping):
-        return int(selection["best_epoch"])
-    return int(checkpoint["epoch"])
+        return selection
+    return None
+
+
+def trained_epoch(checkpoint: Mapping[str, Any]) -> int:
+    """The epoch whose weights :func:`trained_weights` gives: the selected one, else the last trained."""
+    selection = _selected(checkpoint)
+    return int(checkpoint["epoch"] if selection is None else selection["best_epoch"])
 
 
 def trained_weights(checkpoint: Mapping[str, Any], name: str) -> Any:
     """The ``name`` (trunk, embedder, loss) weights to use a checkpoint's model with: the selected epoch's when the
     run selected one on a validation fold (:mod:`pml_anchors.app.selection`), else the last epoch's."""
-    selection = checkpoint.get("selection")
-    if isinstance(selection, Mapping) and isinstance(selection.get("best_states"), Mapping):
-        return selection["best_states"][name]
-    return checkpoint[name]
+    selection = _selected(checkpoint)
+    return checkpoint[name] if selection is None else selection["best_states"][name]
 
 
 def save_checkpoint(session: Any, path: str | os.PathLike) -> Path:

@@ -712,39 +712,13 @@ def _class_lse_setup(ctx, inputs, output):
 
 def _class_lse_backward(ctx, grad_out, grad_own, _grad_shift2, _grad_sums):
     x, rows, labels, bias, x_sq, rows_sq, floor, out, own, shift2, sums = ctx.saved_tensors
-    kind, scale, eps, squared = ctx.args[:4]
-    dim, group, add_zero, chunk_size, ce = ctx.args[8:]
     need_x, need_rows = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_x or need_rows):
         return (None,) * _OP_ARGS
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    dx, drows = _class_lse_backward_op(
-        x,
-        rows,
-        labels,
-        kind,
-        scale,
-        eps,
-        squared,
-        bias,
-        x_sq,
-        rows_sq,
-        floor,
-        dim,
-        group,
-        add_zero,
-        chunk_size,
-        ce,
-        out,
-        own,
-        shift2,
-        sums,
-        grad_out,
-        grad_own,
-        need_x,
-        need_rows,
-    )
+    inputs = (x, rows, labels, *ctx.args[:4], bias, x_sq, rows_sq, floor, *ctx.args[8:])  # the forward op's, in order
+    dx, drows = _class_lse_backward_op(*inputs, out, own, shift2, sums, grad_out, grad_own, need_x, need_rows)
     return (dx if need_x else None, drows if need_rows else None) + (None,) * (_OP_ARGS - 2)
 
 

@@ -53,9 +53,8 @@ NEIGHBOR_LIST_MIN_CLASSES = 256
 
 _NOT_REFRESHED = (
     "CAM's neighbour list has not been searched on {device}: with K = {k} anchors (above 4096) a compiled step "
-    "reads "
-    "the list that loss.refresh_neighbors() leaves; call it once before the first compiled step and after every "
-    "optimizer step (CAM's trainer hooks, pml_anchors.get_trainer_hooks('cam'), do)"
+    "reads the list that loss.refresh_neighbors() leaves; call it once before the first compiled step and after "
+    "every optimizer step (CAM's trainer hooks, pml_anchors.get_trainer_hooks('cam'), do)"
 )
 _OVERFLOWED = (
     "CAM's neighbour list overflowed: more than {max_pairs:,} anchor pairs lie closer than 2m + skin = {reach:g}, so "
@@ -195,9 +194,11 @@ class ClassAnchorMarginLoss(AnchorLoss):
             same = labels.unsqueeze(0) == labels.unsqueeze(1)
             first = ~torch.tril(same, diagonal=-1).any(dim=1)  # each present class once: at its first row
             return attractor, repeller_dense(rows, self.margin, first), self._norm_term(rows, first)
-        if k * k <= DENSE_ENTRIES or self.margin == 0:
-            return attractor, repeller_dense(anchors, self.margin), self._norm_term(anchors)
-        listed = self._listed_pairs(anchors) if self._use_neighbor_list(k) else None
+        if not self._lists_pairs(k):
+            if k * k <= DENSE_ENTRIES or self.margin == 0:
+                return attractor, repeller_dense(anchors, self.margin), self._norm_term(anchors)
+            return None  # neighbor_list=False above 4096 anchors: every pair, in row blocks on the host
+        listed = self._listed_pairs(anchors)
         if listed is None:
             return None
         return attractor, repeller_on_pairs(anchors, listed[0], self.margin, listed[1]), self._norm_term(anchors)
@@ -232,10 +233,13 @@ class ClassAnchorMarginLoss(AnchorLoss):
         one CUDA graph). CAM's trainer hooks call it before training and after every iteration. A no-op where
         the step does not use the list (``batch_classes_only``, ``margin=0``, ``neighbor_list=False``, K <= 4096).
         """
-        k = self.anchors.shape[0]
-        if self.batch_classes_only or k * k <= DENSE_ENTRIES or not self._use_neighbor_list(k):
-            return
-        self._close_pairs(self.anchors)
+        if self._lists_pairs(self.anchors.shape[0]):
+            self._close_pairs(self.anchors)
+
+    def _lists_pairs(self, k: int) -> bool:
+        """Whether the step off the host sums L_R over the padded neighbour list (which :meth:`refresh_neighbors`
+        keeps checked): all K anchors, K^2 above ``DENSE_ENTRIES``, the list in use."""
+        return not self.batch_classes_only and k * k > DENSE_ENTRIES and self._use_neighbor_list(k)
 
     def _neighbor_list(self) -> NeighborList:
         if self._neighbors is None:

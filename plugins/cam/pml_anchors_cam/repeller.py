@@ -626,8 +626,12 @@ class NeighborList:
     def answers(self, anchors: torch.Tensor) -> bool:
         """Whether the list was last checked against this very tensor, unmodified since (same object, storage and
         version counter: an optimizer step changes the version). Read from the host's bookkeeping only."""
-        key = (anchors.data_ptr(), anchors._version)
-        return self._answered is not None and self._answered[0]() is anchors and self._answered[1:] == key
+        answered = self._answered
+        return answered is not None and answered[0]() is anchors and answered[1:] == self._key(anchors)
+
+    @staticmethod
+    def _key(anchors: torch.Tensor) -> tuple[int, int]:
+        return anchors.data_ptr(), anchors._version
 
     @torch.no_grad()
     def pairs(self, anchors: torch.Tensor) -> torch.Tensor | None:
@@ -640,7 +644,7 @@ class NeighborList:
             return self.list
         self._answered = None
         answer = self._pairs(anchors.detach())
-        self._answered = (weakref.ref(anchors), anchors.data_ptr(), anchors._version)
+        self._answered = (weakref.ref(anchors), *self._key(anchors))
         return answer
 
     def holds_for(self, anchors: torch.Tensor) -> torch.Tensor:
