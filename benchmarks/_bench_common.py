@@ -36,6 +36,29 @@ def add_common_args(parser: argparse.ArgumentParser, *, repeats: int, warmup: in
     )
 
 
+#: ``--lse-path`` choices: the size limits of ``pml_anchors.losses.logsumexp.NATIVE_MAX_ENTRIES`` they set.
+LSE_PATHS = {"auto": None, "kernel": 0, "torch": 1 << 62}
+
+
+def add_lse_path_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lse-path",
+        choices=list(LSE_PATHS),
+        default="auto",
+        help="how small linear/cosine log-sum-exps run: auto (torch's operations up to the shipped "
+        "NATIVE_MAX_ENTRIES, the hand-written kernel beyond), kernel or torch everywhere (unchunked)",
+    )
+
+
+def set_lse_path(path: str) -> None:
+    """Apply ``--lse-path``: set both device types' limits of ``NATIVE_MAX_ENTRIES`` (``auto`` keeps them)."""
+    limit = LSE_PATHS[path]
+    if limit is not None:
+        from pml_anchors.losses import logsumexp
+
+        logsumexp.NATIVE_MAX_ENTRIES = dict.fromkeys(logsumexp.NATIVE_MAX_ENTRIES, limit)
+
+
 def setup_device(name: str, threads: int | None) -> torch.device:
     """``torch.device(name)`` after ``torch.set_num_threads(threads)`` (when given); exits if CUDA is asked for
     but absent."""

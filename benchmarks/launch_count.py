@@ -20,7 +20,7 @@ cross-entropy floors). Each runs one untimed warm-up step (``loss(x, y).backward
 * ``x floor``: kernels / the matching floor's kernels (the floor as in ``loss_speed.py``).
 
 On the CPU the counts are those of its code path: eager CPU losses may read the host where that is free (CAM's
-neighbour list, the input checks' one read), which their GPU path does not; run with ``--device cuda`` for the
+neighbour list, the input checks' reads), which their GPU path does not; run with ``--device cuda`` for the
 GPU's. ``torch.compile`` fuses the elementwise kernels into a few and CUDA graphs replay them with one launch:
 ``loss_speed.py --compile reduce-overhead`` measures that.
 """
@@ -31,7 +31,7 @@ import argparse
 import collections
 import sys
 
-from _bench_common import setup_device
+from _bench_common import add_lse_path_arg, set_lse_path, setup_device
 from loss_speed import PML_LOSSES, build_contestants, parse_sizes
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -82,14 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    add_lse_path_arg(parser)
     args = parser.parse_args(argv)
     import pml_anchors
 
     device = setup_device(args.device, None)
+    set_lse_path(args.lse_path)
     names = args.methods.split(",") if args.methods else [s.name for s in pml_anchors.list_methods()]
     if not args.methods:
         names += list(PML_LOSSES)
-    print(f"launch_count: device={device} B={args.batch}", file=sys.stderr)
+    print(f"launch_count: device={device} B={args.batch} lse-path={args.lse_path}", file=sys.stderr)
     print("| d | C | loss | kernels | x floor | host reads | most frequent |")
     print("|---|---|---|---|---|---|---|")
     for d, c in parse_sizes(args.sizes):

@@ -9,6 +9,7 @@ Usage::
     python benchmarks/loss_speed.py --json -              # JSON on stdout, the table on stderr
     python benchmarks/loss_speed.py --device cuda         # same on a GPU (CUDA events, max_memory_allocated)
     python benchmarks/loss_speed.py --compile reduce-overhead  # also each method as torch.compile(loss, mode=...)
+    python benchmarks/loss_speed.py --lse-path kernel     # small linear/cosine log-sum-exps on the hand-written kernel
 
 What is timed
 -------------
@@ -96,7 +97,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _bench_common import add_common_args, rotated, run_meta, setup_device, sync, write_results
+from _bench_common import (
+    add_common_args,
+    add_lse_path_arg,
+    rotated,
+    run_meta,
+    set_lse_path,
+    setup_device,
+    sync,
+    write_results,
+)
 
 BATCH = 256
 SUB_CENTERS = 4
@@ -500,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser, repeats=7, warmup=2)
     parser.add_argument("--chunk-size", type=int, help="pass chunk_size= to our losses")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    add_lse_path_arg(parser)
     parser.add_argument("--quick", action="store_true", help="small grid (d=32, C in {100, 1000}), 3 rounds")
     parser.add_argument(
         "--compile",
@@ -510,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = setup_device(args.device, args.threads)
+    set_lse_path(args.lse_path)
     sizes = args.sizes or (list(QUICK_SIZES) if args.quick else list(itertools.product(DEFAULT_DIMS, DEFAULT_CLASSES)))
     repeats = 3 if args.quick and args.repeats == 7 else args.repeats
     warmup = max(1, 1 if args.quick and args.warmup == 2 else args.warmup)
@@ -544,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(markdown_table(rows), file=table_out, flush=True)
     if args.json:
-        write_results(args.json, run_meta(device, batch=args.batch, repeats=repeats, warmup=warmup), rows)
+        write_results(
+            args.json, run_meta(device, batch=args.batch, repeats=repeats, warmup=warmup, lse_path=args.lse_path), rows
+        )
     return 0
 
 

@@ -27,10 +27,12 @@ import torch
 import torch.nn.functional as F
 
 import pml_anchors
+from pml_anchors.losses import logsumexp
 from pml_anchors.losses.logsumexp import (
     CosineRowsLogits,
     LinearLogits,
     NegEuclideanLogits,
+    class_cross_entropy,
     class_logsumexp,
     cross_entropy_from_lse,
 )
@@ -87,8 +89,17 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def path(request, monkeypatch):
+    """Both ways of computing a log-sum-exp: the hand-written kernel, and (where it applies: linear and cosine maps
+    along the classes, unchunked) torch's own operations, forced by the size limits of ``NATIVE_MAX_ENTRIES``."""
+    limit = 0 if request.param == "kernel" else 1 << 40
+    monkeypatch.setattr(logsumexp, "NATIVE_MAX_ENTRIES", {"cpu": limit, "accelerator": limit})
+    return request.param
+
+
 @pytest.mark.parametrize("kind,dim,group,excl,add_zero,chunk", CASES)
-def test_class_logsumexp_equals_the_masked_logsumexp(kind, dim, group, excl, add_zero, chunk):
+def test_class_logsumexp_equals_the_masked_logsumexp(kind, dim, group, excl, add_zero, chunk, path):
     g = torch.Generator().manual_seed(hash((kind, dim, group, excl, add_zero, chunk)) % 2**31)
     b, k, d = 7, 11, 5
     x = torch.randn(b, d, generator=g, dtype=F64, requires_grad=True)
@@ -116,7 +127,7 @@ def test_class_logsumexp_equals_the_masked_logsumexp(kind, dim, group, excl, add
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "euclid", "sq_euclid"])
 @pytest.mark.parametrize("chunk", [None, 4])
-def test_class_logsumexp_gradcheck(kind, chunk):
+def test_class_logsumexp_gradcheck(kind, chunk, path):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 3, generator=g, dtype=F64, requires_grad=True)
     rows = torch.randn(9, 3, generator=g, dtype=F64, requires_grad=True)
@@ -134,7 +145,7 @@ def test_class_logsumexp_gradcheck(kind, chunk):
 
 
 @pytest.mark.parametrize("kind", ["linear", "euclid"])
-def test_a_second_backward_reproduces_the_first_exactly(kind):
+def test_a_second_backward_reproduces_the_first_exactly(kind, path):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(6, 4, generator=g, requires_grad=True)
     rows = torch.randn(10, 4, generator=g, requires_grad=True)
@@ -147,14 +158,84 @@ def test_a_second_backward_reproduces_the_first_exactly(kind):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_class_cross_entropy_equals_the_plain_formula(kind, group, chunk, path):
+    """``F.cross_entropy`` (group 1) and -log of the own class's summed sub-centre probabilities (group 3), values
+    and gradients, by the kernel and by torch's operations; the own logits come back as constants."""
+    g = torch.Generator().manual_seed(group * 10 + (chunk or 0))
+    b, k, d = 7, 5, 4
+    x = torch.randn(b, d, generator=g, dtype=F64, requires_grad=True)
+    rows = torch.randn(k * group, d, generator=g, dtype=F64, requires_grad=True)
+    bias = torch.randn(b, generator=g, dtype=F64)
+    labels = torch.randint(0, k, (b,), generator=g)
+    ce, own = class_cross_entropy(x, rows, _map(kind, x, rows, bias, 1.7, None), labels, group=group, chunk_size=chunk)
+    z = _reference_logits(kind, x, rows, bias, 1.7, None).view(b, k, group)
+    ref = torch.logsumexp(z.reshape(b, -1), dim=1) - torch.logsumexp(z[torch.arange(b), labels], dim=1)
+    if group == 1:
+        torch.testing.assert_close(ref, F.cross_entropy(z.squeeze(2), labels, reduction="none"))
+    torch.testing.assert_close(ce, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(own, z[torch.arange(b), labels].detach(), rtol=1e-12, atol=1e-12)
+    assert not own.requires_grad
+    w = torch.randn(b, generator=g, dtype=F64)
+    for got, want in zip(
+        torch.autograd.grad((ce * w).sum(), (x, rows)), torch.autograd.grad((ref * w).sum(), (x, rows))
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_both_paths_round_a_16_bit_product_alike(scale, monkeypatch):
+    """Under bfloat16 autocast the kernel and torch's operations take the logits from the same 16-bit product
+    (x * scale rounded once; the kernel's base-2 unit applied in float32): equal to float32 rounding, where the
+    16 bits themselves differ from float32 by ~1e-3."""
+    g = torch.Generator().manual_seed(3)
+    x, rows = torch.randn(9, 6, generator=g), torch.randn(5, 6, generator=g)
+    labels = torch.randint(0, 5, (9,), generator=g)
+    values = {}
+    for name, limit in (("kernel", 0), ("torch", 1 << 40)):
+        monkeypatch.setattr(logsumexp, "NATIVE_MAX_ENTRIES", {"cpu": limit, "accelerator": limit})
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            values[name] = class_cross_entropy(x, rows, LinearLogits(scale), labels)[0]
+    torch.testing.assert_close(values["kernel"], values["torch"], rtol=1e-6, atol=1e-6)
+
+
+def test_small_linear_problems_run_torch_operations_and_large_ones_the_kernel():
+    """Which computation a log-sum-exp gets: torch's operations below ``NATIVE_MAX_ENTRIES`` (by device type) for
+    linear and cosine maps along the classes, the hand-written kernel otherwise (chunked, Euclidean maps, along
+    the batch, the implicit zero, nothing left after the exclusion)."""
+    limit = logsumexp.NATIVE_MAX_ENTRIES["cpu"]
+    spec = logsumexp._Spec
+    x, labels = torch.randn(8, 4), torch.zeros(8, dtype=torch.long)
+    fits, too_big = torch.randn(limit // 8, 4), torch.randn(limit // 8 + 1, 4)
+    linear = LinearLogits()
+    assert logsumexp._torch_native(x, fits, labels, spec(linear, 1, 1, False, None, ce=True))
+    assert not logsumexp._torch_native(x, too_big, labels, spec(linear, 1, 1, False, None, ce=True))
+    assert not logsumexp._torch_native(x, fits, labels, spec(linear, 1, 1, False, 16, ce=True))  # chunked
+    assert not logsumexp._torch_native(x, fits, labels, spec(linear, 0, 1, True, None))  # along the batch
+    assert not logsumexp._torch_native(x, fits, labels, spec(linear, 1, 1, True, None))  # implicit zero
+    euclid = NegEuclideanLogits(torch.ones(8), torch.ones(len(fits)), None, squared=True)
+    assert not logsumexp._torch_native(x, fits, labels, spec(euclid, 1, 1, False, None))
+    one_class = torch.randn(1, 4)  # excluded, nothing is left: the kernel's lse = -inf with a zero gradient
+    assert not logsumexp._torch_native(x, one_class, labels, spec(linear, 1, 1, False, None))
+
+
+#: the methods whose small unchunked batches run torch's own operations (exact second derivatives)
+TORCH_NATIVE = {"c_ncm", "reponet", "fsc", "cam"}
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2], ids=["unchunked", "chunked"])
 @pytest.mark.parametrize("name", ["c_ncm", "e_ncm", "reponet", "fsc", "proxy_anchor", "cam"])
-def test_double_backward_is_exact_or_a_clear_error(name):
+def test_double_backward_is_exact_or_a_clear_error(name, chunk_size):
     """A gradient penalty (create_graph=True) either gets exact second derivatives or raises: torch's own
-    once_differentiable would silently treat the hand-written gradients as constants here."""
-    loss = pml_anchors.get_loss(name, 5, 4).double()
+    once_differentiable would silently treat the hand-written gradients as constants here. Small unchunked
+    batches of the linear/cosine losses run torch's operations (exact); the hand-written kernel raises."""
+    kwargs = {} if chunk_size is None or name == "cam" else {"chunk_size": chunk_size}
+    loss = pml_anchors.get_loss(name, 5, 4, **kwargs).double()
     labels = torch.arange(8) % 5
     x = torch.randn(8, 4, dtype=F64, requires_grad=True)
-    if name == "cam":  # plain torch operations at this size: exact
+    if name == "cam" or (name in TORCH_NATIVE and chunk_size is None):
         assert torch.autograd.gradgradcheck(lambda e: loss(e, labels), (x,))
         return
     with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) through \w+ is not supported"):

@@ -65,7 +65,7 @@ class AnchorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     :param seed: seed for random initializers. The default ``0`` makes every process (e.g. every
         DDP rank) build identical anchors; ``None`` draws from torch's global RNG.
     :param anchor_kwargs: extra keyword arguments for the initializer.
-    :param check_finite: raise on NaN/Inf embeddings (eager on CPU: a ``ValueError`` from one host read; on an
+    :param check_finite: raise on NaN/Inf embeddings (eager on CPU: a ``ValueError`` from a host read; on an
         accelerator and under ``torch.compile``: a non-blocking device assertion, see ``docs/compile.md``).
     :param chunk_size: ``None`` (default): all classes at once. A positive int: losses built on
         :func:`pml_anchors.losses.logsumexp.class_logsumexp` process the anchor rows in chunks of this many (whole

@@ -31,6 +31,12 @@ the logit map passed by kind and parameters and the backward recomputing the log
 whole (``fullgraph=True``, no graph break). Without ``torch.compile`` the autograd function runs directly (the
 saved ``exp(z - m)`` buffer, no ``torch._dynamo`` import). Only a third-party :class:`LogitMap` subclass still
 runs under ``torch.compiler.disable`` (a graph break).
+
+Small problems skip the custom function: with a linear or cosine map along the classes, unchunked, and B x R up
+to ``NATIVE_MAX_ENTRIES`` (by device type), both functions compute the map's logits with differentiable torch
+operations and reduce them with ``F.cross_entropy`` / ``torch.logsumexp``: the same values, fewer operations
+(what bounds a step whose products take microseconds, above all on a GPU), and under ``torch.compile`` plain
+operations the compiler fuses.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import torch
 from ..validators import optional_int
 
 __all__ = [
+    "NATIVE_MAX_ENTRIES",
     "CosineRowsLogits",
     "LinearLogits",
     "LogitMap",
@@ -119,6 +126,11 @@ def _as_acc(z: torch.Tensor) -> torch.Tensor:
     return z if z.dtype == acc else z.to(acc)
 
 
+def _gemm_in_16_bits(x: torch.Tensor) -> bool:
+    """Whether a product of ``x`` runs in 16 bits: half-precision inputs, or autocast on ``x``'s device."""
+    return x.dtype != acc_dtype(x.dtype) or torch.is_autocast_enabled(x.device.type)
+
+
 def _cast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == like.dtype else t.to(like.dtype)
 
@@ -164,11 +176,20 @@ class LinearLogits(LogitMap):
         self.bias = None if bias is None else bias.reshape(-1, 1)
 
     def forward(self, x, rows, start, unit=1.0):
-        s = self.scale * unit
-        z = _as_acc(torch.mm(x if s == 1.0 else x * s, rows.T))  # the scale on the (B x d) side
+        # The scale rides on the (B x d) side. A 16-bit GEMM rounds x * scale as :meth:`logits` does (so both
+        # paths agree), and the base-2 unit is applied to its float32 result.
+        pre = self.scale if _gemm_in_16_bits(x) else self.scale * unit
+        z = _as_acc(torch.mm(x if pre == 1.0 else x * pre, rows.T))
+        if pre != self.scale * unit:
+            z.mul_(unit)
         if self.bias is not None:
             z.add_(self.bias if unit == 1.0 else self.bias * unit)
         return z
+
+    def logits(self, x, rows):
+        """The same (B, R) logits as differentiable torch operations (torch's own backward)."""
+        z = _as_acc(torch.mm(x if self.scale == 1.0 else x * self.scale, rows.T))
+        return z if self.bias is None else z + self.bias
 
     def backward(self, x, rows, start, grad, need_x, need_rows, prescaled=False):
         dx = drows = None
@@ -217,6 +238,13 @@ class CosineRowsLogits(LogitMap):
         bias = self.bias if unit == 1.0 else self.bias * unit
         return torch.addcmul(bias, z, colscale, out=z)  # z * scale / ||row|| + bias in one pass
 
+    def logits(self, x, rows):
+        """The same (B, R) logits as differentiable torch operations: the norm clamped at ``eps`` passes no
+        gradient below it, as ``F.normalize``."""
+        norm = torch.linalg.vector_norm(rows, dim=1, dtype=acc_dtype(rows.dtype)).clamp_min(self.eps)
+        z = _as_acc(torch.mm(x, rows.T)) * (self.scale / norm)
+        return z if self.bias is None else z + self.bias
+
     def backward(self, x, rows, start, grad, need_x, need_rows, prescaled=False):
         inv, tiny = self._inv_norm(rows, start)
         if not prescaled:
@@ -256,7 +284,7 @@ class NegEuclideanLogits(LogitMap):
         a_sq = self.rows_sq[start : start + rows.shape[0]]
         # One GEMM; at full precision the ||a||^2 term rides in its epilogue (addmm), under autocast or with
         # 16-bit inputs the product is promoted first (the squared norms stay in >= float32).
-        fused = x.dtype == acc_dtype(x.dtype) and not torch.is_autocast_enabled(x.device.type)
+        fused = not _gemm_in_16_bits(x)
         if self.squared:  # unit * (2 x.a - ||x||^2 - ||a||^2)
             if fused:
                 z = torch.addmm(a_sq.mul(-unit).unsqueeze(0), x, rows.T, alpha=2 * unit)
@@ -725,9 +753,68 @@ def _class_lse_backward(ctx, grad_out, grad_own, _grad_shift2, _grad_sums):
 _class_lse_op.register_autograd(_class_lse_backward, setup_context=_class_lse_setup)
 
 
+# -- small problems: torch's own operations ---------------------------------------------------------------
+#
+# Where the B x R logits are small, a step's time is the host's: each operation's dispatch, and the Python of the
+# autograd function above (its forward and backward run some 20 operations and their bookkeeping). torch's own
+# ``F.cross_entropy`` (log_softmax + nll) and ``torch.logsumexp``, with torch's C++ backward, do the same job with
+# about half the operations and no Python in the backward: on one CPU thread at B = 8, d = 8, C = 10 a C-NCM step
+# takes 0.22 ms instead of 0.29 (benchmarks/loss_speed.py --sizes 8x10 --batch 8 --threads 1). On the CPU the kernel
+# catches up near B x R = 32k-64k (benchmarks/loss_speed.py --lse-path); on an accelerator, where every
+# operation is a kernel launch of a few microseconds, torch's path should win up to millions of entries (the
+# limit below is a prediction until a GPU run measures it: docs/gpu.md). Memory: torch's path holds up to three
+# B x R float32 tensors at once (logits, log-probabilities, their gradient) where the kernel holds one: 48 MB at
+# the accelerator's limit.
+
+#: The largest B x R logit matrix computed with torch's own operations, by device type ("cpu" or any other):
+#: beyond it, and always when chunked, the hand-written kernel (one B x R buffer, base-2 exponentials).
+NATIVE_MAX_ENTRIES = {"cpu": 1 << 15, "accelerator": 1 << 22}
+#: the maps with a ``logits`` method (the Euclidean one's torch form takes more operations than its kernel)
+_NATIVE_MAPS = (LinearLogits, CosineRowsLogits)
+
+
+def _torch_native(x: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor | None, spec: _Spec) -> bool:
+    """Whether this log-sum-exp runs as torch's own operations (:func:`_native_lse`): along the classes, one chunk,
+    a built-in linear or cosine map, at least one class left after the exclusion (else the kernel gives lse = -inf
+    with a zero gradient, ``torch.logsumexp`` a NaN one), and B x R within ``NATIVE_MAX_ENTRIES`` for the device.
+    (Along the batch, Proxy Anchor's sums, torch's form measured no faster.)"""
+    if spec.dim != 1 or spec.add_zero or type(spec.logit_map) not in _NATIVE_MAPS:
+        return False
+    r = rows.shape[0]
+    if spec.chunk_size is not None and spec.chunk_size < r:
+        return False
+    if labels is not None and not spec.ce and r <= spec.group:
+        return False
+    limit = NATIVE_MAX_ENTRIES["cpu" if x.device.type == "cpu" else "accelerator"]
+    return x.shape[0] * r <= limit
+
+
+def _native_lse(x, rows, labels, spec: _Spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_apply`'s ``(out, own)`` from torch's operations: ``F.cross_entropy`` (``ce``; with sub-centres,
+    -logsumexp of the own rows' log-softmax), else ``torch.logsumexp`` of the logits with the own rows at -inf."""
+    z = spec.logit_map.logits(x, rows)
+    if labels is None:
+        return torch.logsumexp(z, dim=1), z.new_empty(0)
+    b, group = z.shape[0], spec.group
+    index = labels.view(-1, 1, 1).expand(-1, 1, group)
+    grouped = z.view(b, -1, group)
+    if spec.ce:
+        own = grouped.detach().gather(1, index).squeeze(1)
+        if group == 1:
+            return torch.nn.functional.cross_entropy(z, labels, reduction="none"), own
+        logp = torch.log_softmax(z, dim=1).view(b, -1, group)
+        return torch.logsumexp(logp.gather(1, index).squeeze(1), dim=1).neg(), own
+    own = grouped.gather(1, index).squeeze(1)
+    others = grouped.scatter(1, index, float("-inf")).view(b, -1)
+    return torch.logsumexp(others, dim=1), own
+
+
 def _apply(x, rows, labels, spec: _Spec) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, own)``: the eager autograd function, or under ``torch.compile`` the custom op (a built-in map) or the
-    autograd function behind ``torch.compiler.disable`` (any other map: a graph break)."""
+    """``(out, own)``: torch's own operations (a small problem, :func:`_torch_native`), else the eager autograd
+    function, or under ``torch.compile`` the custom op (a built-in map) or the autograd function behind
+    ``torch.compiler.disable`` (any other map: a graph break)."""
+    if _torch_native(x, rows, labels, spec):
+        return _native_lse(x, rows, labels, spec)
     if not torch.compiler.is_compiling():
         return _ClassLogSumExp.apply(x, rows, labels, spec)
     args = _map_args(spec.logit_map)
@@ -813,6 +900,8 @@ def class_logsumexp(
     The backward is exact (no approximation): d lse / d z = softmax along ``dim``; chunked, every chunk's
     logits are recomputed once. A second backward (``retain_graph=True``) recomputes and gives the same
     result; double backward (``create_graph=True``) raises ``RuntimeError`` (see :func:`once_differentiable`).
+    Small problems (B x R up to ``NATIVE_MAX_ENTRIES``, a linear or cosine map along the classes, unchunked) run
+    as torch's own operations instead: the same values and gradients, fewer operations, exact double backward.
     """
     if dim not in (0, 1):
         raise ValueError(f"dim must be 0 or 1, got {dim}")
@@ -845,6 +934,9 @@ def class_cross_entropy(
 
     :returns: ``(ce, own)``: ``ce`` (B,) in at least float32 (differentiable), and the own class's logits
         (B, ``group``) as constants (e.g. for an argmax).
+
+    Small problems (B x R up to ``NATIVE_MAX_ENTRIES``, unchunked) run as ``F.cross_entropy`` over the map's
+    logits (torch's backward, exact double backward), which launches fewer operations.
     """
     if rows.shape[0] % group:
         raise ValueError(f"rows ({rows.shape[0]}) must be a multiple of group ({group})")
