@@ -80,6 +80,30 @@ def test_train_writes_results_and_checkpoint_and_eval_reproduces(toys, tmp_path,
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
 
 
+def test_eval_under_another_protocol_says_what_the_numbers_mean(toys, tmp_path, capsys):
+    """A same_class checkpoint evaluated under open_set trained on the held-out classes: eval says so (stderr and
+    the JSON's "note"), and the other way round that classes were never trained; the same protocol adds nothing."""
+    out = tmp_path / "run"
+    assert main(["train", "--method", "toy_fixed", *TINY, "--output", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    checkpoint = str(out / "checkpoint.pt")
+    assert main(["eval", "--checkpoint", checkpoint, "--json", "--protocol", "open_set"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert results["protocol"] == "open_set" and "not a held-out-class (zero-shot) result" in results["note"]
+    assert f"note: {results['note']}" in captured.err
+    assert main(["eval", "--checkpoint", checkpoint, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "note" not in json.loads(captured.out) and "note:" not in captured.err
+
+    out = tmp_path / "open"
+    assert main(["train", "--method", "toy_fixed", *TINY, "--protocol", "open_set", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--json", "--protocol", "same_class"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert "classes training never saw" in results["note"] and results["nearest_anchor_accuracy"] is None
+
+
 def test_resume_from_another_directory_continues_the_run_in_its_own_folder(toys, tmp_path, monkeypatch, capsys):
     """A relative --output is where the checkpoint was written, not where a later resume happens to run."""
     monkeypatch.chdir(tmp_path)
@@ -271,6 +295,10 @@ def test_bench_two_methods_two_baselines_writes_md_json_png(toys, tmp_path, caps
     )
     assert header in table
     assert "cross_entropy (PML baseline)" in table and "| toy_fixed |" in table
+    for run in summary["runs"]:  # seconds to 3 significant digits: a tiny run's are not "0.0"
+        row = next(line for line in table.splitlines() if line.startswith(f"| {run['method']}"))
+        seconds = float(row.strip("|").split("|")[-2])
+        assert seconds > 0 and seconds == pytest.approx(run["seconds"], rel=5e-3, abs=0.5)
     for png in ("accuracy_vs_time.png", "embeddings.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -176,6 +176,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _fmt_seconds(value: Any) -> str:
+    """Seconds to 3 significant digits (a run of 0.04 s is not "0.0"; one of 1234.5 s is "1234")."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "–"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 #: a Recall@K column is left out of ``results.md`` when even a random ranking scores at least this for the smallest
 #: test class (with 450 test items in 10 classes, R@100 and R@1000 are 1.0000 for any embedding)
 TRIVIAL_RECALL = 0.99
@@ -274,6 +281,6 @@ def markdown_table(summary: dict[str, Any]) -> str:
             continue
         per_epoch = r["seconds"] / r["epochs"] if r.get("epochs") and r.get("seconds") is not None else None
         cells = [name, str(r.get("embedding_size", "")), *(_fmt(r.get(m)) for m in metrics)]
-        cells += [_fmt(r.get("seconds"), 1), _fmt(per_epoch, 2)]
+        cells += [_fmt_seconds(r.get("seconds")), _fmt_seconds(per_epoch)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, 
     checkpoint = load_checkpoint(path)
     session = session_from_checkpoint(checkpoint, **overrides)
     metrics = evaluate_session(session)
-    return {
+    results = {
         "checkpoint": str(path),
         "method": session.spec.name,
         "dataset": session.config.dataset,
@@ -45,3 +45,22 @@ def evaluate_checkpoint(path: str | os.PathLike, **overrides: Any) -> dict[str, 
         "device": str(session.device),
         **metrics,
     }
+    note = protocol_note(checkpoint["config"].get("protocol"), session.config.protocol)
+    if note:
+        results["note"] = note
+    return results
+
+
+def protocol_note(trained: str | None, evaluated: str) -> str | None:
+    """What a protocol other than the training's means for the numbers (``None`` when they are the same)."""
+    if trained is None or trained == evaluated:
+        return None
+    if trained == "same_class":
+        return (
+            "trained under same_class, evaluated under open_set: training saw the classes that open_set holds out, "
+            "so this is not a held-out-class (zero-shot) result"
+        )
+    return (
+        f"trained under {trained}, evaluated under {evaluated}: the test classes include classes training never "
+        "saw, and nearest-anchor accuracy is left out (no anchor for them)"
+    )

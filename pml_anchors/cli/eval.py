@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from .options import PROTOCOLS, add_output_flags, add_recall_at, fmt, setup_output
+from .options import PROTOCOLS, add_output_flags, add_recall_at, metrics_text, setup_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,18 +47,15 @@ def run(args: argparse.Namespace) -> int:
         recall_at=args.recall_at,
         knn=args.knn,
     )
+    if results.get("note"):
+        print(f"note: {results['note']}", file=sys.stderr)
     if args.output:
         write_json(results, args.output)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:
-        from ..evaluation.recall_at_k import recall_metrics_in
-
-        names = ("precision_at_1", *(name for _, name in recall_metrics_in(results)), "mean_average_precision_at_r")
-        names += ("r_precision", "mean_average_precision", "nearest_anchor_accuracy")
         print(
-            f"{results['method']} ({_epoch_text(results)}) on {results['dataset']} [{results['protocol']}]: "
-            + ", ".join(f"{k} {fmt(results[k])}" for k in names)
+            f"{results['method']} ({_epoch_text(results)}) on {results['dataset']} [{results['protocol']}]: {metrics_text(results)}"
         )
     return 0
 

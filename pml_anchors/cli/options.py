@@ -317,6 +317,16 @@ def fmt(value: Any) -> str:
     return "–" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
+def metrics_text(r: dict) -> str:
+    """``P@1 0.9900, R@2 ..., MAP@R ..., R-precision ..., mAP ..., nearest-anchor acc ...``: a run's test metrics,
+    as ``train`` and ``eval`` print them."""
+    return (
+        f"P@1 {fmt(r['precision_at_1'])}, {recall_text(r)}MAP@R {fmt(r['mean_average_precision_at_r'])}, "
+        f"R-precision {fmt(r['r_precision'])}, mAP {fmt(r['mean_average_precision'])}, "
+        f"nearest-anchor acc {fmt(r['nearest_anchor_accuracy'])}"
+    )
+
+
 def recall_text(r: dict) -> str:
     """``R@2 0.9900, R@4 0.9950, `` for the Recall@K metrics in ``r`` beyond K = 1 (which is P@1)."""
     from ..evaluation.recall_at_k import recall_metrics_in

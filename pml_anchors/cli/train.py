@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .options import DATASET_HELP, add_common, fmt, given_config, json_arg, recall_text, resolve_threads, setup_output
+from .options import DATASET_HELP, add_common, fmt, given_config, json_arg, metrics_text, resolve_threads, setup_output
 
 if TYPE_CHECKING:
     from ..app.torchrun_env import TorchrunEnv
@@ -230,10 +230,7 @@ def _train(
 def _summary(r: dict) -> str:
     return (
         f"{r['method']} on {r['dataset']} [{r['protocol']}], {r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}, "
-        f"{r['seconds']:.1f} s on {r['device']}: "
-        f"P@1 {fmt(r['precision_at_1'])}, {recall_text(r)}MAP@R {fmt(r['mean_average_precision_at_r'])}, "
-        f"R-precision {fmt(r['r_precision'])}, mAP {fmt(r['mean_average_precision'])}, "
-        f"nearest-anchor acc {fmt(r['nearest_anchor_accuracy'])}" + _selection_text(r.get("selection"))
+        f"{r['seconds']:.1f} s on {r['device']}: {metrics_text(r)}" + _selection_text(r.get("selection"))
     )
 
 
