@@ -3,7 +3,7 @@
 # call each; the device's per-call limit is 600 s):
 #
 #   OUT=/path/to/results bash benchmarks/gpu_check.sh tests   # stages 1-2, at most 220 s (about 2-4 minutes)
-#   OUT=/path/to/results bash benchmarks/gpu_check.sh bench   # stages 3-7, at most 540 s (about 5-7 minutes)
+#   OUT=/path/to/results bash benchmarks/gpu_check.sh bench   # stages 3-7, at most 565 s (about 5-7 minutes)
 #   OUT=/path/to/results bash benchmarks/gpu_check.sh         # all: only where one call may take 12 minutes
 #
 # 1. pytest -m cuda tests/test_fullgraph.py: a small-CNN training step of every method under
@@ -14,8 +14,8 @@
 # 4. loss_speed.py --device cuda: B = 256, d = 128, C in {1k, 10k, 100k}, every method, its PML counterpart and
 #    the floors, eager;
 # 4b. the same at C in {1k, 10k} for c_ncm, reponet, fsc with --lse-path kernel: their hand-written log-sum-exp
-#    kernel where the default runs torch's own operations (B x C up to NATIVE_MAX_ENTRIES["accelerator"]), to
-#    check that limit against stage 4;
+#    kernel where the default runs torch's own operations (B x C up to NATIVE_MAX_ENTRIES["accelerator"]), and
+#    at C = 100k with --lse-path torch (where the default runs the kernel), to check that limit against stage 4;
 # 5. loss_speed.py --device cuda --compile reduce-overhead at C = 10k: each method as one compiled graph replayed
 #    as a CUDA graph (the compile is the untimed first call);
 # 6-7. train_step.py --device cuda --whole reduce-overhead at C = 10, then C = 10k: the small-CNN step, eager and
@@ -70,6 +70,8 @@ if [[ "$PART" != tests ]]; then
         --repeats 15 --json "$OUT/loss_speed.json"
     stage loss_speed_kernel 40 "$PY" benchmarks/loss_speed.py --device cuda --sizes 128x1000,128x10000 --no-memory \
         --methods c_ncm,reponet,fsc --lse-path kernel --repeats 15 --json "$OUT/loss_speed_kernel.json"
+    stage loss_speed_torch 25 "$PY" benchmarks/loss_speed.py --device cuda --sizes 128x100000 \
+        --methods c_ncm,reponet,fsc --lse-path torch --repeats 15 --json "$OUT/loss_speed_torch.json"
     stage loss_speed_compiled 100 "$PY" benchmarks/loss_speed.py --device cuda --sizes 128x10000 --no-memory \
         --compile reduce-overhead --repeats 15 --json "$OUT/loss_speed_compiled.json"
     stage train_step 140 "$PY" benchmarks/train_step.py --device cuda --whole reduce-overhead --classes 10 \
