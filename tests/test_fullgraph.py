@@ -26,6 +26,7 @@ import pytest
 import torch
 from toy_loss import ToyCosineLoss
 
+import pml_anchors
 from pml_anchors import MethodSpec
 from pml_anchors.testing import check_method
 from pml_anchors.testing.compile_check import compile_report
@@ -97,6 +98,20 @@ def test_under_compile_bad_labels_and_nan_embeddings_still_raise(name):
     nan[2, 0] = float("nan")
     with pytest.raises(RuntimeError, match="embeddings contain NaN or Inf"):
         compiled(nan, labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16])
+def test_under_compile_narrow_integer_labels_check_their_range(dtype):
+    """The device-side label check works for labels of any integer dtype, also when num_classes - 1 does not fit it
+    (300 classes, uint8 labels up to 255): valid labels pass, a negative one (signed dtypes) raises."""
+    loss = pml_anchors.get_loss("c_ncm", 300, 8)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    emb = torch.randn(4, 8)
+    labels = torch.tensor([0, 5, min(torch.iinfo(dtype).max, 299), 7], dtype=dtype)
+    torch.testing.assert_close(compiled(emb, labels), loss(emb, labels))
+    if dtype.is_signed:
+        with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 300\)"):
+            compiled(emb, torch.tensor([0, -1, 2, 3], dtype=dtype))
 
 
 def _fake_cuda_forward(loss, emb, labels):

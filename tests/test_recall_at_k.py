@@ -152,7 +152,7 @@ def test_results_json_cli_summary_and_eval_carry_recall_at_k(toys, tmp_path, cap
     assert "recall_at_10" in again and "recall_at_4" not in again
     assert again["recall_at_1"] == pytest.approx(results["recall_at_1"])
     assert main(argv) == 0  # the checkpoint's own Ks
-    assert "recall_at_8 " in capsys.readouterr().out
+    assert "R@8 " in capsys.readouterr().out  # printed as train prints it
 
 
 def test_cli_rejects_a_bad_recall_at_with_the_expected_form(capsys):

@@ -71,8 +71,9 @@ def check_label_range_and_finite(
         first, last = cast(int, low.tolist()), cast(int, high.tolist())  # 0-d: a number (no ATen op)
         if first < 0 or last >= num_classes:
             raise ValueError(f"{expected}, got values from {first} to {last}")
-    else:  # 3 kernels (aminmax and two comparisons: 4)
-        torch._assert_async(labels.clamp(0, num_classes - 1).eq(labels).all(), expected)
+    else:  # 3 kernels (aminmax and two comparisons: 4); a narrow dtype's labels are all below its own maximum
+        top = min(num_classes - 1, torch.iinfo(labels.dtype).max)
+        torch._assert_async(labels.clamp(0, top).eq(labels).all(), expected)
     if not check_finite:
         return
     if on_host and embeddings.device.type == "cpu":

@@ -173,7 +173,7 @@ class LinearLogits(LogitMap):
 
     def __init__(self, scale: float = 1.0, bias: torch.Tensor | None = None):
         self.scale = float(scale)
-        self.bias = None if bias is None else bias.reshape(-1, 1)
+        self.bias = None if bias is None else _as_acc(bias.detach()).reshape(-1, 1)  # a constant, >= float32
 
     def forward(self, x, rows, start, unit=1.0):
         # The scale rides on the (B x d) side. A 16-bit GEMM rounds x * scale as :meth:`logits` does (so both
@@ -189,7 +189,7 @@ class LinearLogits(LogitMap):
     def logits(self, x, rows):
         """The same (B, R) logits as differentiable torch operations (torch's own backward)."""
         z = _as_acc(torch.mm(x if self.scale == 1.0 else x * self.scale, rows.T))
-        return z if self.bias is None else z + self.bias
+        return z if self.bias is None else z + _cast(self.bias, z)
 
     def backward(self, x, rows, start, grad, need_x, need_rows, prescaled=False):
         dx = drows = None
@@ -214,7 +214,7 @@ class CosineRowsLogits(LogitMap):
 
     def __init__(self, scale: float = 1.0, bias: torch.Tensor | None = None, eps: float = 1e-12):
         self.scale = float(scale)
-        self.bias = None if bias is None else bias.reshape(-1, 1)
+        self.bias = None if bias is None else _as_acc(bias.detach()).reshape(-1, 1)  # a constant, >= float32
         self.eps = eps
         self._norms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # start -> (1 / norm, norm < eps)
 
@@ -243,7 +243,7 @@ class CosineRowsLogits(LogitMap):
         gradient below it, as ``F.normalize``."""
         norm = torch.linalg.vector_norm(rows, dim=1, dtype=acc_dtype(rows.dtype)).clamp_min(self.eps)
         z = _as_acc(torch.mm(x, rows.T)) * (self.scale / norm)
-        return z if self.bias is None else z + self.bias
+        return z if self.bias is None else z + _cast(self.bias, z)
 
     def backward(self, x, rows, start, grad, need_x, need_rows, prescaled=False):
         inv, tiny = self._inv_norm(rows, start)
@@ -375,7 +375,7 @@ class _Exclusion:
         self.index = local.unsqueeze(1) if group == 1 else local.view(-1, 1, 1).expand(-1, 1, group)
 
     def view(self, z: torch.Tensor) -> torch.Tensor:
-        return z if self.group == 1 else z.view(z.shape[0], -1, self.group)
+        return z if self.group == 1 else z.view(z.shape[0], z.shape[1] // self.group, self.group)  # B may be 0
 
     def take(self, z: torch.Tensor, mask: bool = True) -> torch.Tensor:
         """The own-class entries (B, group) (garbage where not valid); with ``mask`` sets them to -inf in ``z``."""
@@ -797,15 +797,15 @@ def _native_lse(x, rows, labels, spec: _Spec) -> tuple[torch.Tensor, torch.Tenso
         return torch.logsumexp(z, dim=1), z.new_empty(0)
     b, group = z.shape[0], spec.group
     index = labels.view(-1, 1, 1).expand(-1, 1, group)
-    grouped = z.view(b, -1, group)
+    grouped = z.view(b, z.shape[1] // group, group)  # B may be 0
     if spec.ce:
         own = grouped.detach().gather(1, index).squeeze(1)
         if group == 1:
             return torch.nn.functional.cross_entropy(z, labels, reduction="none"), own
-        logp = torch.log_softmax(z, dim=1).view(b, -1, group)
+        logp = torch.log_softmax(z, dim=1).view(grouped.shape)
         return torch.logsumexp(logp.gather(1, index).squeeze(1), dim=1).neg(), own
     own = grouped.gather(1, index).squeeze(1)
-    others = grouped.scatter(1, index, float("-inf")).view(b, -1)
+    others = grouped.scatter(1, index, float("-inf")).view(z.shape)
     return torch.logsumexp(others, dim=1), own
 
 
@@ -842,6 +842,16 @@ def _apply(x, rows, labels, spec: _Spec) -> tuple[torch.Tensor, torch.Tensor]:
 @_eager_under_compile
 def _disabled_apply(x, rows, labels, spec):
     return _ClassLogSumExp.apply(x, rows, labels, spec)
+
+
+def _long_labels(labels: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """``labels`` as ``long`` once checked to be ``batch`` integers (a shorter or 2-D tensor would exclude the wrong
+    entries of some rows instead of failing)."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of class indices, got {labels.dtype}")
+    if labels.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), one class per row of x, got {tuple(labels.shape)}")
+    return labels.long()
 
 
 @overload
@@ -910,7 +920,7 @@ def class_logsumexp(
     if rows.shape[0] % group:
         raise ValueError(f"rows ({rows.shape[0]}) must be a multiple of group ({group})")
     spec = _Spec(logit_map, dim, int(group), bool(add_zero), check_chunk_size(chunk_size))
-    labels = None if exclude is None else exclude.long()
+    labels = None if exclude is None else _long_labels(exclude, x.shape[0], "exclude")
     lse, excluded = _apply(x, rows, labels, spec)
     return lse, (excluded if labels is not None else None)
 
@@ -941,7 +951,7 @@ def class_cross_entropy(
     if rows.shape[0] % group:
         raise ValueError(f"rows ({rows.shape[0]}) must be a multiple of group ({group})")
     spec = _Spec(logit_map, 1, int(group), False, check_chunk_size(chunk_size), ce=True)
-    return _apply(x, rows, labels.long(), spec)
+    return _apply(x, rows, _long_labels(labels, x.shape[0], "labels"), spec)
 
 
 def cross_entropy_from_lse(lse_others: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
