@@ -621,6 +621,7 @@ def test_loss_speed_quick_prints_a_table_and_valid_json():
     proc = _benchmark("loss_speed.py", "--quick", "--threads", "1", "--json", "-")
     data = json.loads(proc.stdout)
     assert {"meta", "results"} <= set(data)
+    assert data["meta"]["lse_path"] == "auto"
     names = {r["loss"] for r in data["results"]}
     assert {"floor", "floor_w", "proxy_anchor", "ProxyAnchorLoss"} <= names
     assert {s.name for s in pml_anchors.list_methods()} <= names
@@ -661,6 +662,31 @@ def test_launch_count_counts_kernels_and_host_reads():
     assert rows["ProxyAnchorLoss"][2] >= 1 and rows["proxy_anchor"][2] == 0
     assert rows["c_ncm"][1].endswith("(floor)") and rows["proxy_anchor"][1].endswith("(floor_w)")
     assert all(kernels > rows["floor"][0] for name, (kernels, _, _) in rows.items() if not name.startswith("floor"))
+
+
+def test_launch_count_lse_path_torch_launches_fewer_kernels_for_the_linear_losses():
+    """``--lse-path torch`` (the GPU's path for small problems) cuts c_ncm's and reponet's kernels below the
+    kernel path's at one size; e_ncm (Euclidean: always the kernel) is the same on both."""
+    counts = {}
+    for path in ("kernel", "torch"):
+        proc = _benchmark(
+            "launch_count.py",
+            "--sizes",
+            "16x50",
+            "--batch",
+            "32",
+            "--methods",
+            "c_ncm,reponet,e_ncm",
+            "--lse-path",
+            path,
+        )
+        assert f"lse-path={path}" in proc.stderr
+        for line in proc.stdout.splitlines()[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            counts[path, cells[2].strip("`")] = int(cells[3])
+    assert counts["torch", "c_ncm"] < counts["kernel", "c_ncm"]
+    assert counts["torch", "reponet"] < counts["kernel", "reponet"]
+    assert counts["torch", "e_ncm"] == counts["kernel", "e_ncm"]
 
 
 def _loss_speed_module(monkeypatch):
