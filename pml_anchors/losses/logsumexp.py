@@ -131,6 +131,11 @@ def _gemm_in_16_bits(x: torch.Tensor) -> bool:
     return x.dtype != acc_dtype(x.dtype) or torch.is_autocast_enabled(x.device.type)
 
 
+def _scaled_product(x: torch.Tensor, rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * x @ rows.T`` in at least float32, the scale applied on the (B x d) side."""
+    return _as_acc(torch.mm(x if scale == 1.0 else x * scale, rows.T))
+
+
 def _cast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == like.dtype else t.to(like.dtype)
 
@@ -179,7 +184,7 @@ class LinearLogits(LogitMap):
         # The scale rides on the (B x d) side. A 16-bit GEMM rounds x * scale as :meth:`logits` does (so both
         # paths agree), and the base-2 unit is applied to its float32 result.
         pre = self.scale if _gemm_in_16_bits(x) else self.scale * unit
-        z = _as_acc(torch.mm(x if pre == 1.0 else x * pre, rows.T))
+        z = _scaled_product(x, rows, pre)
         if pre != self.scale * unit:
             z.mul_(unit)
         if self.bias is not None:
@@ -188,7 +193,7 @@ class LinearLogits(LogitMap):
 
     def logits(self, x, rows):
         """The same (B, R) logits as differentiable torch operations (torch's own backward)."""
-        z = _as_acc(torch.mm(x if self.scale == 1.0 else x * self.scale, rows.T))
+        z = _scaled_product(x, rows, self.scale)
         return z if self.bias is None else z + _cast(self.bias, z)
 
     def backward(self, x, rows, start, grad, need_x, need_rows, prescaled=False):
@@ -781,7 +786,7 @@ def _torch_native(x: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor | No
     if spec.dim != 1 or spec.add_zero or type(spec.logit_map) not in _NATIVE_MAPS:
         return False
     r = rows.shape[0]
-    if spec.chunk_size is not None and spec.chunk_size < r:
+    if len(_bounds(r, spec.chunk_size, spec.group)) > 1:
         return False
     if labels is not None and not spec.ce and r <= spec.group:
         return False
